@@ -1,0 +1,108 @@
+"""Intake's gRPC servicer: a thin adapter from requests to runtime commands and queries."""
+
+from __future__ import annotations
+
+import grpc
+
+from services.intake import domain, handlers, intake_pb2, intake_pb2_grpc
+from tongban.app import grpc_span
+from tongban.events import millis, now_utc
+from tongban.runtime import HandlerFailed, Rejected, ServiceRuntime
+
+
+def _submission(request: intake_pb2.SubmitRequest) -> domain.Submission:
+    return domain.Submission(
+        matter_code=request.matter_code,
+        channel=request.channel,
+        receiving_division=request.receiving_division,
+        home_division=request.home_division,
+        applicant_kind=request.applicant.kind,
+        applicant_name=request.applicant.name,
+        applicant_id_number=request.applicant.id_number,
+        materials=tuple(m.code for m in request.materials),
+        delivery_method=request.delivery_method,
+        postal_address=request.postal_address or None,
+    )
+
+
+def _received(application_id: str, request: intake_pb2.SubmitRequest) -> dict:
+    """The ApplicationReceived body (without envelope) for a checked submission."""
+    return {
+        "application_id": application_id,
+        "matter_code": request.matter_code,
+        "channel": request.channel,
+        "receiving_division": request.receiving_division,
+        "home_division": request.home_division,
+        "applicant": {
+            "kind": request.applicant.kind,
+            "name": request.applicant.name,
+            "id_number": request.applicant.id_number,
+            "phone": request.applicant.phone or None,
+        },
+        "materials": [
+            {"code": m.code, "name": m.name, "provided": m.provided, "original_checked": m.original_checked}
+            for m in request.materials
+        ],
+        "delivery_method": request.delivery_method,
+        "postal_address": request.postal_address or None,
+        "submitted_at": now_utc(),
+    }
+
+
+class IntakeServicer(intake_pb2_grpc.IntakeServicer):
+    def __init__(self, runtime: ServiceRuntime) -> None:
+        self.runtime = runtime
+
+    async def Submit(self, request, context):  # noqa: N802 (gRPC method name)
+        with grpc_span(context, "intake.Submit") as span:
+            if not request.client_reference or not request.source_system:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    "client_reference and source_system are required")
+            try:
+                domain.check_submission(_submission(request))
+            except domain.InvalidSubmission as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            application_id = domain.application_id_for(request.source_system, request.client_reference)
+            span.set_attribute("tongban.application_id", application_id)
+            state = await self._execute(context, handlers.SUBMIT, application_id,
+                                        f"submit:{application_id}", _received(application_id, request))
+            return intake_pb2.SubmitReply(application_id=application_id, stage=state["stage"])
+
+    async def Track(self, request, context):  # noqa: N802
+        with grpc_span(context, "intake.Track"):
+            state = await self.runtime.state_of(request.application_id)
+            if state is None:
+                await context.abort(grpc.StatusCode.NOT_FOUND, "no such application")
+            return intake_pb2.Progress(
+                application_id=state["application_id"],
+                matter_code=state["matter_code"],
+                stage=state["stage"],
+                terminal=state["terminal"],
+                history=[intake_pb2.ProgressStep(stage=h["stage"], at_millis=millis(h["at"]), detail=h["detail"])
+                         for h in state["history"]],
+                deciding_partner=state.get("deciding_partner", ""),
+                due_at_millis=millis(state["due_at"]) if state.get("due_at") else 0,
+                result_reference=state.get("result_reference", ""),
+                tracking_number=state.get("tracking_number", ""),
+                ratings=[r["level"] for r in state["ratings"]],
+            )
+
+    async def Rate(self, request, context):  # noqa: N802
+        with grpc_span(context, "intake.Rate"):
+            if not request.rating_reference:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "rating_reference is required")
+            if await self.runtime.state_of(request.application_id) is None:
+                await context.abort(grpc.StatusCode.NOT_FOUND, "no such application")
+            payload = {"level": request.level, "channel": request.channel, "comment": request.comment,
+                       "rated_at": now_utc()}
+            state = await self._execute(context, handlers.RATE, request.application_id,
+                                        f"rate:{request.application_id}:{request.rating_reference}", payload)
+            return intake_pb2.RateReply(rating_id=state["ratings"][-1]["rating_id"])
+
+    async def _execute(self, context, command: str, key: str, command_id: str, payload: dict) -> dict:
+        try:
+            return await self.runtime.execute(command, key, command_id, payload)
+        except Rejected as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except HandlerFailed:
+            await context.abort(grpc.StatusCode.INTERNAL, "intake could not record the request")

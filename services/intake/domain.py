@@ -1,0 +1,117 @@
+"""Intake's rules: the formal check of a submission and the applicant's progress view.
+
+Receiving (收件) is not accepting (受理): intake only checks form here; the deciding
+authority accepts later. The progress view holds no personal data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+CHANNELS = ("WINDOW", "PORTAL", "MOBILE", "TERMINAL", "PARTNER")
+DELIVERY_METHODS = ("ELECTRONIC", "POST", "WINDOW")
+APPLICANT_KINDS = ("PERSON", "COMPANY")
+RATING_CHANNELS = ("ONSITE", "ONLINE", "MOBILE", "HOTLINE")
+_DIVISION = re.compile(r"^\d{6}(\d{6})?$")
+
+# Stages in the order an application moves through them; the view never moves backwards.
+STAGES = ("RECEIVED", "ROUTED", "VERIFIED", "ACCEPTED", "DECIDED", "DELIVERED")
+TERMINAL = ("DELIVERED", "DENIED", "REJECTED", "WITHDRAWN")
+RATEABLE = ("DELIVERED", "DENIED", "REJECTED")
+
+
+class InvalidSubmission(ValueError):
+    """The submission fails the formal check; `problems` name fields, never their values."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Submission:
+    matter_code: str
+    channel: str
+    receiving_division: str
+    home_division: str
+    applicant_kind: str
+    applicant_name: str
+    applicant_id_number: str
+    materials: tuple[str, ...]
+    delivery_method: str
+    postal_address: str | None
+
+
+def check_submission(submission: Submission) -> None:
+    """Raise InvalidSubmission listing every formal problem at once (补正 asks once)."""
+    problems = []
+    if not submission.matter_code.strip():
+        problems.append("matter_code is required")
+    if submission.channel not in CHANNELS:
+        problems.append(f"channel must be one of {', '.join(CHANNELS)}")
+    for name in ("receiving_division", "home_division"):
+        if not _DIVISION.match(getattr(submission, name)):
+            problems.append(f"{name} must be a 6- or 12-digit division code")
+    if submission.applicant_kind not in APPLICANT_KINDS:
+        problems.append(f"applicant.kind must be one of {', '.join(APPLICANT_KINDS)}")
+    if not submission.applicant_name.strip():
+        problems.append("applicant.name is required")
+    if not submission.applicant_id_number.strip():
+        problems.append("applicant.id_number is required")
+    if not submission.materials:
+        problems.append("at least one material must be listed")
+    if submission.delivery_method not in DELIVERY_METHODS:
+        problems.append(f"delivery_method must be one of {', '.join(DELIVERY_METHODS)}")
+    elif submission.delivery_method == "POST" and not (submission.postal_address or "").strip():
+        problems.append("postal_address is required for POST delivery")
+    if problems:
+        raise InvalidSubmission(problems)
+
+
+def application_id_for(source_system: str, client_reference: str) -> str:
+    """One id per (source, reference): a retried submission is the same application."""
+    digest = hashlib.sha256(f"{source_system}\x1f{client_reference}".encode()).hexdigest()
+    return f"TB{digest[:20].upper()}"
+
+
+def new_progress(application_id: str, matter_code: str, at: datetime) -> dict:
+    return {
+        "application_id": application_id,
+        "matter_code": matter_code,
+        "stage": "RECEIVED",
+        "terminal": False,
+        "history": [{"stage": "RECEIVED", "at": at, "detail": ""}],
+        "ratings": [],
+    }
+
+
+def advance(progress: dict | None, application_id: str, stage: str, at: datetime, detail: str = "",
+            **facts: object) -> dict:
+    """Record a step. Events from different topics may arrive out of order, so the stage
+    only moves forward and a terminal stage is final; the history keeps every step."""
+    view = dict(progress or {"application_id": application_id, "matter_code": "", "stage": "",
+                             "terminal": False, "history": [], "ratings": []})
+    view["history"] = [*view["history"], {"stage": stage, "at": at, "detail": detail}]
+    view.update({k: v for k, v in facts.items() if v is not None})
+    if view["terminal"]:
+        return view
+    if stage in TERMINAL:
+        view["stage"], view["terminal"] = stage, True
+    elif view["stage"] not in STAGES or STAGES.index(stage) > STAGES.index(view["stage"]):
+        view["stage"] = stage
+    return view
+
+
+def check_rating(progress: dict, level: int, channel: str) -> None:
+    problems = []
+    if progress["stage"] not in RATEABLE:
+        problems.append("an application can be rated once it is concluded")
+    if not 1 <= level <= 5:
+        problems.append("level must be 1 (非常满意) to 5 (非常不满意)")
+    if channel not in RATING_CHANNELS:
+        problems.append(f"channel must be one of {', '.join(RATING_CHANNELS)}")
+    if problems:
+        raise InvalidSubmission(problems)

@@ -1,0 +1,115 @@
+"""Intake service.
+
+Inputs:  gRPC Submit / Track / Rate; lifecycle events on tongban.application.{routed,
+         verified, accepted, decided, delivered}.
+Outputs: ApplicationReceived on tongban.application.received; ServiceRating on
+         tongban.feedback.ratings (keyed by application id: 一事一评).
+State:   one progress view per application (services.intake.domain), no personal data.
+"""
+
+from __future__ import annotations
+
+from services.intake import domain
+from tongban.events import derive_event_id
+from tongban.runtime import Emit, Event, Outcome, Rejected
+
+RECEIVED = "tongban.application.received"
+RATINGS = "tongban.feedback.ratings"
+INPUTS = [
+    "tongban.application.routed",
+    "tongban.application.verified",
+    "tongban.application.accepted",
+    "tongban.application.decided",
+    "tongban.application.delivered",
+]
+SUBMIT = "intake.Submit"
+RATE = "intake.Rate"
+APP = "tongban.application."
+
+
+async def submit(event: Event, state: dict | None) -> Outcome:
+    """`event.payload` is the ApplicationReceived body, already formally checked by the API."""
+    body = event.payload
+    progress = domain.new_progress(body["application_id"], body["matter_code"], body["submitted_at"])
+    progress["receiving_division"] = body["receiving_division"]
+    return Outcome(state=progress, emits=[Emit(RECEIVED, APP + "ApplicationReceived", event.key, body)])
+
+
+async def rate(event: Event, state: dict | None) -> Outcome:
+    if state is None:
+        raise Rejected("no such application")
+    body = event.payload
+    try:
+        domain.check_rating(state, body["level"], body["channel"])
+    except domain.InvalidSubmission as exc:
+        raise Rejected(str(exc)) from exc
+    rating_id = derive_event_id(event.event_id, "rating")
+    rating = {
+        "rating_id": rating_id,
+        "application_id": event.key,
+        "matter_code": state["matter_code"],
+        "division_code": state.get("receiving_division", ""),
+        "party": state.get("deciding_partner", ""),
+        "level": body["level"],
+        "channel": body["channel"],
+        "comment": body.get("comment") or None,
+        "rated_at": body["rated_at"],
+    }
+    state["ratings"] = [*state["ratings"], {"rating_id": rating_id, "level": body["level"]}]
+    return Outcome(state=state, emits=[Emit(RATINGS, "tongban.feedback.ServiceRating", event.key, rating)])
+
+
+async def on_routed(event: Event, state: dict | None) -> Outcome:
+    p = event.payload
+    return _advance(event, state, "ROUTED", p["mode"], deciding_partner=p["deciding_partner"],
+                    due_at=p["due_at"], matter_code=p["matter_code"])
+
+
+async def on_unroutable(event: Event, state: dict | None) -> Outcome:
+    return _advance(event, state, "REJECTED", event.payload["reason"])
+
+
+async def on_verified(event: Event, state: dict | None) -> Outcome:
+    return _advance(event, state, "VERIFIED")
+
+
+async def on_verification_failed(event: Event, state: dict | None) -> Outcome:
+    p = event.payload
+    detail = "; ".join(p["reasons"] + [f"补正: {m}" for m in p["missing_materials"]])
+    return _advance(event, state, "REJECTED", detail)
+
+
+async def on_accepted(event: Event, state: dict | None) -> Outcome:
+    return _advance(event, state, "ACCEPTED", event.payload["deciding_partner"])
+
+
+async def on_refused(event: Event, state: dict | None) -> Outcome:
+    return _advance(event, state, "REJECTED", event.payload["reason"])
+
+
+async def on_decided(event: Event, state: dict | None) -> Outcome:
+    p = event.payload
+    stage = "DECIDED" if p["outcome"] == "APPROVED" else "DENIED"
+    return _advance(event, state, stage, p.get("reason") or "", result_reference=p.get("result_reference"))
+
+
+async def on_delivered(event: Event, state: dict | None) -> Outcome:
+    p = event.payload
+    return _advance(event, state, "DELIVERED", p["method"], tracking_number=p.get("tracking_number"))
+
+
+def _advance(event: Event, state: dict | None, stage: str, detail: str = "", **facts: object) -> Outcome:
+    return Outcome(state=domain.advance(state, event.key, stage, event.envelope["occurred_at"], detail, **facts))
+
+
+HANDLERS = {
+    APP + "ApplicationRouted": on_routed,
+    APP + "ApplicationUnroutable": on_unroutable,
+    APP + "ApplicationVerified": on_verified,
+    APP + "ApplicationVerificationFailed": on_verification_failed,
+    APP + "ApplicationAccepted": on_accepted,
+    APP + "ApplicationRefused": on_refused,
+    APP + "ApplicationDecided": on_decided,
+    APP + "ApplicationDelivered": on_delivered,
+}
+COMMANDS = {SUBMIT: submit, RATE: rate}

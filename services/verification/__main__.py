@@ -1,0 +1,12 @@
+"""python -m services.verification"""
+
+from services.verification import handlers
+from tongban.app import main
+from tongban.runtime import ServiceRuntime
+
+
+def build(settings, registry, db) -> ServiceRuntime:
+    return ServiceRuntime(settings, registry, db, inputs=handlers.INPUTS, handlers=handlers.HANDLERS)
+
+
+main("verification", build)

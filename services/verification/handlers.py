@@ -1,0 +1,63 @@
+"""Verification service.
+
+Inputs:  ApplicationReceived (applicant, materials) and ApplicationRouted (the decision)
+         on tongban.application.received / .routed, in either order.
+Outputs: ApplicationVerified or ApplicationVerificationFailed on tongban.application.verified,
+         once both inputs are in.
+State:   per application: the file to verify and the result.
+Rules:   services.verification.domain (identity numbers, materials, 补正/容缺).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from services.verification.domain import Applicant, ProvidedMaterial, verify_application
+from tongban.events import now_utc
+from tongban.runtime import Emit, Event, Outcome
+
+VERIFIED = "tongban.application.verified"
+INPUTS = ["tongban.application.received", "tongban.application.routed"]
+APP = "tongban.application."
+
+
+def _verify(key: str, state: dict) -> Outcome:
+    """Verify once the file and the routing decision are both in; otherwise just keep state."""
+    if "application" not in state or "routed" not in state or "result" in state:
+        return Outcome(state=state)
+    application = state["application"]
+    a = application["applicant"]
+    result = verify_application(
+        Applicant(kind=a["kind"], name=a["name"], id_number=a["id_number"], phone=a["phone"]),
+        [ProvidedMaterial(m["code"], m["name"], m["provided"], m["original_checked"])
+         for m in application["materials"]],
+        None,
+        now_utc().date(),
+    )
+    state["result"] = "PASSED" if result.passed else "FAILED"
+    del state["application"]  # personal data is kept no longer than the check needs it
+    if result.passed:
+        body = {"application_id": key, "checks": [asdict(c) for c in result.checks]}
+        return Outcome(state=state, emits=[Emit(VERIFIED, APP + "ApplicationVerified", key, body)])
+    body = {"application_id": key, "reasons": list(result.reasons),
+            "missing_materials": list(result.missing_materials)}
+    return Outcome(state=state, emits=[Emit(VERIFIED, APP + "ApplicationVerificationFailed", key, body)])
+
+
+async def on_received(event: Event, state: dict | None) -> Outcome:
+    return _verify(event.key, {**(state or {}), "application": event.payload})
+
+
+async def on_routed(event: Event, state: dict | None) -> Outcome:
+    return _verify(event.key, {**(state or {}), "routed": event.payload})
+
+
+async def on_unroutable(event: Event, state: dict | None) -> Outcome:
+    return Outcome(state={**(state or {}), "result": "UNROUTABLE"})
+
+
+HANDLERS = {
+    APP + "ApplicationReceived": on_received,
+    APP + "ApplicationRouted": on_routed,
+    APP + "ApplicationUnroutable": on_unroutable,
+}

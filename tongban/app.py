@@ -1,0 +1,87 @@
+"""Process lifecycle for a service: telemetry, store, runtime, gRPC server with health,
+graceful stop on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind
+
+from tongban import store, telemetry
+from tongban.codec import SchemaRegistry
+from tongban.config import ConfigError, Settings, load_settings
+from tongban.runtime import ServiceRuntime
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer("tongban.grpc")
+
+
+@contextmanager
+def grpc_span(context: grpc.aio.ServicerContext, name: str) -> Iterator[trace.Span]:
+    """A server span continuing the caller's trace from gRPC metadata."""
+    carrier = {k: v for k, v in (context.invocation_metadata() or ()) if k in ("traceparent", "tracestate")}
+    with tracer.start_as_current_span(name, context=propagate.extract(carrier), kind=SpanKind.SERVER) as span:
+        yield span
+
+
+def grpc_metadata() -> list[tuple[str, str]]:
+    """The current trace context as gRPC metadata for an outgoing call."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return list(carrier.items())
+
+
+async def serve(
+    settings: Settings,
+    build: Callable[[Settings, SchemaRegistry, object], ServiceRuntime],
+    add_servicers: Callable[[grpc.aio.Server, ServiceRuntime], None] | None = None,
+) -> None:
+    """Run one service until SIGTERM or SIGINT."""
+    telemetry.setup(settings)
+    registry = SchemaRegistry.load()
+    client, db = store.connect(settings)
+    runtime = build(settings, registry, db)
+
+    server = grpc.aio.server()
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    if add_servicers:
+        add_servicers(server, runtime)
+    server.add_insecure_port(f"127.0.0.1:{settings.grpc_port}")
+    await server.start()
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    await runtime.start()
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    telemetry.log(log, logging.INFO, "service started", service=settings.service, grpc_port=settings.grpc_port)
+    await stop.wait()
+
+    telemetry.log(log, logging.INFO, "stopping", service=settings.service)
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(grace=5)
+    await runtime.stop()
+    await client.close()
+
+
+def main(
+    service: str,
+    build: Callable[[Settings, SchemaRegistry, object], ServiceRuntime],
+    add_servicers: Callable[[grpc.aio.Server, ServiceRuntime], None] | None = None,
+) -> None:
+    """Entry point of `python -m services.<name>`: fails fast on bad configuration."""
+    try:
+        settings = load_settings(service)
+    except ConfigError as exc:
+        raise SystemExit(f"tongban-{service}: configuration error: {exc}") from None
+    asyncio.run(serve(settings, build, add_servicers))

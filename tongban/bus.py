@@ -1,0 +1,102 @@
+"""Kafka clients with the project's delivery settings, and the schema topic.
+
+Producers: acks=all with idempotence. Consumers: read_committed, manual commits, batched
+fetches, range assignment so that equally partitioned topics are co-located (a key's
+partition is the same on every lifecycle topic, which is what timer and outbox ownership
+rely on).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.partitioner import murmur2
+
+from tongban.codec import SchemaRegistry
+from tongban.config import Settings
+
+log = logging.getLogger(__name__)
+
+SCHEMAS_TOPIC = "tongban.schemas"
+
+
+def make_producer(settings: Settings, client_id: str | None = None) -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        client_id=client_id or f"tongban-{settings.service}",
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=5,
+        request_timeout_ms=30000,
+        **settings.kafka_client_options(),
+    )
+
+
+def make_consumer(settings: Settings, topics: list[str], group: str | None = None) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(
+        *topics,
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=group or settings.group,
+        client_id=f"tongban-{settings.service}",
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        auto_offset_reset="earliest",
+        partition_assignment_strategy=(RangePartitionAssignor,),
+        session_timeout_ms=settings.session_timeout_ms,
+        heartbeat_interval_ms=max(settings.session_timeout_ms // 3, 300),
+        max_poll_records=200,
+        fetch_max_wait_ms=200,
+        **settings.kafka_client_options(),
+    )
+
+
+def partition_for(key: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner picks for this key."""
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
+async def publish_schemas(producer: AIOKafkaProducer, settings: Settings, registry: SchemaRegistry) -> None:
+    """Writers announce every schema they know, keyed by fingerprint, on the compacted topic."""
+    topic = settings.topic(SCHEMAS_TOPIC)
+    sends = [
+        await producer.send(topic, key=version.fingerprint.hex().encode(), value=version.schema_json.encode())
+        for version in registry.all_versions()
+    ]
+    await asyncio.gather(*sends)
+
+
+async def learn_schemas(settings: Settings, registry: SchemaRegistry) -> int:
+    """Read the schema topic from the start to its end; returns how many schemas were new."""
+    topic = settings.topic(SCHEMAS_TOPIC)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        **settings.kafka_client_options(),
+    )
+    await consumer.start()
+    learned = 0
+    try:
+        partitions = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or {0})]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        while any(await consumer.position(tp) < end for tp, end in ends.items()):
+            batch = await consumer.getmany(timeout_ms=1000)
+            for records in batch.values():
+                for record in records:
+                    if record.value is None:
+                        continue
+                    try:
+                        known = registry.by_fingerprint(bytes.fromhex(record.key.decode()))
+                        if known is None:
+                            registry.add_writer_schema(record.value.decode())
+                            learned += 1
+                    except Exception:
+                        log.warning("ignored an unreadable entry on the schema topic", exc_info=True)
+    finally:
+        await consumer.stop()
+    return learned

@@ -1,0 +1,111 @@
+"""Settings from environment variables, read once at start and checked up front."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+CRASH_POINTS = ("after_store_write", "after_produce", "before_commit")
+SERVICE_PORTS = {"intake": 50051, "routing": 50052, "verification": 50053, "delivery": 50054, "feedback": 50055}
+_NAMESPACE = re.compile(r"^[a-z0-9-]*$")
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    service: str
+    kafka_bootstrap: str
+    mongo_uri: str
+    namespace: str
+    crash_point: str | None
+    log_level: str
+    grpc_port: int
+    session_timeout_ms: int
+    kafka_security: str
+    sasl_username: str | None
+    sasl_password: str | None
+    ssl_cafile: str | None
+    trace_file: str | None
+
+    def topic(self, name: str) -> str:
+        return f"{self.namespace}{name}"
+
+    def logical_topic(self, physical: str) -> str:
+        return physical.removeprefix(self.namespace)
+
+    @property
+    def group(self) -> str:
+        return f"{self.namespace}tongban-{self.service}"
+
+    @property
+    def database(self) -> str:
+        return f"{self.namespace.replace('-', '_')}tongban_{self.service}"
+
+    @property
+    def dlq_topic(self) -> str:
+        return self.topic(f"tongban.dlq.tongban-{self.service}")
+
+    @property
+    def retry_topic(self) -> str:
+        return self.topic(f"tongban.retry.tongban-{self.service}")
+
+    def kafka_client_options(self) -> dict:
+        """Security options shared by every aiokafka client of this process."""
+        if self.kafka_security == "PLAINTEXT":
+            return {}
+        import ssl
+
+        context = ssl.create_default_context(cafile=self.ssl_cafile)
+        return {
+            "security_protocol": "SASL_SSL",
+            "sasl_mechanism": "SCRAM-SHA-512",
+            "sasl_plain_username": self.sasl_username,
+            "sasl_plain_password": self.sasl_password,
+            "ssl_context": context,
+        }
+
+
+def _int(env: dict[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+
+
+def load_settings(service: str, env: dict[str, str] | None = None) -> Settings:
+    env = dict(os.environ if env is None else env)
+    namespace = env.get("TONGBAN_NAMESPACE", "")
+    if not _NAMESPACE.match(namespace):
+        raise ConfigError("TONGBAN_NAMESPACE may hold only lowercase letters, digits and '-'")
+    crash_point = env.get("TONGBAN_CRASH_POINT") or None
+    if crash_point is not None and crash_point not in CRASH_POINTS:
+        raise ConfigError(f"TONGBAN_CRASH_POINT must be one of {', '.join(CRASH_POINTS)}, got {crash_point!r}")
+    security = env.get("TONGBAN_KAFKA_SECURITY", "PLAINTEXT")
+    if security not in ("PLAINTEXT", "SASL_SSL"):
+        raise ConfigError(f"TONGBAN_KAFKA_SECURITY must be PLAINTEXT or SASL_SSL, got {security!r}")
+    username = env.get("TONGBAN_KAFKA_USERNAME") or None
+    password = env.get("TONGBAN_KAFKA_PASSWORD") or None
+    if security == "SASL_SSL" and not (username and password):
+        raise ConfigError("TONGBAN_KAFKA_SECURITY=SASL_SSL needs TONGBAN_KAFKA_USERNAME and TONGBAN_KAFKA_PASSWORD")
+    return Settings(
+        service=service,
+        kafka_bootstrap=env.get("TONGBAN_KAFKA_BOOTSTRAP", "127.0.0.1:19092"),
+        mongo_uri=env.get("TONGBAN_MONGO_URI", "mongodb://127.0.0.1:27217/"),
+        namespace=namespace,
+        crash_point=crash_point,
+        log_level=env.get("TONGBAN_LOG_LEVEL", "INFO").upper(),
+        grpc_port=_int(env, f"TONGBAN_GRPC_PORT_{service.upper()}", SERVICE_PORTS.get(service, 0)),
+        session_timeout_ms=_int(env, "TONGBAN_SESSION_TIMEOUT_MS", 10000),
+        kafka_security=security,
+        sasl_username=username,
+        sasl_password=password,
+        ssl_cafile=env.get("TONGBAN_KAFKA_CAFILE") or None,
+        trace_file=env.get("TONGBAN_TRACE_FILE") or None,
+    )

@@ -1,0 +1,50 @@
+"""Envelopes and deterministic event ids, shared by the runtime and partner-side tools."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from tongban.codec import SchemaRegistry
+
+EVENT_ID_NAMESPACE = uuid.UUID("5f1d1a52-4f0e-4a39-9a53-7d3c1a6c2b10")
+
+
+def derive_event_id(cause_id: str, event_type: str, qualifier: str = "") -> str:
+    """The same cause and type always give the same id, so a replay is recognisable."""
+    return str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{cause_id}|{event_type}|{qualifier}"))
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def millis(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def encode_event(
+    registry: SchemaRegistry,
+    event_type: str,
+    payload: dict[str, Any],
+    *,
+    cause_id: str,
+    correlation_id: str,
+    source_system: str,
+    source_partner: str | None = None,
+    qualifier: str = "",
+) -> tuple[str, bytes]:
+    """Wrap a payload in its envelope and encode it; returns (event id, framed bytes)."""
+    event_id = derive_event_id(cause_id, event_type, qualifier)
+    envelope = {
+        "event_id": event_id,
+        "event_type": event_type,
+        "schema_version": registry.latest(event_type).version,
+        "occurred_at": millis(now_utc()),
+        "source_system": source_system,
+        "source_partner": source_partner,
+        "correlation_id": correlation_id,
+        "causation_id": cause_id,
+    }
+    return event_id, registry.encode(event_type, {"envelope": envelope, **payload})

@@ -1,0 +1,67 @@
+"""The service's own MongoDB-wire database (FerretDB v1 locally, any MongoDB by URI).
+
+FerretDB v1 gives single-document atomicity only, so every fact a handler produces lives
+in one aggregate document written with an optimistic version check (see runtime.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from pymongo import ASCENDING, AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import (
+    AutoReconnect,
+    ConnectionFailure,
+    DuplicateKeyError,
+    OperationFailure,
+    ServerSelectionTimeoutError,
+)
+
+from tongban.config import Settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+AGGREGATES = "aggregates"
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Outages and lock contention: wait and try again, never dead-letter."""
+    if isinstance(exc, (AutoReconnect, ConnectionFailure, ServerSelectionTimeoutError)):
+        return True
+    # FerretDB's SQLite handler allows one writer per database file.
+    return isinstance(exc, OperationFailure) and not isinstance(exc, DuplicateKeyError) and (
+        "database is locked" in str(exc) or "SQLITE_BUSY" in str(exc)
+    )
+
+
+async def retry_transient(op: Callable[..., Awaitable[T]], *args: Any, attempts: int = 8, **kwargs: Any) -> T:
+    """Call `op(*args, **kwargs)`, retrying through lock contention; outages surface after a while."""
+    delay = 0.05
+    for attempt in range(attempts):
+        try:
+            return await op(*args, **kwargs)
+        except Exception as exc:
+            if not is_transient(exc) or attempt == attempts - 1:
+                raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+    raise AssertionError("unreachable")
+
+
+def connect(settings: Settings) -> tuple[AsyncMongoClient, AsyncDatabase]:
+    # Standalone FerretDB has no retryable writes; our own retry handles lock contention.
+    client: AsyncMongoClient = AsyncMongoClient(
+        settings.mongo_uri, retryWrites=False, serverSelectionTimeoutMS=5000, tz_aware=True
+    )
+    return client, client[settings.database]
+
+
+async def ensure_indexes(db: AsyncDatabase) -> None:
+    aggregates = db[AGGREGATES]
+    await retry_transient(aggregates.create_index, [("next_due_at", ASCENDING)])
+    await retry_transient(aggregates.create_index, [("pending", ASCENDING)])

@@ -1,0 +1,104 @@
+"""Tracing and logging shared by every process.
+
+One OpenTelemetry trace follows one application: the W3C `traceparent` travels in Kafka
+headers and gRPC metadata, never in payloads. Logs are JSON lines carrying the trace id;
+callers log ids and types only, never personal data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+from collections.abc import Sequence
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+
+from tongban.config import Settings
+
+Headers = Sequence[tuple[str, bytes]]
+
+
+class JsonLinesSpanExporter(SpanExporter):
+    """Appends finished spans to a file, one JSON object a line (used by tests and `make run`)."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._lock = threading.Lock()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        lines = []
+        for span in spans:
+            ctx = span.get_span_context()
+            parent = span.parent
+            lines.append(
+                json.dumps(
+                    {
+                        "service": span.resource.attributes.get("service.name"),
+                        "name": span.name,
+                        "trace_id": format(ctx.trace_id, "032x"),
+                        "span_id": format(ctx.span_id, "016x"),
+                        "parent_id": format(parent.span_id, "016x") if parent else None,
+                        "attributes": dict(span.attributes or {}),
+                    }
+                )
+            )
+        with self._lock, open(self._path, "a", encoding="utf-8") as out:
+            out.write("\n".join(lines) + "\n")
+        return SpanExportResult.SUCCESS
+
+
+class JsonLogFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        span_ctx = trace.get_current_span().get_span_context()
+        entry = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if span_ctx.is_valid:
+            entry["trace_id"] = format(span_ctx.trace_id, "032x")
+        entry.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            entry["error"] = f"{record.exc_info[0].__name__}"
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def setup(settings: Settings) -> trace.Tracer:
+    """Configure JSON logging and the tracer provider for this process."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLogFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level)
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    logging.getLogger("pymongo").setLevel(logging.WARNING)
+
+    provider = TracerProvider(resource=Resource.create({"service.name": f"tongban-{settings.service}"}))
+    if settings.trace_file:
+        provider.add_span_processor(SimpleSpanProcessor(JsonLinesSpanExporter(settings.trace_file)))
+    trace.set_tracer_provider(provider)
+    return trace.get_tracer("tongban")
+
+
+def inject_headers() -> list[tuple[str, bytes]]:
+    """The current trace context as Kafka headers."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return [(k, v.encode()) for k, v in carrier.items()]
+
+
+def extract_headers(headers: Headers | None) -> otel_context.Context:
+    carrier = {k: v.decode("latin-1") for k, v in (headers or ()) if k in ("traceparent", "tracestate")}
+    return propagate.extract(carrier)
+
+
+def log(logger: logging.Logger, level: int, msg: str, **fields: object) -> None:
+    """Log with structured fields (ids, types, counts: never personal data)."""
+    logger.log(level, msg, extra={"fields": fields})
