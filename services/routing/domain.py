@@ -324,7 +324,7 @@ def decide_route(
         parties = cycle(((home, home_division), (receiving, receiving_division)))
         legs = tuple(
             RoutingLeg(partner.partner_id, division, leg.step, leg.working_days)
-            for leg, (partner, division) in zip(matter.legs, parties)
+            for leg, (partner, division) in zip(matter.legs, parties, strict=False)
         )
     else:
         # never empty: a matter that is not joint has one of the two (Matter checks)
