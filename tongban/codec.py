@@ -1,0 +1,508 @@
+"""Avro single-object codec and schema registry for Tongban events.
+
+Framing (Avro spec, "Single-object encoding"): ``C3 01``, the 8-byte little-endian
+CRC-64-AVRO fingerprint of the writer schema's Parsing Canonical Form, the binary body.
+
+Schemas live in ``schemas/<namespace>.<Name>.v<N>.avsc``. A file may reference a
+record defined in another file (a *component*, e.g. ``tongban.Envelope``) by its full
+name; the loader inlines the latest version of that component so every version has a
+self-contained schema and hence a fingerprint. Every file is parsed once, at load.
+
+Error messages never contain field values, so they are safe to log.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import io
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import fastavro
+import fastavro.validation
+from fastavro.schema import fingerprint as _fastavro_fingerprint
+from fastavro.schema import to_parsing_canonical_form
+
+__all__ = [
+    "MAGIC",
+    "HEADER_SIZE",
+    "MASK",
+    "CodecError",
+    "MalformedRecord",
+    "UnknownSchema",
+    "SchemaVersion",
+    "SchemaRegistry",
+    "schema_fingerprint",
+]
+
+MAGIC = b"\xc3\x01"
+HEADER_SIZE = len(MAGIC) + 8
+MASK = "***"
+DEFAULT_DIRECTORY = Path(__file__).resolve().parent.parent / "schemas"
+
+_PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
+_NAMED = frozenset({"record", "error", "enum", "fixed"})
+_TIMESTAMPS = frozenset({"timestamp-millis", "timestamp-micros", "local-timestamp-millis",
+                         "local-timestamp-micros"})
+_FILE_NAME = re.compile(r"^(?P<name>(?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*)\.v(?P<version>[1-9]\d*)\.avsc$",
+                        re.ASCII)
+
+
+class CodecError(Exception):
+    """Base error of the codec; the message never contains personal data."""
+
+
+class MalformedRecord(CodecError):
+    """Bytes that are not a valid frame or body, or a record that does not match its schema."""
+
+
+class UnknownSchema(CodecError):
+    """No schema known for a fingerprint (``.fingerprint``, hex) or a full name (``.full_name``)."""
+
+    def __init__(self, message: str, *, fingerprint: str | None = None,
+                 full_name: str | None = None) -> None:
+        super().__init__(message)
+        self.fingerprint = fingerprint
+        self.full_name = full_name
+
+
+@dataclass(frozen=True)
+class SchemaVersion:
+    """One released (or learned) version of a schema.
+
+    ``schema_json`` is self-contained (components inlined, ``pii`` marks kept) and carries
+    a top-level ``"version"`` property; ``version`` is 0 for a learned schema without it.
+    """
+
+    full_name: str
+    version: int
+    fingerprint: bytes
+    schema_json: str = field(repr=False)
+    parsed: object = field(repr=False, compare=False)
+
+    @property
+    def fingerprint_hex(self) -> str:
+        return self.fingerprint.hex()
+
+
+def schema_fingerprint(schema: str | dict | list) -> bytes:
+    """CRC-64-AVRO fingerprint (8 bytes, as framed) of a schema's Parsing Canonical Form."""
+    if isinstance(schema, str):
+        stripped = schema.strip()
+        schema = json.loads(stripped) if stripped[:1] in ('"', "{", "[") else stripped
+    return bytes.fromhex(_fastavro_fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO"))
+
+
+class _Mismatch(Exception):
+    def __init__(self, path: str, expected: str) -> None:
+        super().__init__(path)
+        self.path = path
+        self.expected = expected
+
+
+class SchemaRegistry:
+    """Released schema versions from ``schemas/`` plus writer schemas learned at runtime."""
+
+    def __init__(self) -> None:
+        self._local: dict[str, list[SchemaVersion]] = {}
+        self._learned: dict[str, list[SchemaVersion]] = {}
+        self._by_fingerprint: dict[bytes, SchemaVersion] = {}
+        self._pii: dict[str, list[tuple[str, ...]]] = {}
+
+    # -- loading -----------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, directory: Path | None = None) -> SchemaRegistry:
+        """Load every ``*.avsc`` in ``directory`` (default: the repository's ``schemas/``)."""
+        directory = Path(directory) if directory is not None else DEFAULT_DIRECTORY
+        raw: dict[str, dict[int, dict]] = {}
+        for path in sorted(directory.glob("*.avsc")):
+            match = _FILE_NAME.match(path.name)
+            if match is None:
+                raise CodecError(f"{path.name}: file name is not <namespace>.<Name>.v<N>.avsc")
+            try:
+                schema = json.loads(path.read_text(encoding="utf-8"))
+            except ValueError as exc:
+                raise CodecError(f"{path.name}: not valid JSON ({exc})") from None
+            if not isinstance(schema, dict) or schema.get("type") != "record" \
+                    or not isinstance(schema.get("name"), str):
+                raise CodecError(f"{path.name}: top level must be a named record")
+            if _full_name(schema, "") != match["name"]:
+                raise CodecError(f"{path.name}: record full name {_full_name(schema, '')!r} "
+                                 "does not match the file name")
+            raw.setdefault(match["name"], {})[int(match["version"])] = schema
+        for name, by_version in raw.items():
+            if sorted(by_version) != list(range(1, len(by_version) + 1)):
+                raise CodecError(f"{name}: versions must run 1..N without gaps, "
+                                 f"found {sorted(by_version)}")
+
+        latest_raw = {name: by_version[max(by_version)] for name, by_version in raw.items()}
+        registry = cls()
+        for name in sorted(raw):
+            for version in sorted(raw[name]):
+                try:
+                    inlined = _inline(raw[name][version], latest_raw)
+                except CodecError as exc:
+                    raise CodecError(f"{name}.v{version}: {exc}") from None
+                inlined["version"] = version
+                registry._add(inlined, json.dumps(inlined, ensure_ascii=False), version, local=True)
+        return registry
+
+    def _add(self, schema: dict, schema_json: str, version: int, *, local: bool) -> SchemaVersion:
+        name = _full_name(schema, "")
+        try:
+            parsed = fastavro.parse_schema(copy.deepcopy(schema), named_schemas={})
+            fp = schema_fingerprint(schema)
+        except Exception as exc:  # fastavro raises several types for bad schemas
+            raise CodecError(f"{name}.v{version}: invalid schema ({exc})") from None
+        sv = SchemaVersion(name, version, fp, schema_json, parsed)
+        target = self._local if local else self._learned
+        target.setdefault(name, []).append(sv)
+        target[name].sort(key=lambda v: v.version)
+        current = self._by_fingerprint.get(fp)
+        # Doc-only versions share a fingerprint; keep the newest local one.
+        if current is None or (local and current.version <= version):
+            self._by_fingerprint[fp] = sv
+        self._pii.pop(name, None)
+        return sv
+
+    def add_writer_schema(self, schema_json: str) -> SchemaVersion:
+        """Learn a writer's self-contained schema (from ``tongban.schemas``); idempotent."""
+        try:
+            schema = json.loads(schema_json)
+        except (TypeError, ValueError):
+            raise CodecError("writer schema is not valid JSON") from None
+        if not isinstance(schema, dict) or schema.get("type") != "record" \
+                or not isinstance(schema.get("name"), str):
+            raise CodecError("writer schema must be a named record")
+        try:
+            fp = schema_fingerprint(schema)
+        except Exception as exc:
+            raise CodecError(f"writer schema rejected ({exc})") from None
+        known = self._by_fingerprint.get(fp)
+        if known is not None:
+            return known
+        version = schema.get("version")
+        if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+            version = 0
+        return self._add(schema, schema_json, version, local=False)
+
+    # -- lookup ------------------------------------------------------------------------
+
+    def latest(self, full_name: str) -> SchemaVersion:
+        """The newest local version of ``full_name``."""
+        versions = self._local.get(full_name)
+        if not versions:
+            raise UnknownSchema(f"no local schema named {full_name}", full_name=full_name)
+        return versions[-1]
+
+    def versions(self, full_name: str) -> list[SchemaVersion]:
+        """Local versions of ``full_name``, oldest first (empty if unknown)."""
+        return list(self._local.get(full_name, ()))
+
+    def by_fingerprint(self, fingerprint: bytes) -> SchemaVersion | None:
+        """The version (local or learned) with this 8-byte fingerprint."""
+        return self._by_fingerprint.get(bytes(fingerprint))
+
+    def all_versions(self) -> list[SchemaVersion]:
+        """Every local version, by full name then version (learned schemas excluded)."""
+        return [sv for name in sorted(self._local) for sv in self._local[name]]
+
+    # -- encoding ----------------------------------------------------------------------
+
+    def encode(self, full_name: str, record: dict) -> bytes:
+        """Frame ``record`` with the latest local version of ``full_name``.
+
+        Raises MalformedRecord naming the first offending field. For events (records whose
+        first field is ``envelope``) ``envelope.event_type`` must be ``full_name`` and
+        ``envelope.schema_version`` the version used.
+        """
+        sv = self.latest(full_name)
+        parsed: dict = sv.parsed  # type: ignore[assignment]
+        named = parsed["__named_schemas"]
+        try:
+            _check(parsed, record, "", named)
+        except _Mismatch as exc:
+            where = f"field '{exc.path}'" if exc.path else "record"
+            raise MalformedRecord(f"{full_name}: {where} does not match the schema "
+                                  f"(expected {exc.expected})") from None
+        if parsed["fields"] and parsed["fields"][0]["name"] == "envelope":
+            envelope = record["envelope"]
+            if envelope["event_type"] != full_name:
+                raise MalformedRecord(f"{full_name}: field 'envelope.event_type' must be {full_name}")
+            if envelope["schema_version"] != sv.version:
+                raise MalformedRecord(f"{full_name}: field 'envelope.schema_version' must be "
+                                      f"{sv.version}")
+        buffer = io.BytesIO()
+        buffer.write(MAGIC)
+        buffer.write(sv.fingerprint)
+        try:
+            fastavro.validation.validate(record, parsed, raise_errors=True)
+            fastavro.schemaless_writer(buffer, parsed, record)
+        except fastavro.validation.ValidationError as exc:
+            fields = sorted({str(e.field) for e in exc.errors})
+            raise MalformedRecord(f"{full_name}: field(s) {', '.join(fields)} do not match "
+                                  "the schema") from None
+        except Exception as exc:
+            raise MalformedRecord(f"{full_name}: record does not encode "
+                                  f"({type(exc).__name__})") from None
+        return buffer.getvalue()
+
+    # -- decoding ----------------------------------------------------------------------
+
+    @staticmethod
+    def fingerprint_of(data: bytes) -> bytes:
+        """The writer fingerprint in a frame's header; MalformedRecord if there is no header."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise MalformedRecord(f"expected bytes, got {type(data).__name__}")
+        if len(data) < HEADER_SIZE:
+            raise MalformedRecord(f"frame shorter than the {HEADER_SIZE}-byte header")
+        if bytes(data[:2]) != MAGIC:
+            raise MalformedRecord("bad magic: not Avro single-object encoding")
+        return bytes(data[2:HEADER_SIZE])
+
+    def decode(self, data: bytes, reader_name: str | None = None) -> tuple[str, dict]:
+        """Decode a frame, resolving the writer schema to the latest local reader.
+
+        ``reader_name`` asserts the expected full name. Returns ``(full_name, record)``;
+        timestamps come back as aware UTC datetimes.
+        """
+        fp = self.fingerprint_of(data)
+        writer = self._by_fingerprint.get(fp)
+        if writer is None:
+            raise UnknownSchema(f"unknown writer fingerprint {fp.hex()}", fingerprint=fp.hex())
+        name = reader_name or writer.full_name
+        if name != writer.full_name:
+            raise MalformedRecord(f"event is {writer.full_name}, expected {name}")
+        local = self._local.get(name)
+        reader = local[-1] if local else writer
+        buffer = io.BytesIO(bytes(data[HEADER_SIZE:]))
+        try:
+            record = fastavro.schemaless_reader(
+                buffer, writer.parsed,
+                None if reader.fingerprint == writer.fingerprint else reader.parsed)
+        except fastavro.read.SchemaResolutionError:
+            raise MalformedRecord(f"{name}: writer v{writer.version} ({writer.fingerprint_hex}) "
+                                  f"cannot be read as v{reader.version}") from None
+        except Exception as exc:  # garbage bodies raise EOFError, IndexError, ValueError, ...
+            raise MalformedRecord(f"{name}: body does not decode ({type(exc).__name__})") from None
+        if buffer.tell() != len(data) - HEADER_SIZE:
+            raise MalformedRecord(f"{name}: trailing bytes after the body")
+        if not isinstance(record, dict):
+            raise MalformedRecord(f"{name}: body is not a record")
+        return name, record
+
+    # -- personal data -----------------------------------------------------------------
+
+    def _pii_schema(self, full_name: str) -> dict:
+        versions = self._local.get(full_name) or self._learned.get(full_name)
+        if not versions:
+            raise UnknownSchema(f"no schema named {full_name}", full_name=full_name)
+        return versions[-1].parsed  # type: ignore[return-value]
+
+    def pii_paths(self, full_name: str) -> list[tuple[str, ...]]:
+        """Paths of fields marked ``"pii": true``; arrays, maps and unions are transparent."""
+        if full_name not in self._pii:
+            parsed = self._pii_schema(full_name)
+            out: list[tuple[str, ...]] = []
+            _collect_pii(parsed, (), parsed["__named_schemas"], out, set())
+            self._pii[full_name] = out
+        return list(self._pii[full_name])
+
+    def mask(self, full_name: str, record: dict) -> dict:
+        """A copy of ``record`` with every pii value replaced by ``"***"`` (None stays None).
+
+        Values whose shape does not match the schema are masked whole if they could hold pii.
+        """
+        parsed = self._pii_schema(full_name)
+        return _mask(parsed, record, parsed["__named_schemas"])
+
+
+# -- schema helpers ---------------------------------------------------------------------
+
+
+def _full_name(schema: dict, namespace: str) -> str:
+    name = schema["name"]
+    if "." in name:
+        return name
+    ns = schema.get("namespace", namespace)
+    return f"{ns}.{name}" if ns else name
+
+
+def _resolve(name: str, namespace: str) -> str:
+    return name if "." in name or not namespace else f"{namespace}.{name}"
+
+
+def _inline(schema: dict, components: Mapping[str, dict]) -> dict:
+    """Copy of ``schema`` with references to other files' records replaced by definitions."""
+    defined: set[str] = set()
+
+    def walk(node: Any, namespace: str) -> Any:
+        if isinstance(node, str):
+            if node in _PRIMITIVES:
+                return node
+            full = _resolve(node, namespace)
+            if full in defined:
+                return node
+            if full not in components:
+                raise CodecError(f"unknown type {full}")
+            return walk(components[full], namespace)
+        if isinstance(node, list):
+            return [walk(branch, namespace) for branch in node]
+        if not isinstance(node, dict):
+            raise CodecError(f"unexpected schema node {type(node).__name__}")
+        kind = node.get("type")
+        out = dict(node)
+        if kind in _NAMED:
+            full = _full_name(node, namespace)
+            if full in defined:
+                raise CodecError(f"type {full} defined twice")
+            defined.add(full)
+            if kind in ("record", "error"):
+                inner = full.rpartition(".")[0]
+                out["fields"] = [{**f, "type": walk(f["type"], inner)} for f in node["fields"]]
+        elif kind == "array":
+            out["items"] = walk(node["items"], namespace)
+        elif kind == "map":
+            out["values"] = walk(node["values"], namespace)
+        elif isinstance(kind, (dict, list)) or (isinstance(kind, str) and kind not in _PRIMITIVES):
+            out["type"] = walk(kind, namespace)
+        return out
+
+    return walk(schema, "")
+
+
+def _kind(schema: Any, named: Mapping[str, Any]) -> tuple[Any, str]:
+    """Dereference a parsed schema node: returns (node, type name)."""
+    if isinstance(schema, str):
+        if schema in _PRIMITIVES:
+            return schema, schema
+        schema = named[schema]
+    if isinstance(schema, list):
+        return schema, "union"
+    kind = schema["type"]
+    if isinstance(kind, (dict, list)) or (isinstance(kind, str) and kind not in _PRIMITIVES
+                                          and kind not in _NAMED | {"array", "map"}):
+        return _kind(kind, named)
+    return schema, kind
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def _check(schema: Any, datum: Any, path: str, named: Mapping[str, Any]) -> None:
+    """Raise _Mismatch at the first place ``datum`` does not fit ``schema`` (parsed form)."""
+    node, kind = _kind(schema, named)
+    if kind == "union":
+        if datum is None and "null" in node:
+            return
+        branches = [b for b in node if b != "null"]
+        if len(branches) == 1:
+            _check(branches[0], datum, path, named)
+            return
+        for branch in branches:
+            try:
+                _check(branch, datum, path, named)
+                return
+            except _Mismatch:
+                continue
+        raise _Mismatch(path, "a value of one of the union's types")
+    if kind in ("record", "error"):
+        if not isinstance(datum, Mapping):
+            raise _Mismatch(path, f"record {node['name']}")
+        fields = {f["name"]: f for f in node["fields"]}
+        for key in datum:
+            if key not in fields:
+                raise _Mismatch(_join(path, str(key)), "no such field in the schema")
+        for name, f in fields.items():
+            if name not in datum:
+                if "default" in f:
+                    continue
+                raise _Mismatch(_join(path, name), "a value; the field is required")
+            _check(f["type"], datum[name], _join(path, name), named)
+        return
+    if kind == "array":
+        if not isinstance(datum, (list, tuple)):
+            raise _Mismatch(path, "array")
+        for i, item in enumerate(datum):
+            _check(node["items"], item, f"{path}[{i}]", named)
+        return
+    if kind == "map":
+        if not isinstance(datum, Mapping) or not all(isinstance(k, str) for k in datum):
+            raise _Mismatch(path, "map with string keys")
+        for key, value in datum.items():
+            _check(node["values"], value, f"{path}[{key!r}]", named)
+        return
+    logical = node.get("logicalType") if isinstance(node, dict) else None
+    if logical in _TIMESTAMPS and isinstance(datum, dt.datetime) and datum.tzinfo is None \
+            and not logical.startswith("local-"):
+        raise _Mismatch(path, f"{logical} as an aware (UTC) datetime or epoch number")
+    if not fastavro.validation.validate(datum, node, raise_errors=False):
+        raise _Mismatch(path, logical or kind)
+
+
+def _collect_pii(schema: Any, path: tuple[str, ...], named: Mapping[str, Any],
+                 out: list[tuple[str, ...]], active: set[str]) -> None:
+    node, kind = _kind(schema, named)
+    if kind == "union":
+        for branch in node:
+            _collect_pii(branch, path, named, out, active)
+    elif kind == "array":
+        _collect_pii(node["items"], path, named, out, active)
+    elif kind == "map":
+        _collect_pii(node["values"], path, named, out, active)
+    elif kind in ("record", "error") and node["name"] not in active:
+        active = active | {node["name"]}
+        for f in node["fields"]:
+            child = (*path, f["name"])
+            if f.get("pii") is True:
+                if child not in out:
+                    out.append(child)
+            else:
+                _collect_pii(f["type"], child, named, out, active)
+
+
+def _has_pii(schema: Any, named: Mapping[str, Any]) -> bool:
+    found: list[tuple[str, ...]] = []
+    _collect_pii(schema, (), named, found, set())
+    return bool(found)
+
+
+def _mask(schema: Any, datum: Any, named: Mapping[str, Any]) -> Any:
+    if datum is None:
+        return None
+    node, kind = _kind(schema, named)
+    if kind == "union":
+        branches = [b for b in node if b != "null"]
+        if len(branches) == 1:
+            return _mask(branches[0], datum, named)
+        return MASK if _has_pii(node, named) else copy.deepcopy(datum)
+    if kind in ("record", "error"):
+        if not isinstance(datum, Mapping):
+            return MASK if _has_pii(node, named) else copy.deepcopy(datum)
+        fields = {f["name"]: f for f in node["fields"]}
+        out = {}
+        for key, value in datum.items():
+            f = fields.get(key)
+            if f is None:
+                out[key] = copy.deepcopy(value)
+            elif f.get("pii") is True:
+                out[key] = None if value is None else MASK
+            else:
+                out[key] = _mask(f["type"], value, named)
+        return out
+    if kind == "array":
+        if not isinstance(datum, (list, tuple)):
+            return MASK if _has_pii(node, named) else copy.deepcopy(datum)
+        return [_mask(node["items"], item, named) for item in datum]
+    if kind == "map":
+        if not isinstance(datum, Mapping):
+            return MASK if _has_pii(node, named) else copy.deepcopy(datum)
+        return {key: _mask(node["values"], value, named) for key, value in datum.items()}
+    return copy.deepcopy(datum)
