@@ -340,7 +340,8 @@ class ServiceRuntime:
         doc = doc or {"v": 0, "state": None, "applied": [], "outbox": [], "timers": []}
         replaced = set(outcome.cancel_timers) | {t.name for t in outcome.timers}
         timers = [t for t in doc["timers"] if t["name"] not in replaced and t["id"] != fired_timer]
-        trace_headers = [[k, Binary(v)] for k, v in inject_headers()]
+        # Stored as a sub-document: FerretDB v1 does not store nested arrays.
+        trace_headers = {k: v.decode() for k, v in inject_headers()}
         for timer in outcome.timers:
             timers.append({
                 "id": f"{key}:{timer.name}:{millis(timer.due_at)}",
@@ -363,7 +364,7 @@ class ServiceRuntime:
             "updated_at": now_utc(),
         }
 
-    def _outbox_entry(self, cause: Event, emit: Emit, headers: list) -> dict[str, Any]:
+    def _outbox_entry(self, cause: Event, emit: Emit, headers: dict[str, str]) -> dict[str, Any]:
         event_id, value = encode_event(
             self.registry, emit.event_type, emit.payload, cause_id=cause.event_id, qualifier=emit.qualifier,
             correlation_id=cause.envelope.get("correlation_id") or cause.key,
@@ -381,7 +382,7 @@ class ServiceRuntime:
                     self.settings.topic(entry["topic"]),
                     key=entry["key"].encode(),
                     value=bytes(entry["value"]),
-                    headers=[(k, bytes(v)) for k, v in entry["headers"]],
+                    headers=[(k, v.encode()) for k, v in entry["headers"].items()],
                 ))
         if not sends:
             return
@@ -432,7 +433,7 @@ class ServiceRuntime:
                 event = Event(f"timer:{timer['id']}", TIMER_FIRED, doc["_id"], {
                     "timer_id": timer["id"], "name": timer["name"], "payload": timer["payload"],
                 }, {"correlation_id": doc["_id"]}, "timer")
-                headers = [(k, bytes(v)) for k, v in timer["headers"]]
+                headers = [(k, v.encode()) for k, v in timer["headers"].items()]
                 with tracer.start_as_current_span(f"timer {timer['name']}", context=extract_headers(headers)):
                     if handler is None:
                         handler = _drop_unknown_timer

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import grpc
+from aiokafka.errors import KafkaError
+from pymongo.errors import PyMongoError
 
 from services.intake import domain, handlers, intake_pb2, intake_pb2_grpc
 from tongban.app import grpc_span
@@ -106,3 +108,5 @@ class IntakeServicer(intake_pb2_grpc.IntakeServicer):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         except HandlerFailed:
             await context.abort(grpc.StatusCode.INTERNAL, "intake could not record the request")
+        except (PyMongoError, KafkaError):
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "intake's store or broker is unavailable; retry")

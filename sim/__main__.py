@@ -1,0 +1,44 @@
+"""python -m sim [--deny-matters CODE,...]: every declared authority partner and the carrier."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+
+from sim.partners import authority, carrier, run_partner
+from tongban import telemetry
+from tongban.codec import SchemaRegistry
+from tongban.config import ConfigError, load_settings
+from tongban.partners import authorities
+
+
+async def run(deny_matters: frozenset[str]) -> None:
+    settings = load_settings("partner-sim")
+    telemetry.setup(settings)
+    registry = SchemaRegistry.load()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    tasks = [
+        run_partner(settings, registry, pid, f"tongban.partner.{pid}.assignments", authority(pid, deny_matters),
+                    stopping)
+        for pid in authorities()
+    ]
+    tasks.append(run_partner(settings, registry, "ems", "tongban.partner.ems.dispatches", carrier, stopping))
+    await asyncio.gather(*tasks)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--deny-matters", default="", help="matter codes the simulated authorities deny")
+    args = parser.parse_args()
+    try:
+        asyncio.run(run(frozenset(filter(None, args.deny_matters.split(",")))))
+    except ConfigError as exc:
+        raise SystemExit(f"partner simulator: configuration error: {exc}") from None
+
+
+if __name__ == "__main__":
+    main()

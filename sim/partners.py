@@ -1,0 +1,109 @@
+"""Simulated partner systems.
+
+- An **authority** (another province, a city under a point-to-point agreement, or Hunan's own
+  departments) reads `tongban.partner.<id>.assignments`, accepts (受理) and decides: it approves
+  unless the matter is on its deny list (the demo's stand-in for a substantive review).
+- The **carrier** (EMS) reads `tongban.partner.ems.dispatches` and reports delivery on
+  `tongban.partner.ems.receipts`.
+Replies derive their event ids from the record they answer, so a redelivered assignment gives
+the same replies, which Tongban recognises as duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaProducer
+from opentelemetry import trace
+
+from tongban import bus
+from tongban.codec import CodecError, SchemaRegistry
+from tongban.config import Settings
+from tongban.events import encode_event, now_utc
+from tongban.telemetry import extract_headers, inject_headers
+from tongban.telemetry import log as log_fields
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer("tongban.sim")
+
+
+@dataclass(frozen=True)
+class Reply:
+    topic: str
+    event_type: str
+    payload: dict
+
+
+Respond = Callable[[str, dict], list[Reply]]
+
+
+def authority(partner_id: str, deny_matters: frozenset[str]) -> Respond:
+    decisions = f"tongban.partner.{partner_id}.decisions"
+
+    def respond(event_type: str, assigned: dict) -> list[Reply]:
+        if event_type != "tongban.partner.MatterAssigned":
+            return []
+        base = {"assignment_id": assigned["assignment_id"], "application_id": assigned["application_id"]}
+        accepted = {**base, "outcome": "ACCEPTED", "reason": None, "accepted_at": now_utc()}
+        if assigned["matter_code"] in deny_matters:
+            decided = {**base, "outcome": "DENIED", "result_reference": None,
+                       "reason": "不符合法定条件 (simulated substantive review)", "decided_at": now_utc()}
+        else:
+            reference = "LIC-" + hashlib.sha256(assigned["assignment_id"].encode()).hexdigest()[:12].upper()
+            decided = {**base, "outcome": "APPROVED", "result_reference": reference, "reason": None,
+                       "decided_at": now_utc()}
+        return [Reply(decisions, "tongban.partner.AuthorityAcceptance", accepted),
+                Reply(decisions, "tongban.partner.AuthorityDecision", decided)]
+
+    return respond
+
+
+def carrier(event_type: str, dispatch: dict) -> list[Reply]:
+    if event_type != "tongban.delivery.PostalDispatch":
+        return []
+    tracking = "EMS" + hashlib.sha256(dispatch["dispatch_id"].encode()).hexdigest()[:10].upper()
+    receipt = {"dispatch_id": dispatch["dispatch_id"], "application_id": dispatch["application_id"],
+               "tracking_number": tracking, "status": "DELIVERED", "at": now_utc()}
+    return [Reply("tongban.partner.ems.receipts", "tongban.delivery.PostalReceipt", receipt)]
+
+
+async def run_partner(settings: Settings, registry: SchemaRegistry, partner_id: str, inbound: str,
+                      respond: Respond, stopping: asyncio.Event) -> None:
+    """Consume one partner's outbound topic and answer, committing after the answers are sent."""
+    identity = f"partner-{partner_id}"
+    producer: AIOKafkaProducer = bus.make_producer(settings, client_id=identity)
+    consumer = bus.make_consumer(settings, [settings.topic(inbound)], group=settings.topic(identity))
+    await producer.start()
+    await consumer.start()
+    try:
+        while not stopping.is_set():
+            batch = await consumer.getmany(timeout_ms=500)
+            sends = []
+            for records in batch.values():
+                for record in records:
+                    try:
+                        event_type, body = registry.decode(record.value)
+                    except CodecError as exc:
+                        log_fields(log, logging.WARNING, "partner could not read a record", partner=partner_id,
+                                   offset=record.offset, error=type(exc).__name__)
+                        continue
+                    envelope = body.pop("envelope")
+                    with tracer.start_as_current_span(f"{identity} {event_type.rsplit('.', 1)[-1]}",
+                                                      context=extract_headers(record.headers)):
+                        for reply in respond(event_type, body):
+                            _, value = encode_event(
+                                registry, reply.event_type, reply.payload, cause_id=envelope["event_id"],
+                                correlation_id=envelope["correlation_id"], source_system=identity,
+                                source_partner=partner_id)
+                            sends.append(await producer.send(settings.topic(reply.topic), key=record.key,
+                                                             value=value, headers=inject_headers()))
+            await asyncio.gather(*sends)
+            if batch:
+                await consumer.commit()
+    finally:
+        await consumer.stop()
+        await producer.stop()
