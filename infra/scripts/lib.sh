@@ -1,0 +1,96 @@
+# Shared helpers for the infra scripts (sourced, not executed).
+# shellcheck shell=bash
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+VAR="$ROOT/var"
+RUN_DIR="$VAR/run"
+LOG_DIR="$VAR/log"
+VENV_PY="$ROOT/.venv/bin/python"
+
+# Defaults from docs/conventions.md.
+LOCAL_KAFKA_PLAINTEXT="127.0.0.1:19092"
+LOCAL_KAFKA_SASL_SSL="127.0.0.1:19094"
+LOCAL_MONGO_URI="mongodb://127.0.0.1:27217/"
+
+TONGBAN_KAFKA_SECURITY="${TONGBAN_KAFKA_SECURITY:-PLAINTEXT}"
+case "$TONGBAN_KAFKA_SECURITY" in
+  PLAINTEXT) LOCAL_KAFKA_BOOTSTRAP="$LOCAL_KAFKA_PLAINTEXT" ;;
+  SASL_SSL)  LOCAL_KAFKA_BOOTSTRAP="$LOCAL_KAFKA_SASL_SSL" ;;
+  *) echo "TONGBAN_KAFKA_SECURITY must be PLAINTEXT or SASL_SSL (got '$TONGBAN_KAFKA_SECURITY')" >&2; exit 2 ;;
+esac
+export TONGBAN_KAFKA_SECURITY
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# kafka_is_local: true when TONGBAN_KAFKA_BOOTSTRAP is unset or names the local broker.
+kafka_is_local() {
+  local b="${TONGBAN_KAFKA_BOOTSTRAP:-}"
+  [[ -z "$b" ]] && return 0
+  case "$b" in
+    127.0.0.1:19092|localhost:19092|127.0.0.1:19094|localhost:19094) return 0 ;;
+  esac
+  return 1
+}
+
+# mongo_is_local: true when TONGBAN_MONGO_URI is unset or names the local FerretDB.
+mongo_is_local() {
+  local u="${TONGBAN_MONGO_URI:-}"
+  [[ -z "$u" ]] && return 0
+  u="${u#mongodb://}"; u="${u##*@}"; u="${u%%/*}"; u="${u%%\?*}"
+  case "$u" in
+    127.0.0.1:27217|localhost:27217) return 0 ;;
+  esac
+  return 1
+}
+
+# pid_alive PIDFILE PATTERN: the pid in PIDFILE is running and its command line
+# contains PATTERN (guards against a recycled pid).
+pid_alive() {
+  local pidfile="$1" pattern="$2" pid
+  [[ -f "$pidfile" ]] || return 1
+  pid="$(cat "$pidfile" 2>/dev/null)"
+  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+  [[ -r "/proc/$pid/cmdline" ]] || return 1
+  tr '\0' ' ' < "/proc/$pid/cmdline" | grep -q -- "$pattern"
+}
+
+# port_open HOST PORT: something accepts TCP connections there.
+port_open() {
+  (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null
+}
+
+# stop_pidfile NAME PIDFILE PATTERN GRACE_SECONDS: SIGTERM, wait, then SIGKILL.
+stop_pidfile() {
+  local name="$1" pidfile="$2" pattern="$3" grace="$4" pid i
+  if ! pid_alive "$pidfile" "$pattern"; then
+    rm -f "$pidfile"
+    log "$name: not running"
+    return 0
+  fi
+  pid="$(cat "$pidfile")"
+  log "$name: stopping pid $pid (SIGTERM, up to ${grace}s)"
+  kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < grace * 10; i++)); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    log "$name: still running after ${grace}s, sending SIGKILL"
+    kill -KILL "$pid" 2>/dev/null || true
+    for ((i = 0; i < 50; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  fi
+  rm -f "$pidfile"
+  log "$name: stopped"
+}
+
+# launch PIDFILE OUTFILE CMD...: start CMD detached in its own session; the pid file holds
+# the pid of CMD itself (bash records $$ and then execs it).
+launch() {
+  local pidfile="$1" outfile="$2"; shift 2
+  mkdir -p "$(dirname "$pidfile")" "$(dirname "$outfile")"
+  setsid bash -c 'echo $$ > "$0"; exec "$@"' "$pidfile" "$@" </dev/null >>"$outfile" 2>&1 &
+  local i
+  for ((i = 0; i < 50; i++)); do [[ -s "$pidfile" ]] && return 0; sleep 0.1; done
+  die "could not start: $*"
+}

@@ -1,0 +1,87 @@
+"""Readiness probes used by the infra scripts (run with the repo's .venv).
+
+    python infra/scripts/wait_ready.py kafka [--timeout S]   # metadata request via aiokafka
+    python infra/scripts/wait_ready.py mongo [--timeout S]   # ping via pymongo
+
+Targets come from TONGBAN_KAFKA_BOOTSTRAP / TONGBAN_MONGO_URI (local defaults otherwise);
+TONGBAN_KAFKA_SECURITY=SASL_SSL uses TONGBAN_KAFKA_USERNAME/_PASSWORD/_CAFILE.
+Exit code 0 when the target answered within the timeout. Deliberately self-contained:
+it must not import the tongban package, which may be mid-edit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import ssl
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def kafka_settings() -> dict:
+    security = os.environ.get("TONGBAN_KAFKA_SECURITY", "PLAINTEXT").upper()
+    default = "127.0.0.1:19094" if security == "SASL_SSL" else "127.0.0.1:19092"
+    settings: dict = {"bootstrap_servers": os.environ.get("TONGBAN_KAFKA_BOOTSTRAP") or default}
+    if security == "SASL_SSL":
+        cafile = os.environ.get("TONGBAN_KAFKA_CAFILE") or str(ROOT / "var/kafka/tls/ca.pem")
+        settings.update(
+            security_protocol="SASL_SSL",
+            ssl_context=ssl.create_default_context(cafile=cafile),
+            sasl_mechanism="SCRAM-SHA-512",
+            sasl_plain_username=os.environ.get("TONGBAN_KAFKA_USERNAME", "tongban"),
+            sasl_plain_password=os.environ.get("TONGBAN_KAFKA_PASSWORD", "tongban-secret"),
+        )
+    return settings
+
+
+async def kafka_ready(timeout: float) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(request_timeout_ms=int(timeout * 1000), **kafka_settings())
+    try:
+        await asyncio.wait_for(admin.start(), timeout)
+        cluster = await asyncio.wait_for(admin.describe_cluster(), timeout)
+        if not cluster.get("brokers"):
+            raise RuntimeError("no brokers in metadata")
+    finally:
+        await admin.close()
+
+
+def mongo_ready(timeout: float) -> None:
+    from pymongo import MongoClient
+
+    uri = os.environ.get("TONGBAN_MONGO_URI") or "mongodb://127.0.0.1:27217/"
+    client = MongoClient(uri, serverSelectionTimeoutMS=int(timeout * 1000), connectTimeoutMS=int(timeout * 1000))
+    try:
+        client.admin.command("ping")
+    finally:
+        client.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("what", choices=["kafka", "mongo"])
+    parser.add_argument("--timeout", type=float, default=5.0)
+    parser.add_argument("--wait", type=float, default=0.0, help="keep retrying for this many seconds")
+    args = parser.parse_args()
+    deadline = time.monotonic() + args.wait
+    while True:
+        try:
+            if args.what == "kafka":
+                asyncio.run(kafka_ready(args.timeout))
+            else:
+                mongo_ready(args.timeout)
+            return 0
+        except Exception as exc:  # noqa: BLE001 - any failure means "not ready yet"
+            if time.monotonic() >= deadline:
+                print(f"{args.what}: not ready: {type(exc).__name__}: {exc}", file=sys.stderr)
+                return 1
+            time.sleep(1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
