@@ -11,4 +11,5 @@ def build(settings, registry, db) -> ServiceRuntime:
                           handlers=handlers.make_handlers(FlagThresholds()), keys=handlers.keys())
 
 
-main("feedback", build)
+if __name__ == "__main__":
+    main("feedback", build)

@@ -16,4 +16,5 @@ def add_servicers(server, runtime: ServiceRuntime) -> None:
     add_IntakeServicer_to_server(IntakeServicer(runtime), server)
 
 
-main("intake", build, add_servicers)
+if __name__ == "__main__":
+    main("intake", build, add_servicers)

@@ -12,4 +12,5 @@ def build(settings, registry, db) -> ServiceRuntime:
     return ServiceRuntime(settings, registry, db, inputs=handlers.INPUTS, handlers=rules)
 
 
-main("routing", build)
+if __name__ == "__main__":
+    main("routing", build)

@@ -9,4 +9,5 @@ def build(settings, registry, db) -> ServiceRuntime:
     return ServiceRuntime(settings, registry, db, inputs=handlers.INPUTS, handlers=handlers.HANDLERS)
 
 
-main("verification", build)
+if __name__ == "__main__":
+    main("verification", build)

@@ -1,0 +1,101 @@
+"""Start, stop and kill Tongban's processes: used by `make run`/`make demo` and the tests.
+
+Every service is its own OS process (`python -m services.<name>`), as in production; the
+launcher only passes environment, waits for the gRPC health check and keeps logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVICES = ("intake", "routing", "verification", "delivery", "feedback")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Stack:
+    """The five services and the partner simulator, sharing one namespace."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path, sim_args: tuple[str, ...] = ()) -> None:
+        self.env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
+        self.log_dir = log_dir
+        self.sim_args = sim_args
+        self.ports = {s: free_port() for s in SERVICES}
+        self.processes: dict[str, subprocess.Popen] = {}
+        log_dir.mkdir(parents=True, exist_ok=True)
+
+    def grpc_target(self, service: str) -> str:
+        return f"127.0.0.1:{self.ports[service]}"
+
+    def start(self, name: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+        module = "sim" if name == "sim" else f"services.{name}"
+        args = [sys.executable, "-m", module, *(self.sim_args if name == "sim" else ())]
+        env = {**self.env, **{f"TONGBAN_GRPC_PORT_{s.upper()}": str(p) for s, p in self.ports.items()},
+               **(extra_env or {})}
+        log = open(self.log_dir / f"{name}.log", "ab")
+        process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        self.processes[name] = process
+        return process
+
+    def start_all(self) -> None:
+        for name in (*SERVICES, "sim"):
+            self.start(name)
+
+    async def wait_healthy(self, names: tuple[str, ...] = SERVICES, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        for name in names:
+            async with grpc.aio.insecure_channel(self.grpc_target(name)) as channel:
+                stub = health_pb2_grpc.HealthStub(channel)
+                while True:
+                    if self.processes[name].poll() is not None:
+                        raise RuntimeError(f"{name} exited with {self.processes[name].returncode}; "
+                                           f"see {self.log_dir / (name + '.log')}")
+                    try:
+                        reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                        if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                            break
+                    except grpc.aio.AioRpcError:
+                        pass
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"{name} did not become healthy in {timeout:.0f}s")
+                    await asyncio.sleep(0.2)
+
+    def stop(self, name: str, timeout: float = 15.0) -> int | None:
+        """SIGTERM (graceful), then SIGKILL if it hangs."""
+        process = self.processes.pop(name, None)
+        if process is None or process.poll() is not None:
+            return None if process is None else process.returncode
+        process.send_signal(signal.SIGTERM)
+        try:
+            return process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            return process.wait()
+
+    def stop_all(self) -> None:
+        for name in list(self.processes):
+            self.stop(name)
+
+    async def wait_exit(self, name: str, timeout: float = 60.0) -> int:
+        deadline = time.monotonic() + timeout
+        while (code := self.processes[name].poll()) is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name} still running after {timeout:.0f}s")
+            await asyncio.sleep(0.1)
+        return code
