@@ -1,0 +1,64 @@
+# Tongban local platform. `make run` for the live demo, `make test` for the test suite.
+# Longer logic lives in infra/scripts/; every step is idempotent and skips work already done.
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PY      := .venv/bin/python
+SCRIPTS := infra/scripts
+
+.PHONY: help setup venv protos kafka-jars ferretdb up down status topics topics-plan \
+        run demo test lint clean-data
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
+
+# ------------------------------------------------------------------------------ setup
+setup: venv protos kafka-jars ferretdb ## venv, gRPC stubs, Kafka jars, FerretDB binary
+
+venv: .venv/.tongban-installed
+.venv/.tongban-installed: requirements.txt requirements.lock
+	$(SCRIPTS)/setup-venv.sh
+
+protos: venv ## compile services/*/*.proto (generated files are git-ignored)
+	$(SCRIPTS)/protos.sh
+
+kafka-jars: var/kafka/libs/.tongban-stamp
+var/kafka/libs/.tongban-stamp: infra/pom.xml
+	$(SCRIPTS)/kafka-jars.sh
+
+ferretdb: ## FerretDB v1.24.2 into var/bin/ferretdb (built from the Go module)
+	$(SCRIPTS)/build-ferretdb.sh
+
+# ------------------------------------------------------------------------------ platform
+up: setup ## start Kafka (127.0.0.1:19092) and FerretDB (127.0.0.1:27217), wait until ready
+	$(SCRIPTS)/platform.sh up
+
+down: ## stop them (SIGTERM, then SIGKILL after a grace period)
+	$(SCRIPTS)/platform.sh down
+
+status: ## show what is running
+	$(SCRIPTS)/platform.sh status
+
+topics: up ## create the topics declared in infra/topics.toml (never deletes)
+	$(PY) -m tongban.ops.topics apply
+
+topics-plan: venv ## show differences between infra/topics.toml and the broker
+	$(PY) -m tongban.ops.topics plan
+
+clean-data: down ## stop and delete the local broker and store data (var/kafka/data, var/ferretdb)
+	rm -rf var/kafka/data var/ferretdb
+
+# ------------------------------------------------------------------------------ use
+run: topics ## setup, up, topics, then the live demo
+	$(PY) -m tongban.demo --live
+
+demo: topics ## setup, up, topics, then the scripted demo; exits with its code
+	$(PY) -m tongban.demo
+
+test: setup ## run all tests, starting (and afterwards stopping) broker/store if needed
+	$(SCRIPTS)/run-tests.sh
+
+lint: venv ## ruff check
+	$(PY) -m ruff check .
