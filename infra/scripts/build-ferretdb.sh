@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-VERSION="${FERRETDB_VERSION:-v1.24.2}"
+VERSION="${TONGBAN_FERRETDB_VERSION:-v1.24.2}"
 MODULE="github.com/FerretDB/FerretDB"
 BIN="var/bin/ferretdb"
 STAMP="var/bin/.ferretdb-version"

@@ -79,16 +79,16 @@ make_tls() {
   (
     cd "$TLS_DIR"
     "${kt[@]}" -genkeypair -keystore ca.p12 -alias ca -keyalg RSA -keysize 2048 -validity 3650 \
-      -dname "CN=Tongban local CA" -ext bc:c >/dev/null
-    "${kt[@]}" -exportcert -rfc -keystore ca.p12 -alias ca -file ca.pem >/dev/null
+      -dname "CN=Tongban local CA" -ext bc:c >/dev/null 2>&1
+    "${kt[@]}" -exportcert -rfc -keystore ca.p12 -alias ca -file ca.pem >/dev/null 2>&1
     "${kt[@]}" -genkeypair -keystore broker.p12 -alias broker -keyalg RSA -keysize 2048 \
-      -validity 825 -dname "CN=localhost" >/dev/null
-    "${kt[@]}" -certreq -keystore broker.p12 -alias broker -file broker.csr >/dev/null
+      -validity 825 -dname "CN=localhost" >/dev/null 2>&1
+    "${kt[@]}" -certreq -keystore broker.p12 -alias broker -file broker.csr >/dev/null 2>&1
     "${kt[@]}" -gencert -keystore ca.p12 -alias ca -infile broker.csr -outfile broker.pem -rfc \
-      -validity 825 -ext "SAN=ip:127.0.0.1,dns:localhost" -ext "EKU=serverAuth" >/dev/null
-    "${kt[@]}" -importcert -keystore broker.p12 -alias ca -file ca.pem >/dev/null
-    "${kt[@]}" -importcert -keystore broker.p12 -alias broker -file broker.pem >/dev/null
-    "${kt[@]}" -importcert -keystore truststore.p12 -alias ca -file ca.pem >/dev/null
+      -validity 825 -ext "SAN=ip:127.0.0.1,dns:localhost" -ext "EKU=serverAuth" >/dev/null 2>&1
+    "${kt[@]}" -importcert -keystore broker.p12 -alias ca -file ca.pem >/dev/null 2>&1
+    "${kt[@]}" -importcert -keystore broker.p12 -alias broker -file broker.pem >/dev/null 2>&1
+    "${kt[@]}" -importcert -keystore truststore.p12 -alias ca -file ca.pem >/dev/null 2>&1
     rm -f broker.csr
   )
 }
@@ -115,7 +115,10 @@ format_once() {
 
 start() {
   if pid_alive "$PIDFILE" kafka.Kafka; then
-    log "kafka: already running (pid $(cat "$PIDFILE"))"
+    local mode; mode="$(cat "$RUN_DIR/kafka.security" 2>/dev/null || echo PLAINTEXT)"
+    [[ "$mode" == "$TONGBAN_KAFKA_SECURITY" ]] \
+      || die "kafka: already running in $mode mode; 'make down' first to switch to $TONGBAN_KAFKA_SECURITY"
+    log "kafka: already running (pid $(cat "$PIDFILE"), $mode)"
     return 0
   fi
   local host="${LOCAL_KAFKA_BOOTSTRAP%:*}" port="${LOCAL_KAFKA_BOOTSTRAP##*:}"
@@ -126,6 +129,7 @@ start() {
   [[ "$TONGBAN_KAFKA_SECURITY" == SASL_SSL ]] && make_tls
   format_once
   log "kafka: starting ($TONGBAN_KAFKA_SECURITY on $LOCAL_KAFKA_BOOTSTRAP, log $LOG_DIR/kafka.log)"
+  echo "$TONGBAN_KAFKA_SECURITY" > "$RUN_DIR/kafka.security"
   launch "$PIDFILE" "$LOG_DIR/kafka.out" "$JAVA" "${JVM_OPTS[@]}" -cp "$LIBS/*" kafka.Kafka "$CONFIG"
   wait_ready
 }
@@ -148,7 +152,7 @@ wait_ready() {
 
 status() {
   if pid_alive "$PIDFILE" kafka.Kafka; then
-    echo "kafka: running (pid $(cat "$PIDFILE"), $TONGBAN_KAFKA_SECURITY $LOCAL_KAFKA_BOOTSTRAP)"
+    echo "kafka: running (pid $(cat "$PIDFILE"), $(cat "$RUN_DIR/kafka.security" 2>/dev/null || echo PLAINTEXT))"
   else
     echo "kafka: stopped"; return 1
   fi
