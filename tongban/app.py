@@ -24,9 +24,12 @@ tracer = trace.get_tracer("tongban.grpc")
 
 
 @contextmanager
-def grpc_span(context: grpc.aio.ServicerContext, name: str) -> Iterator[trace.Span]:
-    """A server span continuing the caller's trace from gRPC metadata."""
+def grpc_span(context: grpc.aio.ServicerContext, name: str, fallback: dict[str, str] | None = None
+              ) -> Iterator[trace.Span]:
+    """A server span continuing the caller's trace from gRPC metadata, else `fallback`
+    (the trace of the application the call is about)."""
     carrier = {k: v for k, v in (context.invocation_metadata() or ()) if k in ("traceparent", "tracestate")}
+    carrier = carrier or fallback or {}
     with tracer.start_as_current_span(name, context=propagate.extract(carrier), kind=SpanKind.SERVER) as span:
         yield span
 
@@ -65,13 +68,19 @@ async def serve(
     await runtime.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     telemetry.log(log, logging.INFO, "service started", service=settings.service, grpc_port=settings.grpc_port)
-    await stop.wait()
+    stopped = asyncio.create_task(stop.wait())
+    failed = asyncio.create_task(runtime.failed.wait())
+    await asyncio.wait([stopped, failed], return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    failed.cancel()
 
     telemetry.log(log, logging.INFO, "stopping", service=settings.service)
     await health_servicer.enter_graceful_shutdown()
     await server.stop(grace=5)
     await runtime.stop()
     await client.close()
+    if runtime.failed.is_set():
+        raise SystemExit(1)  # a supervisor restarts us; uncommitted work is replayed safely
 
 
 def main(

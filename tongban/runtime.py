@@ -155,6 +155,7 @@ class ServiceRuntime:
         self.producer: AIOKafkaProducer | None = None
         self.consumer: AIOKafkaConsumer | None = None
         self._stopping = asyncio.Event()
+        self.failed = asyncio.Event()  # set when a runtime loop dies of a bug: the process must exit
         self._tasks: list[asyncio.Task] = []
         self._schemas_refreshed_at = datetime.min.replace(tzinfo=UTC)
 
@@ -177,6 +178,15 @@ class ServiceRuntime:
             asyncio.create_task(self._consume_loop(), name="consume"),
             asyncio.create_task(self._background_loop(), name="timers-and-relay"),
         ]
+        for task in self._tasks:
+            task.add_done_callback(self._loop_ended)
+
+    def _loop_ended(self, task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            log.critical("runtime loop %s died: %s", task.get_name(), type(exc).__name__,
+                         exc_info=(type(exc), exc, exc.__traceback__))
+            self.failed.set()
 
     async def stop(self) -> None:
         """Graceful stop: finish the batch in hand, commit it, close clients."""
@@ -207,6 +217,11 @@ class ServiceRuntime:
     async def state_of(self, key: str) -> dict[str, Any] | None:
         doc = await store.retry_transient(self.aggregates.find_one, {"_id": key}, {"state": 1})
         return doc["state"] if doc else None
+
+    async def trace_of(self, key: str) -> dict[str, str]:
+        """The trace context that created this aggregate, to keep later requests in its trace."""
+        doc = await store.retry_transient(self.aggregates.find_one, {"_id": key}, {"trace": 1})
+        return (doc or {}).get("trace") or {}
 
     # ---------------------------------------------------------------- consuming
     async def _consume_loop(self) -> None:
@@ -361,6 +376,7 @@ class ServiceRuntime:
             "timers": timers,
             "next_due_at": min((t["due_at"] for t in timers), default=None),
             "partition": partition,
+            "trace": doc.get("trace") or trace_headers,  # the trace that created the aggregate
             "updated_at": now_utc(),
         }
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import threading
+import traceback
 from collections.abc import Sequence
 
 from opentelemetry import context as otel_context
@@ -65,8 +67,11 @@ class JsonLogFormatter(logging.Formatter):
         if span_ctx.is_valid:
             entry["trace_id"] = format(span_ctx.trace_id, "032x")
         entry.update(getattr(record, "fields", {}))
-        if record.exc_info:
-            entry["error"] = f"{record.exc_info[0].__name__}"
+        if record.exc_info and record.exc_info[0]:
+            # Class and code locations only: exception messages may carry personal data.
+            entry["error"] = record.exc_info[0].__name__
+            frames = traceback.extract_tb(record.exc_info[2])[-6:]
+            entry["stack"] = [f"{os.path.basename(f.filename)}:{f.lineno} {f.name}" for f in frames]
         return json.dumps(entry, ensure_ascii=False)
 
 

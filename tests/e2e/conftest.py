@@ -1,0 +1,17 @@
+"""Each e2e module gets its own namespace (topics, groups, databases) and its own running stack."""
+
+import pytest
+
+from tests.support import new_namespace, start_stack
+
+
+@pytest.fixture(scope="module")
+def namespace() -> str:
+    return new_namespace()
+
+
+@pytest.fixture(scope="module")
+def stack(namespace):
+    stack = start_stack(namespace)
+    yield stack
+    stack.stop_all()

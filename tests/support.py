@@ -1,0 +1,153 @@
+"""Helpers for tests that run the real services over the real broker and store."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from services.intake import intake_pb2, intake_pb2_grpc
+from sim.samples import DENIED_MATTER
+from tongban.codec import CodecError, SchemaRegistry
+from tongban.launcher import ROOT, Stack
+from tongban.ops.topics import apply, load_declared
+
+BOOTSTRAP = os.environ.get("TONGBAN_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
+REGISTRY = SchemaRegistry.load()
+
+
+def new_namespace() -> str:
+    namespace = f"t{secrets.token_hex(3)}-"
+    asyncio.run(apply(BOOTSTRAP, namespace))
+    return namespace
+
+
+def start_stack(namespace: str) -> Stack:
+    log_dir = ROOT / "var" / "test" / namespace.rstrip("-")
+    stack = Stack(
+        {"TONGBAN_NAMESPACE": namespace, "TONGBAN_SESSION_TIMEOUT_MS": "3000",
+         "TONGBAN_TRACE_FILE": str(log_dir / "traces.jsonl"), "TONGBAN_LOG_LEVEL": "INFO"},
+        log_dir, sim_args=("--deny-matters", DENIED_MATTER))
+    stack.start_all()
+    try:
+        asyncio.run(stack.wait_healthy())
+    except BaseException:
+        stack.stop_all()
+        raise
+    return stack
+
+
+def trace_file(stack: Stack) -> Path:
+    return stack.log_dir / "traces.jsonl"
+
+
+async def submit(stack: Stack, request: intake_pb2.SubmitRequest, timeout: float = 60) -> str:
+    """Submit like a real client: retry on UNAVAILABLE (a crashed or restarting intake)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            async with grpc.aio.insecure_channel(stack.grpc_target("intake")) as channel:
+                reply = await intake_pb2_grpc.IntakeStub(channel).Submit(request, timeout=10)
+                return reply.application_id
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) \
+                    or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+
+
+async def track(stack: Stack, application_id: str) -> intake_pb2.Progress:
+    async with grpc.aio.insecure_channel(stack.grpc_target("intake")) as channel:
+        return await intake_pb2_grpc.IntakeStub(channel).Track(
+            intake_pb2.TrackRequest(application_id=application_id), timeout=10)
+
+
+async def wait_terminal(stack: Stack, application_id: str, timeout: float = 60) -> intake_pb2.Progress:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            progress = await track(stack, application_id)
+            if progress.terminal:
+                return progress
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND):
+                raise
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{application_id} not concluded after {timeout}s")
+        await asyncio.sleep(0.3)
+
+
+@dataclass
+class Seen:
+    """What an independent consumer saw: records per (event type, key), by event id."""
+
+    records: list = field(default_factory=list)
+    by_type: dict = field(default_factory=lambda: defaultdict(list))
+
+    def events(self, event_type: str, key: str | None = None) -> list[dict]:
+        return [e for e in self.by_type[event_type] if key is None or e["_key"] == key]
+
+    def distinct_ids(self, event_type: str, key: str | None = None) -> set[str]:
+        return {e["envelope"]["event_id"] for e in self.events(event_type, key)}
+
+
+class Sink:
+    """A test's own read_committed consumer over some topics of a namespace, from the start."""
+
+    def __init__(self, namespace: str, topics: list[str]) -> None:
+        self.namespace = namespace
+        self.consumer = AIOKafkaConsumer(
+            *[namespace + t for t in topics], bootstrap_servers=BOOTSTRAP, isolation_level="read_committed",
+            auto_offset_reset="earliest", enable_auto_commit=False, group_id=None)
+        self.seen = Seen()
+
+    async def __aenter__(self) -> Sink:
+        await self.consumer.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.consumer.stop()
+
+    async def poll(self, seconds: float) -> Seen:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            batch = await self.consumer.getmany(timeout_ms=200)
+            for records in batch.values():
+                for record in records:
+                    self.seen.records.append(record)
+                    try:
+                        event_type, body = REGISTRY.decode(record.value)
+                    except CodecError:
+                        continue
+                    body["_key"] = record.key.decode() if record.key else None
+                    body["_topic"] = record.topic.removeprefix(self.namespace)
+                    self.seen.by_type[event_type].append(body)
+        return self.seen
+
+    async def wait_for(self, predicate, timeout: float = 60) -> Seen:
+        deadline = time.monotonic() + timeout
+        while not predicate(self.seen):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the sink did not see what was expected")
+            await self.poll(0.5)
+        return self.seen
+
+
+async def produce(namespace: str, topic: str, key: bytes | None, value: bytes, headers=None) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        await producer.send_and_wait(namespace + topic, key=key, value=value, headers=headers or [])
+    finally:
+        await producer.stop()
+
+
+def declared_topics() -> list[str]:
+    return [spec.declared_name for spec in load_declared("")]
