@@ -90,7 +90,8 @@ class IntakeServicer(intake_pb2_grpc.IntakeServicer):
             )
 
     async def Rate(self, request, context):  # noqa: N802
-        with grpc_span(context, "intake.Rate"):
+        # 一事一评: the rating joins the application's own trace unless the caller sends one.
+        with grpc_span(context, "intake.Rate", await self.runtime.trace_of(request.application_id)):
             if not request.rating_reference:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "rating_reference is required")
             if await self.runtime.state_of(request.application_id) is None:
