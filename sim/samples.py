@@ -67,6 +67,10 @@ def samples(run: str) -> list[Sample]:
             f"{run}-3", "KSTB-SOC-02", "WINDOW", "430104", "360102",
             _person("示例乙", resident_id("360102", "19900307", "123")),
             [_material("RESIDENT_ID", "居民身份证"), _material("PHOTO", "近期免冠证件照")], "WINDOW")),
+        Sample("户口迁移 at a 湘西 window for 济南 (point-to-point agreement)", "DELIVERED", _request(
+            f"{run}-8", "KSTB-PSB-01", "WINDOW", "433101", "370102",
+            _person("示例己", resident_id("370102", "19870203", "555")),
+            [_material("RESIDENT_ID", "居民身份证"), _material("HOUSEHOLD_REGISTER", "户口簿")], "WINDOW")),
         Sample("工业产品生产许可证发证 denied by the Guangdong authority", "DENIED", _request(
             f"{run}-4", DENIED_MATTER, "PORTAL", "430105", "440100", company,
             [_material("APPLICATION_FORM", "申请书"), _material("COMMITMENT_LETTER", "告知承诺书"),

@@ -31,11 +31,12 @@ def free_port() -> int:
 class Stack:
     """The five services and the partner simulator, sharing one namespace."""
 
-    def __init__(self, env: dict[str, str], log_dir: Path, sim_args: tuple[str, ...] = ()) -> None:
+    def __init__(self, env: dict[str, str], log_dir: Path, sim_args: tuple[str, ...] = (),
+                 ports: dict[str, int] | None = None) -> None:
         self.env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
         self.log_dir = log_dir
         self.sim_args = sim_args
-        self.ports = {s: free_port() for s in SERVICES}
+        self.ports = ports or {s: free_port() for s in SERVICES}
         self.processes: dict[str, subprocess.Popen] = {}
         log_dir.mkdir(parents=True, exist_ok=True)
 

@@ -111,6 +111,7 @@ def load_declared(namespace: str | None = None, path: str | Path | None = None) 
     for entry in doc.get("partner_stream", []):
         ids = entry.get("partners", "*")
         ids = partners if ids == "*" else list(ids)
+        ids = [pid for pid in ids if pid not in entry.get("exclude", ())]
         unknown = set(ids) - set(partners)
         if unknown:
             raise ValueError(f"{entry['name']}: partners {sorted(unknown)} are not in [partners]")

@@ -1,0 +1,123 @@
+"""Run every service and the partner simulator, feed sample applications, show them move.
+
+    python -m tongban.demo          one batch, a summary, a clean stop (exit 0 only if every
+                                    sample reached its expected terminal state)
+    python -m tongban.demo --live   a new batch every 30 s, live, until Ctrl-C
+
+Broker and store must be up (`make up`); topics are applied here (idempotent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import signal
+import sys
+import time
+from datetime import datetime
+
+import grpc
+
+from services.intake import intake_pb2, intake_pb2_grpc
+from sim.samples import DENIED_MATTER, Sample, samples
+from tongban.config import SERVICE_PORTS
+from tongban.launcher import ROOT, Stack
+from tongban.ops.topics import apply
+
+TIMEOUT = 90.0
+
+
+def say(text: str) -> None:
+    print(f"[{datetime.now():%H:%M:%S}] {text}", flush=True)
+
+
+async def follow(stub: intake_pb2_grpc.IntakeStub, application_ids: list[str]) -> dict[str, str]:
+    """Print every stage change until each application is concluded; returns the final stages."""
+    shown: dict[str, int] = {}
+    final: dict[str, str] = {}
+    deadline = time.monotonic() + TIMEOUT
+    while len(final) < len(application_ids) and time.monotonic() < deadline:
+        for application_id in application_ids:
+            if application_id in final:
+                continue
+            progress = await stub.Track(intake_pb2.TrackRequest(application_id=application_id), timeout=10)
+            for step in progress.history[shown.get(application_id, 0):]:
+                detail = f" ({step.detail})" if step.detail else ""
+                say(f"{application_id}  {step.stage:<9}{detail}")
+            shown[application_id] = len(progress.history)
+            if progress.terminal:
+                final[application_id] = progress.stage
+        await asyncio.sleep(0.5)
+    return final
+
+
+async def run_batch(stub: intake_pb2_grpc.IntakeStub) -> list[tuple[Sample, str]]:
+    batch: list[tuple[str, Sample]] = []
+    results: list[tuple[Sample, str]] = []
+    for sample in samples(f"demo-{secrets.token_hex(4)}"):
+        try:
+            reply = await stub.Submit(sample.request, timeout=10)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.INVALID_ARGUMENT:
+                raise
+            say(f"refused at intake: {sample.title}: {exc.details()}")
+            results.append((sample, "REJECTED_AT_INTAKE"))
+            continue
+        say(f"{reply.application_id}  submitted: {sample.title}")
+        batch.append((reply.application_id, sample))
+    final = await follow(stub, [application_id for application_id, _ in batch])
+    for application_id, sample in batch:
+        stage = final.get(application_id, "NOT CONCLUDED")
+        if stage == "DELIVERED":
+            await stub.Rate(intake_pb2.RateRequest(application_id=application_id, level=1, channel="ONLINE",
+                                                   rating_reference="demo"), timeout=10)
+        results.append((sample, stage))
+    return results
+
+
+def summary(results: list[tuple[Sample, str]]) -> bool:
+    print("\n  expected            reached             sample")
+    for sample, stage in results:
+        mark = "ok " if stage == sample.expected else "!! "
+        print(f"{mark}{sample.expected:<19} {stage:<19} {sample.title}")
+    passed = sum(stage == sample.expected for sample, stage in results)
+    print(f"\n{passed} of {len(results)} samples reached their expected terminal state\n")
+    return passed == len(results)
+
+
+async def main(live: bool) -> int:
+    namespace = os.environ.get("TONGBAN_NAMESPACE", "")
+    await apply(os.environ.get("TONGBAN_KAFKA_BOOTSTRAP", "127.0.0.1:19092"), namespace)
+    stack = Stack({"TONGBAN_TRACE_FILE": str(ROOT / "var" / "demo" / "traces.jsonl")}, ROOT / "var" / "demo",
+                  sim_args=("--deny-matters", DENIED_MATTER), ports=dict(SERVICE_PORTS))
+    say(f"starting intake, routing, verification, delivery, feedback and the partner simulator "
+        f"(logs in {stack.log_dir})")
+    stack.start_all()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+    try:
+        await stack.wait_healthy()
+        say("all services healthy")
+        async with grpc.aio.insecure_channel(stack.grpc_target("intake")) as channel:
+            stub = intake_pb2_grpc.IntakeStub(channel)
+            ok = summary(await run_batch(stub))
+            while live and not stopping.is_set():
+                say("live: next batch in 30 s (Ctrl-C to stop)")
+                try:
+                    await asyncio.wait_for(stopping.wait(), 30)
+                except TimeoutError:
+                    ok = summary(await run_batch(stub)) and ok
+        return 0 if ok else 1
+    finally:
+        say("stopping services")
+        stack.stop_all()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--live", action="store_true", help="keep feeding batches until Ctrl-C")
+    sys.exit(asyncio.run(main(parser.parse_args().live)))
