@@ -12,6 +12,8 @@ from pathlib import Path
 
 import grpc
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from pymongo import AsyncMongoClient
 
 from services.intake import intake_pb2, intake_pb2_grpc
 from sim.samples import DENIED_MATTER
@@ -27,6 +29,27 @@ def new_namespace() -> str:
     namespace = f"t{secrets.token_hex(3)}-"
     asyncio.run(apply(BOOTSTRAP, namespace))
     return namespace
+
+
+def drop_namespace(namespace: str) -> None:
+    """Delete a test run's topics and databases so the local broker and store do not grow."""
+
+    async def drop() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+        await admin.start()
+        try:
+            await admin.delete_topics([t for t in await admin.list_topics() if t.startswith(namespace)])
+        finally:
+            await admin.close()
+        client = AsyncMongoClient(os.environ.get("TONGBAN_MONGO_URI", "mongodb://127.0.0.1:27217/"))
+        try:
+            for name in await client.list_database_names():
+                if name.startswith(namespace.replace("-", "_")):
+                    await client.drop_database(name)
+        finally:
+            await client.close()
+
+    asyncio.run(drop())
 
 
 def start_stack(namespace: str) -> Stack:

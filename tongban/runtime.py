@@ -24,7 +24,8 @@ import logging
 import os
 import signal
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -114,6 +115,33 @@ def _safe_reason(exc: BaseException) -> str:
     return f"{type(cause).__name__}{where}"
 
 
+class KeyedLock:
+    """One writer per aggregate key inside this process.
+
+    FerretDB v1 evaluates the `{_id, v}` filter of an update and then writes, not atomically,
+    so two concurrent version-checked writes can both succeed. Within a process this lock
+    serialises them (consumer, timers, relay, gRPC commands); across instances Kafka's
+    partition ownership gives each key one consumer. On MongoDB the version check alone holds.
+    """
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def __call__(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
 class _Ownership(ConsumerRebalanceListener):
     def __init__(self, runtime: ServiceRuntime) -> None:
         self._runtime = runtime
@@ -158,6 +186,7 @@ class ServiceRuntime:
         self.failed = asyncio.Event()  # set when a runtime loop dies of a bug: the process must exit
         self._tasks: list[asyncio.Task] = []
         self._schemas_refreshed_at = datetime.min.replace(tzinfo=UTC)
+        self._writing = KeyedLock()
 
     @property
     def aggregates(self) -> Any:
@@ -325,6 +354,11 @@ class ServiceRuntime:
                      fired_timer: str | None = None) -> dict[str, Any]:
         """Apply one event to its aggregate exactly once; returns the stored document."""
         key = key or event.key
+        async with self._writing(key):
+            return await self._apply_locked(event, handler, partition, key, fired_timer)
+
+    async def _apply_locked(self, event: Event, handler: Handler, partition: int, key: str,
+                            fired_timer: str | None) -> dict[str, Any]:
         while True:
             doc = await store.retry_transient(self.aggregates.find_one, {"_id": key})
             if doc is not None and event.event_id in doc["applied"]:
@@ -409,6 +443,10 @@ class ServiceRuntime:
                 await self._mark_sent(doc["_id"], {entry["id"] for entry in doc["outbox"]})
 
     async def _mark_sent(self, key: str, sent: set[str]) -> None:
+        async with self._writing(key):
+            await self._mark_sent_locked(key, sent)
+
+    async def _mark_sent_locked(self, key: str, sent: set[str]) -> None:
         while True:
             doc = await store.retry_transient(self.aggregates.find_one, {"_id": key})
             remaining = [e for e in doc["outbox"] if e["id"] not in sent]

@@ -27,7 +27,7 @@ def _submission(request: intake_pb2.SubmitRequest) -> domain.Submission:
     )
 
 
-def _received(application_id: str, request: intake_pb2.SubmitRequest) -> dict:
+def received_body(application_id: str, request: intake_pb2.SubmitRequest) -> dict:
     """The ApplicationReceived body (without envelope) for a checked submission."""
     return {
         "application_id": application_id,
@@ -67,7 +67,7 @@ class IntakeServicer(intake_pb2_grpc.IntakeServicer):
             application_id = domain.application_id_for(request.source_system, request.client_reference)
             span.set_attribute("tongban.application_id", application_id)
             state = await self._execute(context, handlers.SUBMIT, application_id,
-                                        f"submit:{application_id}", _received(application_id, request))
+                                        f"submit:{application_id}", received_body(application_id, request))
             return intake_pb2.SubmitReply(application_id=application_id, stage=state["stage"])
 
     async def Track(self, request, context):  # noqa: N802

@@ -2,12 +2,14 @@
 
 import pytest
 
-from tests.support import new_namespace, start_stack
+from tests.support import drop_namespace, new_namespace, start_stack
 
 
 @pytest.fixture(scope="module")
-def namespace() -> str:
-    return new_namespace()
+def namespace():
+    namespace = new_namespace()
+    yield namespace
+    drop_namespace(namespace)
 
 
 @pytest.fixture(scope="module")

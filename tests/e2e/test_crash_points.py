@@ -5,8 +5,11 @@ never two, as counted by independent consumers (the simulated carrier and this t
 import asyncio
 import secrets
 
+import grpc
 import pytest
 
+from services.intake import intake_pb2_grpc
+from services.intake.domain import application_id_for
 from sim.samples import samples
 from tests.support import REGISTRY, Sink, produce, submit, wait_terminal
 from tongban.config import CRASH_POINTS
@@ -97,3 +100,16 @@ async def test_feedback_counts_each_rating_once_across_a_crash(stack, namespace,
     assert len({f["envelope"]["event_id"] for f in flags}) == 1
     assert (flags[0]["total_ratings"], flags[0]["bad_ratings"]) == (5, 2)
     assert len({c["envelope"]["event_id"] for c in mine(seen, "tongban.feedback.MatterFlagCleared")}) == 1
+
+
+async def test_a_submit_abandoned_at_the_crash_is_still_sent_by_the_relay(stack):
+    """Intake dies right after storing a Submit and the client never retries: the stored
+    outbox entry is all there is, and the relay must send it."""
+    await restart_with_crash_point(stack, "intake", "after_store_write")
+    request = samples(secrets.token_hex(4))[0].request
+    async with grpc.aio.insecure_channel(stack.grpc_target("intake")) as channel:
+        with pytest.raises(grpc.aio.AioRpcError):
+            await intake_pb2_grpc.IntakeStub(channel).Submit(request, timeout=30)
+    await recover(stack, "intake")
+    application_id = application_id_for(request.source_system, request.client_reference)
+    assert (await wait_terminal(stack, application_id, timeout=90)).stage == "DELIVERED"

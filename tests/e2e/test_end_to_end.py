@@ -4,13 +4,20 @@ partner simulator over the real broker and store."""
 import asyncio
 import json
 import secrets
+import shutil
 
 import grpc
 import pytest
 
 from services.intake import intake_pb2, intake_pb2_grpc
+from services.intake.api import received_body
 from sim.samples import samples
-from tests.support import Sink, submit, trace_file, wait_terminal
+from tests.support import REGISTRY, Sink, submit, trace_file, wait_terminal
+from tongban.bus import make_producer, publish_schemas
+from tongban.codec import SchemaRegistry
+from tongban.config import load_settings
+from tongban.events import encode_event
+from tongban.launcher import ROOT
 
 pytestmark = pytest.mark.integration
 
@@ -73,3 +80,34 @@ async def test_one_application_is_delivered_rated_and_traced_through_every_servi
         await asyncio.sleep(0.2)
     assert {"tongban-intake", "tongban-routing", "tongban-verification", "tongban-delivery",
             "tongban-feedback", "tongban-partner-sim"} <= services
+
+
+async def test_services_read_a_newer_writer_once_its_schema_is_on_the_schema_topic(stack, namespace, tmp_path):
+    """A partner's intake system already writes ApplicationReceived v2 (one more optional
+    field). It publishes its schema to tongban.schemas like every writer; our v1 readers
+    learn it there, resolve the record and carry the application to its end."""
+    schemas = tmp_path / "schemas"
+    shutil.copytree(ROOT / "schemas", schemas)
+    v2 = json.loads((schemas / "tongban.application.ApplicationReceived.v1.avsc").read_text())
+    v2["fields"].append({"name": "consultation_room", "type": ["null", "string"], "default": None,
+                         "doc": "the video consultation room used at the window"})
+    (schemas / "tongban.application.ApplicationReceived.v2.avsc").write_text(json.dumps(v2, ensure_ascii=False))
+    writer = SchemaRegistry.load(schemas)
+    assert writer.latest("tongban.application.ApplicationReceived").version == 2
+    assert REGISTRY.by_fingerprint(writer.latest("tongban.application.ApplicationReceived").fingerprint) is None
+
+    settings = load_settings("intake", {"TONGBAN_NAMESPACE": namespace})
+    request = samples(secrets.token_hex(4))[0].request
+    application_id = "TBV2" + secrets.token_hex(8).upper()
+    body = {**received_body(application_id, request), "consultation_room": "3号视频会商室"}
+    _, value = encode_event(writer, "tongban.application.ApplicationReceived", body, cause_id=application_id,
+                            correlation_id=application_id, source_system="partner-intake-v2")
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        await publish_schemas(producer, settings, writer)
+        await producer.send_and_wait(settings.topic("tongban.application.received"), key=application_id.encode(),
+                                     value=value)
+    finally:
+        await producer.stop()
+    assert (await wait_terminal(stack, application_id)).stage == "DELIVERED"
