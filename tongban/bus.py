@@ -25,7 +25,6 @@ SCHEMAS_TOPIC = "tongban.schemas"
 
 def make_producer(settings: Settings, client_id: str | None = None) -> AIOKafkaProducer:
     return AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap,
         client_id=client_id or f"tongban-{settings.service}",
         acks="all",
         enable_idempotence=True,
@@ -38,7 +37,6 @@ def make_producer(settings: Settings, client_id: str | None = None) -> AIOKafkaP
 def make_consumer(settings: Settings, topics: list[str], group: str | None = None) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(
         *topics,
-        bootstrap_servers=settings.kafka_bootstrap,
         group_id=group or settings.group,
         client_id=f"tongban-{settings.service}",
         enable_auto_commit=False,
@@ -72,7 +70,6 @@ async def learn_schemas(settings: Settings, registry: SchemaRegistry) -> int:
     """Read the schema topic from the start to its end; returns how many schemas were new."""
     topic = settings.topic(SCHEMAS_TOPIC)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
         enable_auto_commit=False,
         isolation_level="read_committed",
         **settings.kafka_client_options(),

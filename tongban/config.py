@@ -5,10 +5,19 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 CRASH_POINTS = ("after_store_write", "after_produce", "before_commit")
 SERVICE_PORTS = {"intake": 50051, "routing": 50052, "verification": 50053, "delivery": 50054, "feedback": 50055}
 _NAMESPACE = re.compile(r"^[a-z0-9-]*$")
+ROOT = Path(__file__).resolve().parents[1]
+# What `make up` gives the local broker in SASL_SSL mode; operator tools fall back to these,
+# services never do (they must be told their own identity).
+LOCAL_SASL_SSL = {
+    "TONGBAN_KAFKA_USERNAME": "tongban",
+    "TONGBAN_KAFKA_PASSWORD": "tongban-secret",
+    "TONGBAN_KAFKA_CAFILE": str(ROOT / "var" / "kafka" / "tls" / "ca.pem"),
+}
 
 
 class ConfigError(Exception):
@@ -54,13 +63,14 @@ class Settings:
         return self.topic(f"tongban.retry.tongban-{self.service}")
 
     def kafka_client_options(self) -> dict:
-        """Security options shared by every aiokafka client of this process."""
+        """Bootstrap and security options shared by every aiokafka client of this process."""
         if self.kafka_security == "PLAINTEXT":
-            return {}
+            return {"bootstrap_servers": self.kafka_bootstrap}
         import ssl
 
         context = ssl.create_default_context(cafile=self.ssl_cafile)
         return {
+            "bootstrap_servers": self.kafka_bootstrap,
             "security_protocol": "SASL_SSL",
             "sasl_mechanism": "SCRAM-SHA-512",
             "sasl_plain_username": self.sasl_username,
@@ -79,7 +89,9 @@ def _int(env: dict[str, str], name: str, default: int) -> int:
         raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
 
 
-def load_settings(service: str, env: dict[str, str] | None = None) -> Settings:
+def load_settings(service: str, env: dict[str, str] | None = None, *, local_defaults: bool = False) -> Settings:
+    """Read and check the TONGBAN_* variables. `local_defaults` (operator tools only) fills
+    in the local broker's SASL_SSL identity when none is given."""
     env = dict(os.environ if env is None else env)
     namespace = env.get("TONGBAN_NAMESPACE", "")
     if not _NAMESPACE.match(namespace):
@@ -87,16 +99,19 @@ def load_settings(service: str, env: dict[str, str] | None = None) -> Settings:
     crash_point = env.get("TONGBAN_CRASH_POINT") or None
     if crash_point is not None and crash_point not in CRASH_POINTS:
         raise ConfigError(f"TONGBAN_CRASH_POINT must be one of {', '.join(CRASH_POINTS)}, got {crash_point!r}")
-    security = env.get("TONGBAN_KAFKA_SECURITY", "PLAINTEXT")
+    security = env.get("TONGBAN_KAFKA_SECURITY", "PLAINTEXT").upper()
     if security not in ("PLAINTEXT", "SASL_SSL"):
         raise ConfigError(f"TONGBAN_KAFKA_SECURITY must be PLAINTEXT or SASL_SSL, got {security!r}")
+    if security == "SASL_SSL" and local_defaults:
+        env = {**LOCAL_SASL_SSL, **{k: v for k, v in env.items() if v}}
     username = env.get("TONGBAN_KAFKA_USERNAME") or None
     password = env.get("TONGBAN_KAFKA_PASSWORD") or None
     if security == "SASL_SSL" and not (username and password):
         raise ConfigError("TONGBAN_KAFKA_SECURITY=SASL_SSL needs TONGBAN_KAFKA_USERNAME and TONGBAN_KAFKA_PASSWORD")
     return Settings(
         service=service,
-        kafka_bootstrap=env.get("TONGBAN_KAFKA_BOOTSTRAP", "127.0.0.1:19092"),
+        kafka_bootstrap=env.get("TONGBAN_KAFKA_BOOTSTRAP")
+        or ("127.0.0.1:19094" if security == "SASL_SSL" else "127.0.0.1:19092"),
         mongo_uri=env.get("TONGBAN_MONGO_URI", "mongodb://127.0.0.1:27217/"),
         namespace=namespace,
         crash_point=crash_point,

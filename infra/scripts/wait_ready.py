@@ -5,8 +5,8 @@
 
 Targets come from TONGBAN_KAFKA_BOOTSTRAP / TONGBAN_MONGO_URI (local defaults otherwise);
 TONGBAN_KAFKA_SECURITY=SASL_SSL uses TONGBAN_KAFKA_USERNAME/_PASSWORD/_CAFILE.
-Exit code 0 when the target answered within the timeout. Deliberately self-contained:
-it must not import the tongban package, which may be mid-edit.
+Exit code 0 when the target answered within the timeout. Kafka options come from
+tongban.config, the one place the TONGBAN_KAFKA_* variables are read.
 """
 
 from __future__ import annotations
@@ -14,28 +14,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import ssl
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
 
 
 def kafka_settings() -> dict:
-    security = os.environ.get("TONGBAN_KAFKA_SECURITY", "PLAINTEXT").upper()
-    default = "127.0.0.1:19094" if security == "SASL_SSL" else "127.0.0.1:19092"
-    settings: dict = {"bootstrap_servers": os.environ.get("TONGBAN_KAFKA_BOOTSTRAP") or default}
-    if security == "SASL_SSL":
-        cafile = os.environ.get("TONGBAN_KAFKA_CAFILE") or str(ROOT / "var/kafka/tls/ca.pem")
-        settings.update(
-            security_protocol="SASL_SSL",
-            ssl_context=ssl.create_default_context(cafile=cafile),
-            sasl_mechanism="SCRAM-SHA-512",
-            sasl_plain_username=os.environ.get("TONGBAN_KAFKA_USERNAME", "tongban"),
-            sasl_plain_password=os.environ.get("TONGBAN_KAFKA_PASSWORD", "tongban-secret"),
-        )
-    return settings
+    from tongban.config import load_settings
+
+    return load_settings("ops", local_defaults=True).kafka_client_options()
 
 
 async def kafka_ready(timeout: float) -> None:

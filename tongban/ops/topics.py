@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import ssl
 import sys
 import time
 import tomllib
@@ -30,6 +29,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tongban.config import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_FILE = ROOT / "infra" / "topics.toml"
@@ -135,26 +136,10 @@ def load_declared(namespace: str | None = None, path: str | Path | None = None) 
 
 
 def kafka_client_settings(bootstrap: str | None = None) -> dict[str, Any]:
-    """aiokafka client keyword arguments from the TONGBAN_KAFKA_* environment.
-
-    TONGBAN_KAFKA_SECURITY=PLAINTEXT (default) or SASL_SSL; with SASL_SSL (SCRAM-SHA-512
-    over TLS, as tongban.config) also TONGBAN_KAFKA_USERNAME, TONGBAN_KAFKA_PASSWORD and
-    TONGBAN_KAFKA_CAFILE (the local defaults from infra/scripts/kafka.sh otherwise)."""
-    security = os.environ.get("TONGBAN_KAFKA_SECURITY", "PLAINTEXT").upper()
-    default = "127.0.0.1:19094" if security == "SASL_SSL" else "127.0.0.1:19092"
-    settings: dict[str, Any] = {"bootstrap_servers": bootstrap or os.environ.get("TONGBAN_KAFKA_BOOTSTRAP") or default}
-    if security == "SASL_SSL":
-        cafile = os.environ.get("TONGBAN_KAFKA_CAFILE") or str(ROOT / "var/kafka/tls/ca.pem")
-        settings.update(
-            security_protocol="SASL_SSL",
-            ssl_context=ssl.create_default_context(cafile=cafile),
-            sasl_mechanism="SCRAM-SHA-512",
-            sasl_plain_username=os.environ.get("TONGBAN_KAFKA_USERNAME", "tongban"),
-            sasl_plain_password=os.environ.get("TONGBAN_KAFKA_PASSWORD", "tongban-secret"),
-        )
-    elif security != "PLAINTEXT":
-        raise ValueError(f"TONGBAN_KAFKA_SECURITY must be PLAINTEXT or SASL_SSL, not {security!r}")
-    return settings
+    """aiokafka client keyword arguments from the TONGBAN_KAFKA_* environment (see
+    tongban.config; an operator tool falls back to the local broker's SASL_SSL identity)."""
+    options = load_settings("ops", local_defaults=True).kafka_client_options()
+    return {**options, "bootstrap_servers": bootstrap or options["bootstrap_servers"]}
 
 
 def _admin(bootstrap: str | None):
