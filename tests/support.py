@@ -19,15 +19,15 @@ from services.intake import intake_pb2, intake_pb2_grpc
 from sim.samples import DENIED_MATTER
 from tongban.codec import CodecError, SchemaRegistry
 from tongban.launcher import ROOT, Stack
-from tongban.ops.topics import apply, load_declared
+from tongban.ops.topics import apply, kafka_client_settings, load_declared
 
-BOOTSTRAP = os.environ.get("TONGBAN_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
+KAFKA = kafka_client_settings()  # bootstrap and, in SASL_SSL mode, the security options
 REGISTRY = SchemaRegistry.load()
 
 
 def new_namespace() -> str:
     namespace = f"t{secrets.token_hex(3)}-"
-    asyncio.run(apply(BOOTSTRAP, namespace))
+    asyncio.run(apply(KAFKA["bootstrap_servers"], namespace))
     return namespace
 
 
@@ -35,7 +35,7 @@ def drop_namespace(namespace: str) -> None:
     """Delete a test run's topics and databases so the local broker and store do not grow."""
 
     async def drop() -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+        admin = AIOKafkaAdminClient(**KAFKA)
         await admin.start()
         try:
             await admin.delete_topics([t for t in await admin.list_topics() if t.startswith(namespace)])
@@ -127,7 +127,7 @@ class Sink:
     def __init__(self, namespace: str, topics: list[str]) -> None:
         self.namespace = namespace
         self.consumer = AIOKafkaConsumer(
-            *[namespace + t for t in topics], bootstrap_servers=BOOTSTRAP, isolation_level="read_committed",
+            *[namespace + t for t in topics], **KAFKA, isolation_level="read_committed",
             auto_offset_reset="earliest", enable_auto_commit=False, group_id=None)
         self.seen = Seen()
 
@@ -164,7 +164,7 @@ class Sink:
 
 
 async def produce(namespace: str, topic: str, key: bytes | None, value: bytes, headers=None) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all", enable_idempotence=True)
+    producer = AIOKafkaProducer(**KAFKA, acks="all", enable_idempotence=True)
     await producer.start()
     try:
         await producer.send_and_wait(namespace + topic, key=key, value=value, headers=headers or [])

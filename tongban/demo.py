@@ -89,7 +89,7 @@ def summary(results: list[tuple[Sample, str]]) -> bool:
 
 async def main(live: bool) -> int:
     namespace = os.environ.get("TONGBAN_NAMESPACE", "")
-    await apply(os.environ.get("TONGBAN_KAFKA_BOOTSTRAP", "127.0.0.1:19092"), namespace)
+    await apply(None, namespace)
     stack = Stack({"TONGBAN_TRACE_FILE": str(ROOT / "var" / "demo" / "traces.jsonl")}, ROOT / "var" / "demo",
                   sim_args=("--deny-matters", DENIED_MATTER), ports=dict(SERVICE_PORTS))
     say(f"starting intake, routing, verification, delivery, feedback and the partner simulator "

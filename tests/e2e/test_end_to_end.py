@@ -3,6 +3,7 @@ partner simulator over the real broker and store."""
 
 import asyncio
 import json
+import os
 import secrets
 import shutil
 
@@ -96,7 +97,7 @@ async def test_services_read_a_newer_writer_once_its_schema_is_on_the_schema_top
     assert writer.latest("tongban.application.ApplicationReceived").version == 2
     assert REGISTRY.by_fingerprint(writer.latest("tongban.application.ApplicationReceived").fingerprint) is None
 
-    settings = load_settings("intake", {"TONGBAN_NAMESPACE": namespace})
+    settings = load_settings("intake", {**os.environ, "TONGBAN_NAMESPACE": namespace})
     request = samples(secrets.token_hex(4))[0].request
     application_id = "TBV2" + secrets.token_hex(8).upper()
     body = {**received_body(application_id, request), "consultation_room": "3号视频会商室"}

@@ -3,6 +3,7 @@ timers fire once through the outbox, concurrent commands on one key all count (o
 versioning on FerretDB), a repeated command id is applied once."""
 
 import asyncio
+import os
 from datetime import timedelta
 
 import pytest
@@ -42,7 +43,8 @@ async def remind(event: Event, state: dict | None) -> Outcome:
 
 @pytest.fixture
 async def runtime(namespace):
-    settings = load_settings("routing", {"TONGBAN_NAMESPACE": namespace, "TONGBAN_SESSION_TIMEOUT_MS": "3000"})
+    env = {**os.environ, "TONGBAN_NAMESPACE": namespace, "TONGBAN_SESSION_TIMEOUT_MS": "3000"}
+    settings = load_settings("routing", env)
     client, db = store.connect(settings)
     runtime = ServiceRuntime(settings, REGISTRY, db, inputs=["tongban.application.received"], handlers={},
                              commands={"count": count, "schedule": schedule}, timers={"remind": remind})
