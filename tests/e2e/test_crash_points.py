@@ -30,7 +30,7 @@ ONE_EACH = ["tongban.application.ApplicationReceived", "tongban.application.Appl
 
 
 async def restart_with_crash_point(stack, service: str, point: str) -> None:
-    stack.stop(service)
+    assert stack.stop(service) == 0, f"{service} did not stop cleanly on SIGTERM"
     stack.start(service, {"TONGBAN_CRASH_POINT": point})
     await stack.wait_healthy((service,))
 

@@ -82,6 +82,13 @@ async def test_one_application_is_delivered_rated_and_traced_through_every_servi
     assert {"tongban-intake", "tongban-routing", "tongban-verification", "tongban-delivery",
             "tongban-feedback", "tongban-partner-sim"} <= services
 
+    # Personal data travels in events only: never in logs or traces.
+    for written in stack.log_dir.iterdir():
+        text = written.read_text(encoding="utf-8")
+        for personal in (request.applicant.id_number, request.applicant.name, request.postal_address,
+                         request.applicant.phone):
+            assert personal not in text, f"personal data in {written.name}"
+
 
 async def test_services_read_a_newer_writer_once_its_schema_is_on_the_schema_topic(stack, namespace, tmp_path):
     """A partner's intake system already writes ApplicationReceived v2 (one more optional
