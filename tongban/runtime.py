@@ -40,7 +40,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from tongban import bus, store
-from tongban.codec import CodecError, SchemaRegistry, UnknownSchema
+from tongban.codec import CodecError, MalformedRecord, SchemaRegistry, UnknownSchema
 from tongban.config import Settings
 from tongban.events import encode_event, millis, now_utc
 from tongban.telemetry import extract_headers, inject_headers
@@ -292,7 +292,8 @@ class ServiceRuntime:
         headers = list(record.headers or ())
         topic = self.settings.logical_topic(record.topic)
         if record.topic == self.settings.retry_topic:
-            topic = dict(headers).get(ORIGIN_TOPIC_HEADER, b"").decode() or topic
+            # A replay names the topic the record was first consumed from.
+            topic = self.settings.logical_topic(dict(headers).get(ORIGIN_TOPIC_HEADER, b"").decode()) or topic
         try:
             event = await self._decode(record, topic)
         except CodecError as exc:
@@ -316,7 +317,7 @@ class ServiceRuntime:
 
     async def _decode(self, record: ConsumerRecord, topic: str) -> Event:
         if record.value is None:
-            raise _Malformed("record has no value (tombstone) where an event was expected")
+            raise MalformedRecord("record has no value (tombstone) where an event was expected")
         try:
             full_name, body = self.registry.decode(record.value)
         except UnknownSchema:
@@ -328,7 +329,7 @@ class ServiceRuntime:
             full_name, body = self.registry.decode(record.value)
         envelope = body.pop("envelope", None)
         if not isinstance(envelope, dict):
-            raise _Malformed(f"{full_name} has no envelope")
+            raise MalformedRecord(f"{full_name} has no envelope")
         key = record.key.decode("utf-8", "replace") if record.key else envelope["correlation_id"]
         return Event(envelope["event_id"], full_name, key, body, envelope, topic)
 
@@ -513,7 +514,3 @@ class ServiceRuntime:
 async def _drop_unknown_timer(event: Event, state: dict | None) -> Outcome:
     log_fields(log, logging.ERROR, "no handler for timer; dropped", timer=event.payload["name"])
     return Outcome()
-
-
-class _Malformed(CodecError):
-    """A record that decodes but is not a Tongban event."""

@@ -5,6 +5,7 @@ import secrets
 
 import pytest
 
+from services.intake.api import received_body
 from sim.samples import samples
 from tests.support import REGISTRY, Sink, produce, submit, wait_terminal
 from tongban.events import encode_event, now_utc
@@ -85,3 +86,21 @@ async def test_content_that_breaks_a_rule_is_dead_lettered_with_its_reason(stack
     assert header(invalid, "tongban.dlq.error.class") == "Rejected"
     reason = header(invalid, "tongban.dlq.error.message")
     assert "level" in reason and "张三" not in reason and "13800000000" not in reason
+
+
+async def test_a_record_replayed_through_the_retry_topic_is_handled_as_from_its_origin(stack, namespace):
+    """What an operator's replay does: the record goes to tongban.retry.<group> naming its
+    origin topic, and only that group handles it, as if read from the origin."""
+    application_id = "TBREPLAY" + secrets.token_hex(4).upper()
+    body = received_body(application_id, samples(secrets.token_hex(4))[0].request)
+    _, value = encode_event(REGISTRY, "tongban.application.ApplicationReceived", body, cause_id=application_id,
+                            correlation_id=application_id, source_system="tongban-intake")
+    origin = (namespace + "tongban.application.received").encode()
+    await produce(namespace, "tongban.retry.tongban-routing", application_id.encode(), value,
+                  headers=[("tongban.origin.topic", origin)])
+    async with Sink(namespace, ["tongban.application.routed", "tongban.application.verified"]) as sink:
+        await sink.wait_for(lambda s: s.events("tongban.application.ApplicationRouted", application_id))
+        seen = await sink.poll(2)
+    assert seen.events("tongban.application.ApplicationRouted", application_id)[0]["deciding_partner"] == "420000"
+    assert not seen.events("tongban.application.ApplicationVerified", application_id), \
+        "other groups never read routing's retry topic"
