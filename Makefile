@@ -8,14 +8,14 @@ SHELL := bash
 PY      := .venv/bin/python
 SCRIPTS := infra/scripts
 
-.PHONY: help setup venv protos kafka-jars ferretdb up down status topics topics-plan \
+.PHONY: help setup venv protos kafka-jars ferretdb pii-key up down status topics topics-plan \
         run demo test lint clean-data
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
 
 # ------------------------------------------------------------------------------ setup
-setup: venv protos kafka-jars ferretdb ## venv, gRPC stubs, Kafka jars, FerretDB binary
+setup: venv protos kafka-jars ferretdb pii-key ## venv, gRPC stubs, Kafka jars, FerretDB binary, personal-data key
 
 venv: .venv/.tongban-installed
 .venv/.tongban-installed: requirements.txt requirements.lock
@@ -27,6 +27,10 @@ protos: venv ## compile services/*/*.proto (generated files are git-ignored)
 kafka-jars: var/kafka/libs/.tongban-stamp
 var/kafka/libs/.tongban-stamp: infra/pom.xml
 	$(SCRIPTS)/kafka-jars.sh
+
+pii-key: var/pii.keys
+var/pii.keys: | venv
+	$(PY) -m tongban.pii $@
 
 ferretdb: ## FerretDB v1.24.2 into var/bin/ferretdb (built from the Go module)
 	$(SCRIPTS)/build-ferretdb.sh

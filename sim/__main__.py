@@ -22,11 +22,12 @@ async def run(deny_matters: frozenset[str]) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     tasks = [
-        run_partner(settings, registry, pid, f"tongban.partner.{pid}.assignments", authority(pid, deny_matters),
-                    stopping)
+        run_partner(settings, registry, pid, f"tongban.partner.{pid}.assignments",
+                    authority(pid, deny_matters, settings.pii_cipher()), stopping)
         for pid in authorities()
     ]
-    tasks.append(run_partner(settings, registry, "ems", "tongban.partner.ems.dispatches", carrier, stopping))
+    tasks.append(run_partner(settings, registry, "ems", "tongban.partner.ems.dispatches",
+                             carrier(settings.pii_cipher()), stopping))
     await asyncio.gather(*tasks)
 
 

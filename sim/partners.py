@@ -24,6 +24,7 @@ from tongban import bus
 from tongban.codec import CodecError, SchemaRegistry
 from tongban.config import Settings
 from tongban.events import encode_event, now_utc
+from tongban.pii import PiiCipher, PiiError
 from tongban.telemetry import extract_headers, inject_headers
 from tongban.telemetry import log as log_fields
 
@@ -41,13 +42,20 @@ class Reply:
 Respond = Callable[[str, dict], list[Reply]]
 
 
-def authority(partner_id: str, deny_matters: frozenset[str]) -> Respond:
+def authority(partner_id: str, deny_matters: frozenset[str], cipher: PiiCipher) -> Respond:
     decisions = f"tongban.partner.{partner_id}.decisions"
 
     def respond(event_type: str, assigned: dict) -> list[Reply]:
         if event_type != "tongban.partner.MatterAssigned":
             return []
         base = {"assignment_id": assigned["assignment_id"], "application_id": assigned["application_id"]}
+        try:
+            # The authority looks the applicant up in its own records: it must be able to read them.
+            cipher.open(assigned["applicant"]["id_number"])
+        except PiiError:
+            refused = {**base, "outcome": "REFUSED", "reason": "申请人信息无法读取 (applicant data unreadable)",
+                       "accepted_at": now_utc()}
+            return [Reply(decisions, "tongban.partner.AuthorityAcceptance", refused)]
         accepted = {**base, "outcome": "ACCEPTED", "reason": None, "accepted_at": now_utc()}
         if assigned["matter_code"] in deny_matters:
             decided = {**base, "outcome": "DENIED", "result_reference": None,
@@ -62,19 +70,28 @@ def authority(partner_id: str, deny_matters: frozenset[str]) -> Respond:
     return respond
 
 
-def carrier(event_type: str, dispatch: dict) -> list[Reply]:
-    if event_type != "tongban.delivery.PostalDispatch":
-        return []
-    tracking = "EMS" + hashlib.sha256(dispatch["dispatch_id"].encode()).hexdigest()[:10].upper()
-    receipt = {"dispatch_id": dispatch["dispatch_id"], "application_id": dispatch["application_id"],
-               "tracking_number": tracking, "status": "DELIVERED", "at": now_utc()}
-    return [Reply("tongban.partner.ems.receipts", "tongban.delivery.PostalReceipt", receipt)]
+def carrier(cipher: PiiCipher) -> Respond:
+    def respond(event_type: str, dispatch: dict) -> list[Reply]:
+        if event_type != "tongban.delivery.PostalDispatch":
+            return []
+        try:
+            cipher.open(dispatch["address"])  # the carrier must read the address to deliver
+            status = "DELIVERED"
+        except PiiError:
+            status = "RETURNED"
+        tracking = "EMS" + hashlib.sha256(dispatch["dispatch_id"].encode()).hexdigest()[:10].upper()
+        receipt = {"dispatch_id": dispatch["dispatch_id"], "application_id": dispatch["application_id"],
+                   "tracking_number": tracking, "status": status, "at": now_utc()}
+        return [Reply("tongban.partner.ems.receipts", "tongban.delivery.PostalReceipt", receipt)]
+
+    return respond
 
 
 async def run_partner(settings: Settings, registry: SchemaRegistry, partner_id: str, inbound: str,
                       respond: Respond, stopping: asyncio.Event) -> None:
     """Consume one partner's outbound topic and answer, committing after the answers are sent."""
     identity = f"partner-{partner_id}"
+    cipher = settings.pii_cipher()
     producer: AIOKafkaProducer = bus.make_producer(settings, client_id=identity)
     consumer = bus.make_consumer(settings, [settings.topic(inbound)], group=settings.topic(identity))
     await producer.start()
@@ -98,7 +115,7 @@ async def run_partner(settings: Settings, registry: SchemaRegistry, partner_id: 
                             _, value = encode_event(
                                 registry, reply.event_type, reply.payload, cause_id=envelope["event_id"],
                                 correlation_id=envelope["correlation_id"], source_system=identity,
-                                source_partner=partner_id)
+                                source_partner=partner_id, cipher=cipher)
                             sends.append(await producer.send(settings.topic(reply.topic), key=record.key,
                                                              value=value, headers=inject_headers()))
             await asyncio.gather(*sends)

@@ -18,7 +18,7 @@ import datetime as dt
 import io
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -319,8 +319,13 @@ class SchemaRegistry:
 
         Values whose shape does not match the schema are masked whole if they could hold pii.
         """
+        return self.map_pii(full_name, record, lambda _: MASK)
+
+    def map_pii(self, full_name: str, record: dict, change: Callable[[Any], Any]) -> dict:
+        """A copy of ``record`` with ``change`` applied to every non-null pii value
+        (``mask`` hides them; ``tongban.pii`` seals and opens them)."""
         parsed = self._pii_schema(full_name)
-        return _mask(parsed, record, parsed["__named_schemas"])
+        return _map_pii(parsed, record, parsed["__named_schemas"], change)
 
 
 # -- schema helpers ---------------------------------------------------------------------
@@ -474,14 +479,16 @@ def _has_pii(schema: Any, named: Mapping[str, Any]) -> bool:
     return bool(found)
 
 
-def _mask(schema: Any, datum: Any, named: Mapping[str, Any]) -> Any:
+def _map_pii(schema: Any, datum: Any, named: Mapping[str, Any], change: Callable[[Any], Any]) -> Any:
+    """A copy of ``datum`` with ``change`` applied to every non-null pii value. Values whose
+    shape does not match the schema are masked whole if they could hold pii."""
     if datum is None:
         return None
     node, kind = _kind(schema, named)
     if kind == "union":
         branches = [b for b in node if b != "null"]
         if len(branches) == 1:
-            return _mask(branches[0], datum, named)
+            return _map_pii(branches[0], datum, named, change)
         return MASK if _has_pii(node, named) else copy.deepcopy(datum)
     if kind in ("record", "error"):
         if not isinstance(datum, Mapping):
@@ -493,16 +500,16 @@ def _mask(schema: Any, datum: Any, named: Mapping[str, Any]) -> Any:
             if f is None:
                 out[key] = copy.deepcopy(value)
             elif f.get("pii") is True:
-                out[key] = None if value is None else MASK
+                out[key] = None if value is None else change(value)
             else:
-                out[key] = _mask(f["type"], value, named)
+                out[key] = _map_pii(f["type"], value, named, change)
         return out
     if kind == "array":
         if not isinstance(datum, (list, tuple)):
             return MASK if _has_pii(node, named) else copy.deepcopy(datum)
-        return [_mask(node["items"], item, named) for item in datum]
+        return [_map_pii(node["items"], item, named, change) for item in datum]
     if kind == "map":
         if not isinstance(datum, Mapping):
             return MASK if _has_pii(node, named) else copy.deepcopy(datum)
-        return {key: _mask(node["values"], value, named) for key, value in datum.items()}
+        return {key: _map_pii(node["values"], value, named, change) for key, value in datum.items()}
     return copy.deepcopy(datum)

@@ -7,10 +7,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from tongban.pii import PiiCipher, parse_keys
+
 CRASH_POINTS = ("after_store_write", "after_produce", "before_commit")
 SERVICE_PORTS = {"intake": 50051, "routing": 50052, "verification": 50053, "delivery": 50054, "feedback": 50055}
 _NAMESPACE = re.compile(r"^[a-z0-9-]*$")
 ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_PII_KEY_FILE = ROOT / "var" / "pii.keys"
 # What `make up` gives the local broker in SASL_SSL mode; operator tools fall back to these,
 # services never do (they must be told their own identity).
 LOCAL_SASL_SSL = {
@@ -39,6 +42,10 @@ class Settings:
     sasl_password: str | None
     ssl_cafile: str | None
     trace_file: str | None
+    pii_keys: dict[str, bytes]
+
+    def pii_cipher(self) -> PiiCipher:
+        return PiiCipher(self.pii_keys)
 
     def topic(self, name: str) -> str:
         return f"{self.namespace}{name}"
@@ -89,6 +96,24 @@ def _int(env: dict[str, str], name: str, default: int) -> int:
         raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
 
 
+def _pii_keys(env: dict[str, str]) -> dict[str, bytes]:
+    """TONGBAN_PII_KEYS, else the file TONGBAN_PII_KEY_FILE (default var/pii.keys, made by
+    `make setup`)."""
+    text = env.get("TONGBAN_PII_KEYS")
+    source = "TONGBAN_PII_KEYS"
+    if not text:
+        path = Path(env.get("TONGBAN_PII_KEY_FILE") or DEFAULT_PII_KEY_FILE)
+        source = str(path)
+        try:
+            text = path.read_text()
+        except OSError:
+            raise ConfigError(f"no personal-data key: set TONGBAN_PII_KEYS or create {path} (make setup)") from None
+    try:
+        return parse_keys(text)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
 def load_settings(service: str, env: dict[str, str] | None = None, *, local_defaults: bool = False) -> Settings:
     """Read and check the TONGBAN_* variables. `local_defaults` (operator tools only) fills
     in the local broker's SASL_SSL identity when none is given."""
@@ -123,4 +148,5 @@ def load_settings(service: str, env: dict[str, str] | None = None, *, local_defa
         sasl_password=password,
         ssl_cafile=env.get("TONGBAN_KAFKA_CAFILE") or None,
         trace_file=env.get("TONGBAN_TRACE_FILE") or None,
+        pii_keys=_pii_keys(env),
     )

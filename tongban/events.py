@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tongban.codec import SchemaRegistry
+from tongban.pii import PiiCipher
 
 EVENT_ID_NAMESPACE = uuid.UUID("5f1d1a52-4f0e-4a39-9a53-7d3c1a6c2b10")
 
@@ -34,8 +35,10 @@ def encode_event(
     source_system: str,
     source_partner: str | None = None,
     qualifier: str = "",
+    cipher: PiiCipher | None = None,
 ) -> tuple[str, bytes]:
-    """Wrap a payload in its envelope and encode it; returns (event id, framed bytes)."""
+    """Wrap a payload in its envelope, seal its personal fields with `cipher`, and encode
+    it; returns (event id, framed bytes)."""
     event_id = derive_event_id(cause_id, event_type, qualifier)
     envelope = {
         "event_id": event_id,
@@ -47,4 +50,7 @@ def encode_event(
         "correlation_id": correlation_id,
         "causation_id": cause_id,
     }
-    return event_id, registry.encode(event_type, {"envelope": envelope, **payload})
+    record = {"envelope": envelope, **payload}
+    if cipher is not None:
+        record = registry.map_pii(event_type, record, cipher.seal)
+    return event_id, registry.encode(event_type, record)

@@ -187,6 +187,7 @@ class ServiceRuntime:
         self._tasks: list[asyncio.Task] = []
         self._schemas_refreshed_at = datetime.min.replace(tzinfo=UTC)
         self._writing = KeyedLock()
+        self.cipher = settings.pii_cipher()
 
     @property
     def aggregates(self) -> Any:
@@ -419,7 +420,7 @@ class ServiceRuntime:
         event_id, value = encode_event(
             self.registry, emit.event_type, emit.payload, cause_id=cause.event_id, qualifier=emit.qualifier,
             correlation_id=cause.envelope.get("correlation_id") or cause.key,
-            source_system=f"tongban-{self.settings.service}",
+            source_system=f"tongban-{self.settings.service}", cipher=self.cipher,
         )
         return {"id": event_id, "topic": emit.topic, "key": emit.key, "value": Binary(value), "headers": headers}
 

@@ -6,7 +6,8 @@ from tongban.runtime import ServiceRuntime
 
 
 def build(settings, registry, db) -> ServiceRuntime:
-    return ServiceRuntime(settings, registry, db, inputs=handlers.INPUTS, handlers=handlers.HANDLERS)
+    return ServiceRuntime(settings, registry, db, inputs=handlers.INPUTS,
+                          handlers=handlers.make_handlers(settings.pii_cipher()))
 
 
 if __name__ == "__main__":

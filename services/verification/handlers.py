@@ -14,21 +14,23 @@ from dataclasses import asdict
 
 from services.verification.domain import Applicant, ProvidedMaterial, verify_application
 from tongban.events import now_utc
-from tongban.runtime import Emit, Event, Outcome
+from tongban.pii import PiiCipher
+from tongban.runtime import Emit, Event, Handler, Outcome
 
 VERIFIED = "tongban.application.verified"
 INPUTS = ["tongban.application.received", "tongban.application.routed"]
 APP = "tongban.application."
 
 
-def _verify(key: str, state: dict) -> Outcome:
+def _verify(key: str, state: dict, cipher: PiiCipher) -> Outcome:
     """Verify once the file and the routing decision are both in; otherwise just keep state."""
     if "application" not in state or "routed" not in state or "result" in state:
         return Outcome(state=state)
     application = state["application"]
     a = application["applicant"]
+    # The one place verification needs the plaintext: checking the identity number.
     result = verify_application(
-        Applicant(kind=a["kind"], name=a["name"], id_number=a["id_number"], phone=a["phone"]),
+        Applicant(kind=a["kind"], name=cipher.open(a["name"]), id_number=cipher.open(a["id_number"]), phone=None),
         [ProvidedMaterial(m["code"], m["name"], m["provided"], m["original_checked"])
          for m in application["materials"]],
         None,
@@ -44,20 +46,18 @@ def _verify(key: str, state: dict) -> Outcome:
     return Outcome(state=state, emits=[Emit(VERIFIED, APP + "ApplicationVerificationFailed", key, body)])
 
 
-async def on_received(event: Event, state: dict | None) -> Outcome:
-    return _verify(event.key, {**(state or {}), "application": event.payload})
+def make_handlers(cipher: PiiCipher) -> dict[str, Handler]:
+    async def on_received(event: Event, state: dict | None) -> Outcome:
+        return _verify(event.key, {**(state or {}), "application": event.payload}, cipher)
 
+    async def on_routed(event: Event, state: dict | None) -> Outcome:
+        return _verify(event.key, {**(state or {}), "routed": event.payload}, cipher)
 
-async def on_routed(event: Event, state: dict | None) -> Outcome:
-    return _verify(event.key, {**(state or {}), "routed": event.payload})
+    async def on_unroutable(event: Event, state: dict | None) -> Outcome:
+        return Outcome(state={**(state or {}), "result": "UNROUTABLE"})
 
-
-async def on_unroutable(event: Event, state: dict | None) -> Outcome:
-    return Outcome(state={**(state or {}), "result": "UNROUTABLE"})
-
-
-HANDLERS = {
-    APP + "ApplicationReceived": on_received,
-    APP + "ApplicationRouted": on_routed,
-    APP + "ApplicationUnroutable": on_unroutable,
-}
+    return {
+        APP + "ApplicationReceived": on_received,
+        APP + "ApplicationRouted": on_routed,
+        APP + "ApplicationUnroutable": on_unroutable,
+    }

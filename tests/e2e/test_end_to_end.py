@@ -65,8 +65,13 @@ async def test_one_application_is_delivered_rated_and_traced_through_every_servi
     assert len(seen.distinct_ids("tongban.application.ApplicationReceived", application_id)) == 1
     rating = seen.events("tongban.feedback.ServiceRating", application_id)[0]
     assert (rating["level"], rating["party"], rating["matter_code"]) == (1, "440000", "KSTB-MKT-01")
+    # Personal fields travel sealed; the carrier, holding the key, reads the address.
     dispatch = seen.events("tongban.delivery.PostalDispatch", application_id)[0]
-    assert dispatch["address"] == request.postal_address
+    assert dispatch["address"].startswith("pii:v1:")
+    assert load_settings("carrier").pii_cipher().open(dispatch["address"]) == request.postal_address
+    raw = b"".join(r.value for r in seen.records if r.key == application_id.encode())
+    for personal in (request.applicant.id_number, request.applicant.name, request.postal_address):
+        assert personal.encode() not in raw
 
     # One trace follows the application through intake, routing, verification, delivery,
     # the partner authority, the carrier and, with the rating, feedback.
