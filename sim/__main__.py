@@ -21,13 +21,13 @@ async def run(deny_matters: frozenset[str]) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+    cipher = settings.pii_cipher()
     tasks = [
         run_partner(settings, registry, pid, f"tongban.partner.{pid}.assignments",
-                    authority(pid, deny_matters, settings.pii_cipher()), stopping)
+                    authority(pid, deny_matters, cipher), stopping)
         for pid in authorities()
     ]
-    tasks.append(run_partner(settings, registry, "ems", "tongban.partner.ems.dispatches",
-                             carrier(settings.pii_cipher()), stopping))
+    tasks.append(run_partner(settings, registry, "ems", "tongban.partner.ems.dispatches", carrier(cipher), stopping))
     await asyncio.gather(*tasks)
 
 

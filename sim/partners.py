@@ -95,6 +95,7 @@ async def run_partner(settings: Settings, registry: SchemaRegistry, partner_id: 
     producer: AIOKafkaProducer = bus.make_producer(settings, client_id=identity)
     consumer = bus.make_consumer(settings, [settings.topic(inbound)], group=settings.topic(identity))
     await producer.start()
+    await bus.publish_schemas(producer, settings, registry)  # like every writer on the bus
     await consumer.start()
     try:
         while not stopping.is_set():
