@@ -272,8 +272,10 @@ class ServiceRuntime:
             except (PyMongoError, KafkaError, OSError) as exc:
                 # An outage: nothing was committed, so rewind and try the batch again.
                 log_fields(log, logging.WARNING, "store or broker unavailable; pausing", error=type(exc).__name__)
+                assigned = self.consumer.assignment()
                 for tp, records in batch.items():
-                    self.consumer.seek(tp, records[0].offset)
+                    if tp in assigned:  # a partition lost in a rebalance restarts from its commit
+                        self.consumer.seek(tp, records[0].offset)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 
@@ -309,12 +311,21 @@ class ServiceRuntime:
             kind=SpanKind.CONSUMER,
             attributes={"tongban.event_id": event.event_id, "tongban.topic": topic, "tongban.key": event.key},
         ):
-            key = self.keys[event.event_type](event) if event.event_type in self.keys else event.key
             try:
+                key = self._key_of(event)
                 return await self._apply(event, handler, record.partition, key=key)
             except (Rejected, HandlerFailed) as exc:
                 await self._dead_letter(record, exc)
                 return None
+
+    def _key_of(self, event: Event) -> str:
+        """The aggregate an event belongs to: its record key unless the service says otherwise."""
+        if event.event_type not in self.keys:
+            return event.key
+        try:
+            return self.keys[event.event_type](event)
+        except Exception as exc:
+            raise HandlerFailed(type(exc).__name__) from exc
 
     async def _decode(self, record: ConsumerRecord, topic: str) -> Event:
         if record.value is None:
