@@ -29,16 +29,8 @@ start() {
     --telemetry=disable \
     --log-level="${TONGBAN_FERRETDB_LOG_LEVEL:-info}" \
     --log-format=text
-  local deadline=$((SECONDS + START_TIMEOUT))
-  while ((SECONDS < deadline)); do
-    pid_alive "$PIDFILE" ferretdb || { tail -20 "$LOG_DIR/ferretdb.log" >&2; die "ferretdb: exited during start-up"; }
-    if TONGBAN_MONGO_URI="mongodb://$LISTEN/" "$VENV_PY" "$ROOT/infra/scripts/wait_ready.py" mongo --timeout 3 2>/dev/null; then
-      log "ferretdb: ready on $LISTEN (pid $(cat "$PIDFILE"))"
-      return 0
-    fi
-    sleep 0.5
-  done
-  die "ferretdb: not ready after ${START_TIMEOUT}s (see $LOG_DIR/ferretdb.log)"
+  await_start "ferretdb on $LISTEN" "$PIDFILE" ferretdb "$START_TIMEOUT" "$LOG_DIR/ferretdb.log" \
+    env TONGBAN_MONGO_URI="mongodb://$LISTEN/" "$VENV_PY" "$ROOT/infra/scripts/wait_ready.py" mongo --timeout 3
 }
 
 status() {

@@ -135,19 +135,8 @@ start() {
 }
 
 wait_ready() {
-  local deadline=$((SECONDS + START_TIMEOUT))
-  while ((SECONDS < deadline)); do
-    if ! pid_alive "$PIDFILE" kafka.Kafka; then
-      tail -30 "$LOG_DIR/kafka.out" "$LOG_DIR/kafka.log" >&2 2>/dev/null || true
-      die "kafka: the broker exited during start-up"
-    fi
-    if TONGBAN_KAFKA_BOOTSTRAP="$LOCAL_KAFKA_BOOTSTRAP" "$VENV_PY" "$ROOT/infra/scripts/wait_ready.py" kafka --timeout 5 2>/dev/null; then
-      log "kafka: ready on $LOCAL_KAFKA_BOOTSTRAP (pid $(cat "$PIDFILE"))"
-      return 0
-    fi
-    sleep 1
-  done
-  die "kafka: not ready after ${START_TIMEOUT}s (see $LOG_DIR/kafka.log)"
+  await_start "kafka on $LOCAL_KAFKA_BOOTSTRAP" "$PIDFILE" kafka.Kafka "$START_TIMEOUT" "$LOG_DIR/kafka.log" \
+    env TONGBAN_KAFKA_BOOTSTRAP="$LOCAL_KAFKA_BOOTSTRAP" "$VENV_PY" "$ROOT/infra/scripts/wait_ready.py" kafka --timeout 5
 }
 
 status() {

@@ -94,3 +94,23 @@ launch() {
   for ((i = 0; i < 50; i++)); do [[ -s "$pidfile" ]] && return 0; sleep 0.1; done
   die "could not start: $*"
 }
+
+# await_start NAME PIDFILE PATTERN TIMEOUT LOGFILE PROBE...: wait until the PROBE command
+# succeeds, failing at once (with the log's tail) if the process exits during start-up.
+await_start() {
+  local name="$1" pidfile="$2" pattern="$3" timeout="$4" logfile="$5"
+  shift 5
+  local deadline=$((SECONDS + timeout))
+  while ((SECONDS < deadline)); do
+    if ! pid_alive "$pidfile" "$pattern"; then
+      tail -30 "$logfile" >&2 2>/dev/null || true
+      die "$name: exited during start-up"
+    fi
+    if "$@" 2>/dev/null; then
+      log "$name: ready (pid $(cat "$pidfile"))"
+      return 0
+    fi
+    sleep 0.5
+  done
+  die "$name: not ready after ${timeout}s (see $logfile)"
+}
