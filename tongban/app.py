@@ -6,32 +6,45 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 import grpc
+from aiokafka.errors import KafkaError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind
+from pymongo.errors import PyMongoError
 
 from tongban import store, telemetry
 from tongban.codec import SchemaRegistry
 from tongban.config import ConfigError, Settings, load_settings
-from tongban.runtime import ServiceRuntime
+from tongban.runtime import HandlerFailed, Rejected, ServiceRuntime
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("tongban.grpc")
 
 
-@contextmanager
-def grpc_span(context: grpc.aio.ServicerContext, name: str, fallback: dict[str, str] | None = None
-              ) -> Iterator[trace.Span]:
-    """A server span continuing the caller's trace from gRPC metadata, else `fallback`
-    (the trace of the application the call is about)."""
+@asynccontextmanager
+async def grpc_call(context: grpc.aio.ServicerContext, name: str,
+                    fallback: Callable[[], Awaitable[dict[str, str]]] | None = None) -> AsyncIterator[trace.Span]:
+    """A gRPC method's server span and error mapping, the same for every service.
+
+    The span continues the caller's trace from gRPC metadata, else the one `fallback` finds
+    (the trace of the application the call is about). A rule the request breaks is
+    FAILED_PRECONDITION, a handler bug INTERNAL, a store or broker outage UNAVAILABLE."""
     carrier = {k: v for k, v in (context.invocation_metadata() or ()) if k in ("traceparent", "tracestate")}
-    carrier = carrier or fallback or {}
-    with tracer.start_as_current_span(name, context=propagate.extract(carrier), kind=SpanKind.SERVER) as span:
-        yield span
+    try:
+        if not carrier and fallback is not None:
+            carrier = await fallback()
+        with tracer.start_as_current_span(name, context=propagate.extract(carrier), kind=SpanKind.SERVER) as span:
+            yield span
+    except Rejected as exc:
+        await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+    except HandlerFailed:
+        await context.abort(grpc.StatusCode.INTERNAL, f"{name} could not record the request")
+    except (PyMongoError, KafkaError):
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "store or broker unavailable; retry")
 
 
 def grpc_metadata() -> list[tuple[str, str]]:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import grpc
-from aiokafka.errors import KafkaError
-from pymongo.errors import PyMongoError
 
 from services.intake import domain, handlers, intake_pb2, intake_pb2_grpc
-from tongban.app import grpc_span
+from tongban.app import grpc_call
 from tongban.events import millis, now_utc
-from tongban.runtime import HandlerFailed, Rejected, ServiceRuntime
+from tongban.runtime import ServiceRuntime
 
 
 def _submission(request: intake_pb2.SubmitRequest) -> domain.Submission:
@@ -56,7 +54,7 @@ class IntakeServicer(intake_pb2_grpc.IntakeServicer):
         self.runtime = runtime
 
     async def Submit(self, request, context):  # noqa: N802 (gRPC method name)
-        with grpc_span(context, "intake.Submit") as span:
+        async with grpc_call(context, "intake.Submit") as span:
             if not request.client_reference or not request.source_system:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                     "client_reference and source_system are required")
@@ -66,12 +64,12 @@ class IntakeServicer(intake_pb2_grpc.IntakeServicer):
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             application_id = domain.application_id_for(request.source_system, request.client_reference)
             span.set_attribute("tongban.application_id", application_id)
-            state = await self._execute(context, handlers.SUBMIT, application_id,
-                                        f"submit:{application_id}", received_body(application_id, request))
+            state = await self.runtime.execute(handlers.SUBMIT, application_id, f"submit:{application_id}",
+                                               received_body(application_id, request))
             return intake_pb2.SubmitReply(application_id=application_id, stage=state["stage"])
 
     async def Track(self, request, context):  # noqa: N802
-        with grpc_span(context, "intake.Track"):
+        async with grpc_call(context, "intake.Track"):
             state = await self.runtime.state_of(request.application_id)
             if state is None:
                 await context.abort(grpc.StatusCode.NOT_FOUND, "no such application")
@@ -91,23 +89,13 @@ class IntakeServicer(intake_pb2_grpc.IntakeServicer):
 
     async def Rate(self, request, context):  # noqa: N802
         # 一事一评: the rating joins the application's own trace unless the caller sends one.
-        with grpc_span(context, "intake.Rate", await self.runtime.trace_of(request.application_id)):
+        async with grpc_call(context, "intake.Rate", lambda: self.runtime.trace_of(request.application_id)):
             if not request.rating_reference:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "rating_reference is required")
             if await self.runtime.state_of(request.application_id) is None:
                 await context.abort(grpc.StatusCode.NOT_FOUND, "no such application")
             payload = {"level": request.level, "channel": request.channel, "comment": request.comment,
                        "rated_at": now_utc()}
-            state = await self._execute(context, handlers.RATE, request.application_id,
-                                        f"rate:{request.application_id}:{request.rating_reference}", payload)
+            state = await self.runtime.execute(handlers.RATE, request.application_id,
+                                               f"rate:{request.application_id}:{request.rating_reference}", payload)
             return intake_pb2.RateReply(rating_id=state["ratings"][-1]["rating_id"])
-
-    async def _execute(self, context, command: str, key: str, command_id: str, payload: dict) -> dict:
-        try:
-            return await self.runtime.execute(command, key, command_id, payload)
-        except Rejected as exc:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        except HandlerFailed:
-            await context.abort(grpc.StatusCode.INTERNAL, "intake could not record the request")
-        except (PyMongoError, KafkaError):
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "intake's store or broker is unavailable; retry")
