@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from opentelemetry import trace
 
 from tongban import bus
@@ -99,29 +100,45 @@ async def run_partner(settings: Settings, registry: SchemaRegistry, partner_id: 
     await consumer.start()
     try:
         while not stopping.is_set():
-            batch = await consumer.getmany(timeout_ms=500)
-            sends = []
-            for records in batch.values():
-                for record in records:
-                    try:
-                        event_type, body = registry.decode(record.value)
-                    except CodecError as exc:
-                        log_fields(log, logging.WARNING, "partner could not read a record", partner=partner_id,
-                                   offset=record.offset, error=type(exc).__name__)
-                        continue
-                    envelope = body.pop("envelope")
-                    with tracer.start_as_current_span(f"{identity} {event_type.rsplit('.', 1)[-1]}",
-                                                      context=extract_headers(record.headers)):
-                        for reply in respond(event_type, body):
-                            _, value = encode_event(
-                                registry, reply.event_type, reply.payload, cause_id=envelope["event_id"],
-                                correlation_id=envelope["correlation_id"], source_system=identity,
-                                source_partner=partner_id, cipher=cipher)
-                            sends.append(await producer.send(settings.topic(reply.topic), key=record.key,
-                                                             value=value, headers=inject_headers()))
-            await asyncio.gather(*sends)
-            if batch:
-                await consumer.commit()
+            batch = {}
+            try:
+                batch = await consumer.getmany(timeout_ms=500)
+                sends = [await producer.send(settings.topic(reply.topic), key=record.key, value=value,
+                                             headers=headers)
+                         for record, reply, value, headers in _answers(registry, partner_id, respond, cipher, batch)]
+                await asyncio.gather(*sends)
+                if batch:
+                    await consumer.commit()
+            except KafkaError as exc:
+                # A broker outage: answer the batch again once it is back (replies keep their ids).
+                log_fields(log, logging.WARNING, "partner paused by a broker outage", partner=partner_id,
+                           error=type(exc).__name__)
+                if isinstance(exc, bus.PRODUCER_STATE_ERRORS):
+                    producer = await bus.renewed(producer, settings, client_id=identity)
+                bus.rewind(consumer, batch)
+                await asyncio.sleep(1)
     finally:
         await consumer.stop()
         await producer.stop()
+
+
+def _answers(registry: SchemaRegistry, partner_id: str, respond: Respond, cipher: PiiCipher, batch: dict):
+    """(record, reply, encoded reply, trace headers) for every reply the batch calls for."""
+    identity = f"partner-{partner_id}"
+    for records in batch.values():
+        for record in records:
+            try:
+                event_type, body = registry.decode(record.value)
+            except CodecError as exc:
+                log_fields(log, logging.WARNING, "partner could not read a record", partner=partner_id,
+                           offset=record.offset, error=type(exc).__name__)
+                continue
+            envelope = body.pop("envelope")
+            with tracer.start_as_current_span(f"{identity} {event_type.rsplit('.', 1)[-1]}",
+                                              context=extract_headers(record.headers)):
+                for reply in respond(event_type, body):
+                    _, value = encode_event(
+                        registry, reply.event_type, reply.payload, cause_id=envelope["event_id"],
+                        correlation_id=envelope["correlation_id"], source_system=identity,
+                        source_partner=partner_id, cipher=cipher)
+                    yield record, reply, value, inject_headers()

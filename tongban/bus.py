@@ -13,6 +13,14 @@ import logging
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
+    OutOfOrderSequenceNumber,
+    ProducerClosed,
+    ProducerFenced,
+    UnknownProducerId,
+)
 from aiokafka.partitioner import murmur2
 
 from tongban.codec import SchemaRegistry
@@ -34,6 +42,25 @@ def make_producer(settings: Settings, client_id: str | None = None) -> AIOKafkaP
     )
 
 
+# The broker no longer accepts this producer's idempotence state (seen after a broker restart
+# with batches in flight): only a new producer gets going again.
+PRODUCER_STATE_ERRORS = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerEpoch,
+                         InvalidProducerIdMapping, ProducerFenced, ProducerClosed)
+
+
+async def renewed(producer: AIOKafkaProducer, settings: Settings, client_id: str | None = None) -> AIOKafkaProducer:
+    """Replace a producer stuck in such a state. What it had not confirmed is sent again from
+    the outbox (or the uncommitted input), with the same event ids."""
+    try:
+        await producer.stop()
+    except Exception:  # it is broken already; closing is best effort
+        log.debug("closing a broken producer failed", exc_info=True)
+    fresh = make_producer(settings, client_id)
+    await fresh.start()
+    log.warning("producer renewed after the broker refused its idempotence state")
+    return fresh
+
+
 def make_consumer(settings: Settings, topics: list[str], group: str | None = None) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(
         *topics,
@@ -49,6 +76,15 @@ def make_consumer(settings: Settings, topics: list[str], group: str | None = Non
         fetch_max_wait_ms=200,
         **settings.kafka_client_options(),
     )
+
+
+def rewind(consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list]) -> None:
+    """Fetch an uncommitted batch again (after an outage); partitions lost in a rebalance
+    meanwhile restart from their commit with their new owner."""
+    assigned = consumer.assignment()
+    for tp, records in batch.items():
+        if tp in assigned:
+            consumer.seek(tp, records[0].offset)
 
 
 def partition_for(key: str, partitions: int) -> int:

@@ -187,6 +187,8 @@ class ServiceRuntime:
         self._tasks: list[asyncio.Task] = []
         self._schemas_refreshed_at = datetime.min.replace(tzinfo=UTC)
         self._writing = KeyedLock()
+        self._renewing = asyncio.Lock()
+        self._producer_generation = 0
         self.cipher = settings.pii_cipher()
 
     @property
@@ -239,10 +241,24 @@ class ServiceRuntime:
         `command_id` makes retries of one request idempotent. Raises Rejected or HandlerFailed.
         """
         event = Event(command_id, command_type, key, payload, {"correlation_id": key}, "grpc")
+        generation = self._producer_generation
         with tracer.start_as_current_span(f"command {command_type}", kind=SpanKind.SERVER):
             doc = await self._apply(event, self.commands[command_type], bus.partition_for(key, self.partitions))
-            await self._flush([doc])
+            try:
+                await self._flush([doc])
+            except KafkaError as exc:
+                await self._renew_producer_after(exc, generation)
+                raise  # the caller retries; the stored entry goes out then or with the relay
         return doc["state"]
+
+    async def _renew_producer_after(self, exc: BaseException, generation: int) -> None:
+        """Replace the producer once if `exc` says the broker refuses its state."""
+        if not isinstance(exc, bus.PRODUCER_STATE_ERRORS):
+            return
+        async with self._renewing:
+            if generation == self._producer_generation:
+                self.producer = await bus.renewed(self.producer, self.settings)
+                self._producer_generation += 1
 
     async def state_of(self, key: str) -> dict[str, Any] | None:
         doc = await store.retry_transient(self.aggregates.find_one, {"_id": key}, {"state": 1})
@@ -266,16 +282,15 @@ class ServiceRuntime:
                 continue
             if not batch:
                 continue
+            generation = self._producer_generation
             try:
                 await self._process_batch(batch)
                 backoff = 0.2
             except (PyMongoError, KafkaError, OSError) as exc:
                 # An outage: nothing was committed, so rewind and try the batch again.
                 log_fields(log, logging.WARNING, "store or broker unavailable; pausing", error=type(exc).__name__)
-                assigned = self.consumer.assignment()
-                for tp, records in batch.items():
-                    if tp in assigned:  # a partition lost in a rebalance restarts from its commit
-                        self.consumer.seek(tp, records[0].offset)
+                await self._renew_producer_after(exc, generation)
+                bus.rewind(self.consumer, batch)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 
@@ -476,12 +491,14 @@ class ServiceRuntime:
     # ---------------------------------------------------------------- timers and relay
     async def _background_loop(self) -> None:
         while not self._stopping.is_set():
+            generation = self._producer_generation
             try:
                 if self.owned:
                     await self._fire_due_timers()
                     await self._relay_unsent()
             except (PyMongoError, KafkaError, OSError) as exc:
                 log_fields(log, logging.WARNING, "timers/relay paused", error=type(exc).__name__)
+                await self._renew_producer_after(exc, generation)
             try:
                 await asyncio.wait_for(self._stopping.wait(), timeout=1.0)
             except TimeoutError:
