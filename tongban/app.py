@@ -47,13 +47,6 @@ async def grpc_call(context: grpc.aio.ServicerContext, name: str,
         await context.abort(grpc.StatusCode.UNAVAILABLE, "store or broker unavailable; retry")
 
 
-def grpc_metadata() -> list[tuple[str, str]]:
-    """The current trace context as gRPC metadata for an outgoing call."""
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier)
-    return list(carrier.items())
-
-
 async def serve(
     settings: Settings,
     build: Callable[[Settings, SchemaRegistry, object], ServiceRuntime],
