@@ -88,10 +88,15 @@ def carrier(cipher: PiiCipher) -> Respond:
     return respond
 
 
+def identity_of(partner_id: str) -> str:
+    """The partner's own client id, consumer group and source system on the bus."""
+    return f"partner-{partner_id}"
+
+
 async def run_partner(settings: Settings, registry: SchemaRegistry, partner_id: str, inbound: str,
                       respond: Respond, stopping: asyncio.Event) -> None:
     """Consume one partner's outbound topic and answer, committing after the answers are sent."""
-    identity = f"partner-{partner_id}"
+    identity = identity_of(partner_id)
     cipher = settings.pii_cipher()
     producer: AIOKafkaProducer = bus.make_producer(settings, client_id=identity)
     consumer = bus.make_consumer(settings, [settings.topic(inbound)], group=settings.topic(identity))
@@ -105,7 +110,8 @@ async def run_partner(settings: Settings, registry: SchemaRegistry, partner_id: 
                 batch = await consumer.getmany(timeout_ms=500)
                 sends = [await producer.send(settings.topic(reply.topic), key=record.key, value=value,
                                              headers=headers)
-                         for record, reply, value, headers in _answers(registry, partner_id, respond, cipher, batch)]
+                         for record, reply, value, headers in _answers(registry, partner_id, respond, cipher,
+                                                                       batch)]
                 await asyncio.gather(*sends)
                 if batch:
                     await consumer.commit()
@@ -124,7 +130,7 @@ async def run_partner(settings: Settings, registry: SchemaRegistry, partner_id: 
 
 def _answers(registry: SchemaRegistry, partner_id: str, respond: Respond, cipher: PiiCipher, batch: dict):
     """(record, reply, encoded reply, trace headers) for every reply the batch calls for."""
-    identity = f"partner-{partner_id}"
+    identity = identity_of(partner_id)
     for records in batch.values():
         for record in records:
             try:

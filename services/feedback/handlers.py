@@ -3,7 +3,7 @@
 Inputs:  ServiceRating (好差评) on tongban.feedback.ratings; HotlineWorkOrder (12345) on
          tongban.feedback.workorders.
 Outputs: MatterFlagged / MatterFlagCleared on tongban.feedback.flags (keyed by matter code).
-State:   one score per matter × division: ratings, bad ratings, complaints, flag.
+State:   per matter × division: the score (ratings, bad ratings, complaints, flagged), flags raised, window start.
 Rules:   services.feedback.domain (bad levels, thresholds with hysteresis).
 """
 
@@ -27,11 +27,11 @@ def score_key(event: Event) -> str:
 
 
 def _load(state: dict | None, event: Event, party: str) -> tuple[MatterScore, dict]:
-    extra = {k: state[k] for k in ("flags", "window_start") if state and k in state}
-    fields = {k: v for k, v in (state or {}).items() if k not in ("flags", "window_start")}
-    score = MatterScore(**fields) if fields else MatterScore(
-        matter_code=event.payload["matter_code"], division_code=event.payload["division_code"], party=party)
-    return score, extra
+    """The score, and the flag bookkeeping kept beside it (flags raised, window start)."""
+    if state is None:
+        p = event.payload
+        return MatterScore(matter_code=p["matter_code"], division_code=p["division_code"], party=party), {}
+    return MatterScore(**state["score"]), {k: v for k, v in state.items() if k != "score"}
 
 
 def _decide(event: Event, score: MatterScore, extra: dict, thresholds: FlagThresholds) -> Outcome:
@@ -51,7 +51,7 @@ def _decide(event: Event, score: MatterScore, extra: dict, thresholds: FlagThres
         else:
             emits.append(Emit(FLAGS, "tongban.feedback.MatterFlagCleared", score.matter_code,
                               {**common, "cleared_at": now_utc()}))
-    return Outcome(state={**asdict(score), **extra}, emits=emits)
+    return Outcome(state={"score": asdict(score), **extra}, emits=emits)
 
 
 def _reason(score: MatterScore, thresholds: FlagThresholds) -> str:
