@@ -56,10 +56,10 @@ clean-data: down ## stop and delete the local broker and store data (var/kafka/d
 
 # ------------------------------------------------------------------------------ use
 run: topics ## setup, up, topics, then the live demo
-	$(PY) -m tongban.demo --live
+	$(PY) -m devtools.demo --live
 
 demo: topics ## setup, up, topics, then the scripted demo; exits with its code
-	$(PY) -m tongban.demo
+	$(PY) -m devtools.demo
 
 test: setup ## run all tests, starting (and afterwards stopping) broker/store if needed
 	$(SCRIPTS)/run-tests.sh

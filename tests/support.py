@@ -15,10 +15,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from pymongo import AsyncMongoClient
 
+from devtools.launcher import ROOT, Stack
 from services.intake import intake_pb2, intake_pb2_grpc
 from sim.samples import DENIED_MATTER
 from tongban.codec import CodecError, SchemaRegistry
-from tongban.launcher import ROOT, Stack
 from tongban.ops.topics import apply, kafka_client_settings, load_declared
 
 KAFKA = kafka_client_settings()  # bootstrap and, in SASL_SSL mode, the security options
@@ -92,12 +92,14 @@ async def track(stack: Stack, application_id: str) -> intake_pb2.Progress:
             intake_pb2.TrackRequest(application_id=application_id), timeout=10)
 
 
-async def wait_terminal(stack: Stack, application_id: str, timeout: float = 60) -> intake_pb2.Progress:
+async def wait_terminal(stack: Stack, application_id: str, timeout: float = 60,
+                        until=lambda progress: True) -> intake_pb2.Progress:
+    """Track until the application is concluded and `until(progress)` holds."""
     deadline = time.monotonic() + timeout
     while True:
         try:
             progress = await track(stack, application_id)
-            if progress.terminal:
+            if progress.terminal and until(progress):
                 return progress
         except grpc.aio.AioRpcError as exc:
             if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND):

@@ -19,10 +19,13 @@ from pymongo.errors import PyMongoError
 from tongban import store, telemetry
 from tongban.codec import SchemaRegistry
 from tongban.config import ConfigError, Settings, load_settings
-from tongban.runtime import HandlerFailed, Rejected, ServiceRuntime
+from tongban.handling import Rejected, Wiring
+from tongban.runtime import HandlerFailed, NotReady, Refused, ServiceRuntime
+from tongban.runtime.archive import MongoArchive
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("tongban.grpc")
+MAX_REQUEST_BYTES = 1024 * 1024
 
 
 @asynccontextmanager
@@ -32,7 +35,8 @@ async def grpc_call(context: grpc.aio.ServicerContext, name: str,
 
     The span continues the caller's trace from gRPC metadata, else the one `fallback` finds
     (the trace of the application the call is about). A rule the request breaks is
-    FAILED_PRECONDITION, a handler bug INTERNAL, a store or broker outage UNAVAILABLE."""
+    FAILED_PRECONDITION, a request too large to carry INVALID_ARGUMENT, a handler bug
+    INTERNAL, a store or broker outage (or a key this instance does not serve) UNAVAILABLE."""
     carrier = {k: v for k, v in (context.invocation_metadata() or ()) if k in ("traceparent", "tracestate")}
     try:
         if not carrier and fallback is not None:
@@ -41,24 +45,30 @@ async def grpc_call(context: grpc.aio.ServicerContext, name: str,
             yield span
     except Rejected as exc:
         await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+    except Refused as exc:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
     except HandlerFailed:
         await context.abort(grpc.StatusCode.INTERNAL, f"{name} could not record the request")
+    except NotReady as exc:
+        await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
     except (PyMongoError, KafkaError):
         await context.abort(grpc.StatusCode.UNAVAILABLE, "store or broker unavailable; retry")
 
 
 async def serve(
     settings: Settings,
-    build: Callable[[Settings, SchemaRegistry, object], ServiceRuntime],
+    wiring: Callable[[Settings], Wiring],
     add_servicers: Callable[[grpc.aio.Server, ServiceRuntime], None] | None = None,
 ) -> None:
-    """Run one service until SIGTERM or SIGINT."""
+    """Run one service until SIGTERM or SIGINT. Healthy (SERVING) once its partitions are
+    assigned and their state restored."""
     telemetry.setup(settings)
     registry = SchemaRegistry.load()
     client, db = store.connect(settings)
-    runtime = build(settings, registry, db)
+    runtime = ServiceRuntime(settings, registry, wiring(settings), MongoArchive(db))
 
-    server = grpc.aio.server()
+    # gRPC's own 4 MiB cap would let a request through that no record can carry.
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_REQUEST_BYTES)])
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if add_servicers:
@@ -72,13 +82,16 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
 
     await runtime.start()
-    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    telemetry.log(log, logging.INFO, "service started", service=settings.service, grpc_port=settings.grpc_port)
     stopped = asyncio.create_task(stop.wait())
     failed = asyncio.create_task(runtime.failed.wait())
-    await asyncio.wait([stopped, failed], return_when=asyncio.FIRST_COMPLETED)
-    stopped.cancel()
-    failed.cancel()
+    ready = asyncio.create_task(runtime.ready.wait())
+    await asyncio.wait([ready, stopped, failed], return_when=asyncio.FIRST_COMPLETED)
+    if ready.done():
+        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        telemetry.log(log, logging.INFO, "service started", service=settings.service, grpc_port=settings.grpc_port)
+        await asyncio.wait([stopped, failed], return_when=asyncio.FIRST_COMPLETED)
+    for waiter in (stopped, failed, ready):
+        waiter.cancel()
 
     telemetry.log(log, logging.INFO, "stopping", service=settings.service)
     await health_servicer.enter_graceful_shutdown()
@@ -91,7 +104,7 @@ async def serve(
 
 def main(
     service: str,
-    build: Callable[[Settings, SchemaRegistry, object], ServiceRuntime],
+    wiring: Callable[[Settings], Wiring],
     add_servicers: Callable[[grpc.aio.Server, ServiceRuntime], None] | None = None,
 ) -> None:
     """Entry point of `python -m services.<name>`: fails fast on bad configuration."""
@@ -99,4 +112,4 @@ def main(
         settings = load_settings(service)
     except ConfigError as exc:
         raise SystemExit(f"tongban-{service}: configuration error: {exc}") from None
-    asyncio.run(serve(settings, build, add_servicers))
+    asyncio.run(serve(settings, wiring, add_servicers))

@@ -31,11 +31,14 @@ log = logging.getLogger(__name__)
 SCHEMAS_TOPIC = "tongban.schemas"
 
 
-def make_producer(settings: Settings, client_id: str | None = None) -> AIOKafkaProducer:
+def make_producer(settings: Settings, client_id: str | None = None,
+                  transactional_id: str | None = None) -> AIOKafkaProducer:
     return AIOKafkaProducer(
         client_id=client_id or f"tongban-{settings.service}",
         acks="all",
         enable_idempotence=True,
+        transactional_id=transactional_id,
+        transaction_timeout_ms=30000,
         linger_ms=5,
         request_timeout_ms=30000,
         **settings.kafka_client_options(),

@@ -9,7 +9,10 @@ from pathlib import Path
 
 from tongban.pii import PiiCipher, parse_keys
 
-CRASH_POINTS = ("after_store_write", "after_produce", "before_commit")
+# Where TONGBAN_CRASH_POINT may kill a service: after the handlers ran but before anything
+# was produced, after producing inside the open transaction, and while restoring state.
+CRASH_POINTS = ("after_handler", "after_produce", "during_restore")
+STATE_STORES = ("rocksdb", "memory")
 SERVICE_PORTS = {"intake": 50051, "routing": 50052, "verification": 50053, "delivery": 50054, "feedback": 50055}
 _NAMESPACE = re.compile(r"^[a-z0-9-]*$")
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,6 +46,9 @@ class Settings:
     ssl_cafile: str | None
     trace_file: str | None
     pii_keys: dict[str, bytes]
+    state_store: str = "rocksdb"
+    state_dir: Path = ROOT / "var" / "state"
+    replay_horizon_days: int = 30
 
     def pii_cipher(self) -> PiiCipher:
         return PiiCipher(self.pii_keys)
@@ -69,6 +75,18 @@ class Settings:
     def retry_topic(self) -> str:
         return self.topic(f"tongban.retry.tongban-{self.service}")
 
+    @property
+    def changelog_topic(self) -> str:
+        return self.topic(f"tongban.changelog.tongban-{self.service}")
+
+    @property
+    def commands_topic(self) -> str:
+        return self.topic(f"tongban.commands.tongban-{self.service}")
+
+    @property
+    def repartition_topic(self) -> str:
+        return self.topic(f"tongban.repartition.tongban-{self.service}")
+
     def kafka_client_options(self) -> dict:
         """Bootstrap and security options shared by every aiokafka client of this process."""
         if self.kafka_security == "PLAINTEXT":
@@ -94,6 +112,13 @@ def _int(env: dict[str, str], name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+
+
+def _choice(env: dict[str, str], name: str, choices: tuple[str, ...]) -> str:
+    value = env.get(name) or choices[0]
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
 
 
 def _pii_keys(env: dict[str, str]) -> dict[str, bytes]:
@@ -149,4 +174,7 @@ def load_settings(service: str, env: dict[str, str] | None = None, *, local_defa
         ssl_cafile=env.get("TONGBAN_KAFKA_CAFILE") or None,
         trace_file=env.get("TONGBAN_TRACE_FILE") or None,
         pii_keys=_pii_keys(env),
+        state_store=_choice(env, "TONGBAN_STATE_STORE", STATE_STORES),
+        state_dir=Path(env.get("TONGBAN_STATE_DIR") or ROOT / "var" / "state"),
+        replay_horizon_days=_int(env, "TONGBAN_REPLAY_HORIZON_DAYS", 30),
     )

@@ -36,10 +36,12 @@ def encode_event(
     source_partner: str | None = None,
     qualifier: str = "",
     cipher: PiiCipher | None = None,
+    event_id: str | None = None,
 ) -> tuple[str, bytes]:
     """Wrap a payload in its envelope, seal its personal fields with `cipher`, and encode
-    it; returns (event id, framed bytes)."""
-    event_id = derive_event_id(cause_id, event_type, qualifier)
+    it; returns (event id, framed bytes). The id derives from the cause unless given (a
+    command carries its caller's id)."""
+    event_id = event_id or derive_event_id(cause_id, event_type, qualifier)
     envelope = {
         "event_id": event_id,
         "event_type": event_type,

@@ -14,17 +14,17 @@ State:   one file per application: what intake received, the routing decision, t
 from __future__ import annotations
 
 from services.delivery import domain
+from tongban import topics
 from tongban.events import now_utc
-from tongban.runtime import Emit, Event, Outcome, Rejected
+from tongban.handling import Emit, Event, Outcome, Rejected
 
-APP = "tongban.application."
-LIFECYCLE_INPUTS = ["tongban.application.received", "tongban.application.routed", "tongban.application.verified"]
-RECEIPTS = "tongban.partner.ems.receipts"
-DISPATCHES = "tongban.partner.ems.dispatches"
+LIFECYCLE_INPUTS = [topics.APPLICATION_RECEIVED, topics.APPLICATION_ROUTED, topics.APPLICATION_VERIFIED]
+RECEIPTS = topics.POSTAL_RECEIPTS
+DISPATCHES = topics.POSTAL_DISPATCHES
 
 
 def inputs(partner_ids: list[str]) -> list[str]:
-    return LIFECYCLE_INPUTS + [f"tongban.partner.{p}.decisions" for p in partner_ids] + [RECEIPTS]
+    return LIFECYCLE_INPUTS + [topics.partner_decisions(p) for p in partner_ids] + [RECEIPTS]
 
 
 def _sender(event: Event) -> str:
@@ -50,8 +50,8 @@ def _assign(key: str, file: dict) -> Outcome:
         "promised_working_days": routed["promised_working_days"],
         "due_at": routed["due_at"],
     }
-    topic = f"tongban.partner.{partner}.assignments"
-    return Outcome(state=file, emits=[Emit(topic, "tongban.partner.MatterAssigned", key, assigned)])
+    topic = topics.partner_assignments(partner)
+    return Outcome(state=file, emits=[Emit(topic, topics.MATTER_ASSIGNED_EVENT, key, assigned)])
 
 
 async def on_received(event: Event, state: dict | None) -> Outcome:
@@ -74,18 +74,20 @@ async def on_acceptance(event: Event, state: dict | None) -> Outcome:
     partner = assignment["partner_id"]
     if p["outcome"] == "ACCEPTED":
         body = {"application_id": event.key, "deciding_partner": partner, "accepted_at": p["accepted_at"]}
-        emit = Emit("tongban.application.accepted", APP + "ApplicationAccepted", event.key, body)
+        emit = Emit(topics.APPLICATION_ACCEPTED, topics.APPLICATION_ACCEPTED_EVENT, event.key, body)
     elif p["outcome"] == "REFUSED":
         body = {"application_id": event.key, "deciding_partner": partner, "reason": p["reason"] or "refused"}
-        emit = Emit("tongban.application.accepted", APP + "ApplicationRefused", event.key, body)
+        emit = Emit(topics.APPLICATION_ACCEPTED, topics.APPLICATION_REFUSED_EVENT, event.key, body)
     else:
         raise Rejected(f"acceptance outcome {p['outcome']} is not handled yet")
-    return Outcome(state={**state, "acceptance": p["outcome"]}, emits=[emit])
+    return Outcome(state={**state, "acceptance": p["outcome"]}, emits=[emit], finished=p["outcome"] == "REFUSED")
 
 
 async def on_decision(event: Event, state: dict | None) -> Outcome:
     p = event.payload
     assignment = _check(event, state)
+    if state.get("acceptance") == "REFUSED":
+        raise Rejected("the authority refused to accept this application; it cannot decide it")
     if "decision" in state:
         raise Rejected("the authority already decided this application")
     file = {**state, "decision": p["outcome"]}
@@ -97,10 +99,11 @@ async def on_decision(event: Event, state: dict | None) -> Outcome:
         "reason": p["reason"],
         "decided_at": p["decided_at"],
     }
-    emits = [Emit("tongban.application.decided", APP + "ApplicationDecided", event.key, decided)]
+    emits = [Emit(topics.APPLICATION_DECIDED, topics.APPLICATION_DECIDED_EVENT, event.key, decided)]
     if p["outcome"] == "APPROVED":
         emits.append(_dispatch(event.key, file, p["result_reference"]))
-    return Outcome(state=file, emits=emits)
+    # Done once denied or delivered without the carrier; a postal dispatch waits for its receipt.
+    return Outcome(state=file, emits=emits, finished=p["outcome"] != "APPROVED" or file.get("delivered", False))
 
 
 def _dispatch(key: str, file: dict, result_reference: str | None) -> Emit:
@@ -117,11 +120,11 @@ def _dispatch(key: str, file: dict, result_reference: str | None) -> Emit:
             "phone": applicant["phone"],
             "item": f"result {result_reference or ''}".strip(),
         }
-        return Emit(DISPATCHES, "tongban.delivery.PostalDispatch", key, body)
+        return Emit(DISPATCHES, topics.POSTAL_DISPATCH_EVENT, key, body)
     file["delivered"] = True
     body = {"application_id": key, "method": received["delivery_method"], "dispatch_id": dispatch_id,
             "tracking_number": None, "delivered_at": now_utc()}
-    return Emit("tongban.application.delivered", APP + "ApplicationDelivered", key, body)
+    return Emit(topics.APPLICATION_DELIVERED, topics.APPLICATION_DELIVERED_EVENT, key, body)
 
 
 async def on_receipt(event: Event, state: dict | None) -> Outcome:
@@ -132,8 +135,8 @@ async def on_receipt(event: Event, state: dict | None) -> Outcome:
         return Outcome(state={**state, "postal_status": p["status"]})
     body = {"application_id": event.key, "method": "POST", "dispatch_id": p["dispatch_id"],
             "tracking_number": p["tracking_number"], "delivered_at": p["at"]}
-    return Outcome(state={**state, "postal_status": p["status"], "delivered": True},
-                   emits=[Emit("tongban.application.delivered", APP + "ApplicationDelivered", event.key, body)])
+    return Outcome(state={**state, "postal_status": p["status"], "delivered": True}, finished=True,
+                   emits=[Emit(topics.APPLICATION_DELIVERED, topics.APPLICATION_DELIVERED_EVENT, event.key, body)])
 
 
 def _check(event: Event, state: dict | None) -> dict:
@@ -144,10 +147,10 @@ def _check(event: Event, state: dict | None) -> dict:
 
 
 HANDLERS = {
-    APP + "ApplicationReceived": on_received,
-    APP + "ApplicationRouted": on_routed,
-    APP + "ApplicationVerified": on_verified,
-    "tongban.partner.AuthorityAcceptance": on_acceptance,
-    "tongban.partner.AuthorityDecision": on_decision,
-    "tongban.delivery.PostalReceipt": on_receipt,
+    topics.APPLICATION_RECEIVED_EVENT: on_received,
+    topics.APPLICATION_ROUTED_EVENT: on_routed,
+    topics.APPLICATION_VERIFIED_EVENT: on_verified,
+    topics.AUTHORITY_ACCEPTANCE_EVENT: on_acceptance,
+    topics.AUTHORITY_DECISION_EVENT: on_decision,
+    topics.POSTAL_RECEIPT_EVENT: on_receipt,
 }

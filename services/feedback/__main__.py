@@ -3,13 +3,14 @@
 from services.feedback import handlers
 from services.feedback.domain import FlagThresholds
 from tongban.app import main
-from tongban.runtime import ServiceRuntime
+from tongban.config import Settings
+from tongban.handling import Wiring
 
 
-def build(settings, registry, db) -> ServiceRuntime:
-    return ServiceRuntime(settings, registry, db, inputs=handlers.INPUTS,
-                          handlers=handlers.make_handlers(FlagThresholds()), keys=handlers.keys())
+def wiring(settings: Settings) -> Wiring:
+    return Wiring("feedback", inputs=handlers.INPUTS, handlers=handlers.make_handlers(FlagThresholds()),
+                  keys=handlers.keys())
 
 
 if __name__ == "__main__":
-    main("feedback", build)
+    main("feedback", wiring)

@@ -12,13 +12,14 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from services.feedback.domain import FlagThresholds, InvalidRating, MatterScore, ServiceRating, evaluate
+from tongban import topics
 from tongban.events import now_utc
-from tongban.runtime import Emit, Event, Outcome, Rejected
+from tongban.handling import Emit, Event, Outcome, Rejected
 
-FLAGS = "tongban.feedback.flags"
-INPUTS = ["tongban.feedback.ratings", "tongban.feedback.workorders"]
-RATING = "tongban.feedback.ServiceRating"
-WORK_ORDER = "tongban.feedback.HotlineWorkOrder"
+FLAGS = topics.FEEDBACK_FLAGS
+INPUTS = [topics.FEEDBACK_RATINGS, topics.FEEDBACK_WORKORDERS]
+RATING = topics.SERVICE_RATING_EVENT
+WORK_ORDER = topics.HOTLINE_WORK_ORDER_EVENT
 
 
 def score_key(event: Event) -> str:
@@ -47,9 +48,9 @@ def _decide(event: Event, score: MatterScore, extra: dict, thresholds: FlagThres
             body = {**common, "reason": _reason(score, thresholds), "bad_ratings": score.bad_ratings,
                     "total_ratings": score.total_ratings, "complaints": score.complaints,
                     "window_start": extra["window_start"], "window_end": now_utc()}
-            emits.append(Emit(FLAGS, "tongban.feedback.MatterFlagged", score.matter_code, body))
+            emits.append(Emit(FLAGS, topics.MATTER_FLAGGED_EVENT, score.matter_code, body))
         else:
-            emits.append(Emit(FLAGS, "tongban.feedback.MatterFlagCleared", score.matter_code,
+            emits.append(Emit(FLAGS, topics.MATTER_FLAG_CLEARED_EVENT, score.matter_code,
                               {**common, "cleared_at": now_utc()}))
     return Outcome(state={"score": asdict(score), **extra}, emits=emits)
 

@@ -22,6 +22,10 @@ def _submission(request: intake_pb2.SubmitRequest) -> domain.Submission:
         materials=tuple(m.code for m in request.materials),
         delivery_method=request.delivery_method,
         postal_address=request.postal_address or None,
+        material_names=tuple(m.name for m in request.materials),
+        applicant_phone=request.applicant.phone,
+        client_reference=request.client_reference,
+        source_system=request.source_system,
     )
 
 
@@ -64,9 +68,11 @@ class IntakeServicer(intake_pb2_grpc.IntakeServicer):
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             application_id = domain.application_id_for(request.source_system, request.client_reference)
             span.set_attribute("tongban.application_id", application_id)
-            state = await self.runtime.execute(handlers.SUBMIT, application_id, f"submit:{application_id}",
-                                               received_body(application_id, request))
-            return intake_pb2.SubmitReply(application_id=application_id, stage=state["stage"])
+            # Durably on intake's command topic: the partition's owner records it (a retry
+            # is the same command and is dropped), so the caller has its id at once.
+            await self.runtime.submit(handlers.SUBMIT, application_id, f"submit:{application_id}",
+                                      received_body(application_id, request))
+            return intake_pb2.SubmitReply(application_id=application_id, stage="RECEIVED")
 
     async def Track(self, request, context):  # noqa: N802
         async with grpc_call(context, "intake.Track"):
@@ -92,10 +98,18 @@ class IntakeServicer(intake_pb2_grpc.IntakeServicer):
         async with grpc_call(context, "intake.Rate", lambda: self.runtime.trace_of(request.application_id)):
             if not request.rating_reference:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "rating_reference is required")
-            if await self.runtime.state_of(request.application_id) is None:
+            problem = domain.too_long("rating_reference", request.rating_reference, domain.MAX_REFERENCE_LENGTH)
+            progress = await self.runtime.state_of(request.application_id)
+            if progress is None:
                 await context.abort(grpc.StatusCode.NOT_FOUND, "no such application")
+            try:
+                if problem:
+                    raise domain.InvalidSubmission([problem])
+                domain.check_rating(progress, request.level, request.channel, request.comment)
+            except domain.InvalidSubmission as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            command_id = f"rate:{request.application_id}:{request.rating_reference}"
             payload = {"level": request.level, "channel": request.channel, "comment": request.comment,
                        "rated_at": now_utc()}
-            state = await self.runtime.execute(handlers.RATE, request.application_id,
-                                               f"rate:{request.application_id}:{request.rating_reference}", payload)
-            return intake_pb2.RateReply(rating_id=state["ratings"][-1]["rating_id"])
+            await self.runtime.submit(handlers.RATE, request.application_id, command_id, payload)
+            return intake_pb2.RateReply(rating_id=handlers.rating_id_for(command_id))

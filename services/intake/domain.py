@@ -17,6 +17,28 @@ APPLICANT_KINDS = ("PERSON", "COMPANY")
 RATING_CHANNELS = ("ONSITE", "ONLINE", "MOBILE", "HOTLINE")
 _DIVISION = re.compile(r"^\d{6}(\d{6})?$")
 
+# Bounds at the edge (issue 6): every string and list a caller sends is capped, and a
+# problem names the field and the limit, never the value. Lengths are in characters.
+MAX_MATERIALS = 50
+MAX_CODE_LENGTH = 64  # matter code, material code
+MAX_NAME_LENGTH = 200  # applicant name (a person or a company), material name
+MAX_ID_NUMBER_LENGTH = 32  # resident ID is 18, unified social credit code 18; room for foreign documents
+MAX_PHONE_LENGTH = 32
+MAX_ADDRESS_LENGTH = 500
+MAX_REFERENCE_LENGTH = 128  # client_reference, source_system, rating_reference
+MAX_COMMENT_LENGTH = 500  # a rating's comment
+
+# Problem field name (as the API names it) -> Submission attribute, limit.
+_STRING_LIMITS = (
+    ("client_reference", "client_reference", MAX_REFERENCE_LENGTH),
+    ("source_system", "source_system", MAX_REFERENCE_LENGTH),
+    ("matter_code", "matter_code", MAX_CODE_LENGTH),
+    ("applicant.name", "applicant_name", MAX_NAME_LENGTH),
+    ("applicant.id_number", "applicant_id_number", MAX_ID_NUMBER_LENGTH),
+    ("applicant.phone", "applicant_phone", MAX_PHONE_LENGTH),
+    ("postal_address", "postal_address", MAX_ADDRESS_LENGTH),
+)
+
 # Stages in the order an application moves through them; the view never moves backwards.
 STAGES = ("RECEIVED", "ROUTED", "VERIFIED", "ACCEPTED", "DECIDED", "DELIVERED")
 TERMINAL = ("DELIVERED", "DENIED", "REJECTED", "WITHDRAWN")
@@ -43,11 +65,38 @@ class Submission:
     materials: tuple[str, ...]
     delivery_method: str
     postal_address: str | None
+    # Parallel to `materials` (the codes): each material's name, as the applicant sees it.
+    material_names: tuple[str, ...] = ()
+    applicant_phone: str = ""
+    client_reference: str = ""
+    source_system: str = ""
+
+
+def too_long(field: str, value: str | None, limit: int) -> str | None:
+    """The problem when `value` is longer than `limit` characters, else None."""
+    if value is not None and len(value) > limit:
+        return f"{field}: at most {limit} characters (got {len(value)})"
+    return None
+
+
+def _item_problems(field: str, part: str, values: tuple[str, ...], limit: int) -> list[str]:
+    """One problem for the first item whose `part` is too long, counting the others (the
+    message stays short however many items a caller sends)."""
+    over = [i for i, value in enumerate(values) if len(value) > limit]
+    if not over:
+        return []
+    more = f"; {len(over) - 1} more too long" if len(over) > 1 else ""
+    return [f"{field}[{over[0]}].{part}: at most {limit} characters (got {len(values[over[0]])}{more})"]
 
 
 def check_submission(submission: Submission) -> None:
     """Raise InvalidSubmission listing every formal problem at once (补正 asks once)."""
-    problems = []
+    problems = [p for field, attribute, limit in _STRING_LIMITS
+                if (p := too_long(field, getattr(submission, attribute), limit))]
+    if len(submission.materials) > MAX_MATERIALS:
+        problems.append(f"materials: at most {MAX_MATERIALS} items (got {len(submission.materials)})")
+    problems += _item_problems("materials", "code", submission.materials, MAX_CODE_LENGTH)
+    problems += _item_problems("materials", "name", submission.material_names, MAX_NAME_LENGTH)
     if not submission.matter_code.strip():
         problems.append("matter_code is required")
     if submission.channel not in CHANNELS:
@@ -105,7 +154,7 @@ def advance(progress: dict | None, application_id: str, stage: str, at: datetime
     return view
 
 
-def check_rating(progress: dict, level: int, channel: str) -> None:
+def check_rating(progress: dict, level: int, channel: str, comment: str | None = None) -> None:
     problems = []
     if progress["stage"] not in RATEABLE:
         problems.append("an application can be rated once it is concluded")
@@ -113,5 +162,7 @@ def check_rating(progress: dict, level: int, channel: str) -> None:
         problems.append("level must be 1 (非常满意) to 5 (非常不满意)")
     if channel not in RATING_CHANNELS:
         problems.append(f"channel must be one of {', '.join(RATING_CHANNELS)}")
+    if problem := too_long("comment", comment, MAX_COMMENT_LENGTH):
+        problems.append(problem)
     if problems:
         raise InvalidSubmission(problems)

@@ -10,21 +10,21 @@ State:   one progress view per application (services.intake.domain), no personal
 from __future__ import annotations
 
 from services.intake import domain
+from tongban import topics
 from tongban.events import derive_event_id
-from tongban.runtime import Emit, Event, Outcome, Rejected
+from tongban.handling import Emit, Event, Outcome, Rejected
 
-RECEIVED = "tongban.application.received"
-RATINGS = "tongban.feedback.ratings"
+RECEIVED = topics.APPLICATION_RECEIVED
+RATINGS = topics.FEEDBACK_RATINGS
 INPUTS = [
-    "tongban.application.routed",
-    "tongban.application.verified",
-    "tongban.application.accepted",
-    "tongban.application.decided",
-    "tongban.application.delivered",
+    topics.APPLICATION_ROUTED,
+    topics.APPLICATION_VERIFIED,
+    topics.APPLICATION_ACCEPTED,
+    topics.APPLICATION_DECIDED,
+    topics.APPLICATION_DELIVERED,
 ]
 SUBMIT = "intake.Submit"
 RATE = "intake.Rate"
-APP = "tongban.application."
 
 
 async def submit(event: Event, state: dict | None) -> Outcome:
@@ -32,7 +32,12 @@ async def submit(event: Event, state: dict | None) -> Outcome:
     body = event.payload
     progress = domain.new_progress(body["application_id"], body["matter_code"], body["submitted_at"])
     progress["receiving_division"] = body["receiving_division"]
-    return Outcome(state=progress, emits=[Emit(RECEIVED, APP + "ApplicationReceived", event.key, body)])
+    return Outcome(state=progress, emits=[Emit(RECEIVED, topics.APPLICATION_RECEIVED_EVENT, event.key, body)])
+
+
+def rating_id_for(command_id: str) -> str:
+    """The rating's id follows from the Rate request's id, so the API can answer with it at once."""
+    return derive_event_id(command_id, "rating")
 
 
 async def rate(event: Event, state: dict | None) -> Outcome:
@@ -40,10 +45,10 @@ async def rate(event: Event, state: dict | None) -> Outcome:
         raise Rejected("no such application")
     body = event.payload
     try:
-        domain.check_rating(state, body["level"], body["channel"])
+        domain.check_rating(state, body["level"], body["channel"], body.get("comment"))
     except domain.InvalidSubmission as exc:
         raise Rejected(str(exc)) from exc
-    rating_id = derive_event_id(event.event_id, "rating")
+    rating_id = rating_id_for(event.event_id)
     rating = {
         "rating_id": rating_id,
         "application_id": event.key,
@@ -56,7 +61,8 @@ async def rate(event: Event, state: dict | None) -> Outcome:
         "rated_at": body["rated_at"],
     }
     state["ratings"] = [*state["ratings"], {"rating_id": rating_id, "level": body["level"]}]
-    return Outcome(state=state, emits=[Emit(RATINGS, "tongban.feedback.ServiceRating", event.key, rating)])
+    return Outcome(state=state, finished=state["terminal"],
+                   emits=[Emit(RATINGS, topics.SERVICE_RATING_EVENT, event.key, rating)])
 
 
 async def on_routed(event: Event, state: dict | None) -> Outcome:
@@ -99,17 +105,19 @@ async def on_delivered(event: Event, state: dict | None) -> Outcome:
 
 
 def _advance(event: Event, state: dict | None, stage: str, detail: str = "", **facts: object) -> Outcome:
-    return Outcome(state=domain.advance(state, event.key, stage, event.envelope["occurred_at"], detail, **facts))
+    progress = domain.advance(state, event.key, stage, event.envelope["occurred_at"], detail, **facts)
+    # A concluded application leaves the hot state for the archive; Track and Rate still find it.
+    return Outcome(state=progress, finished=progress["terminal"])
 
 
 HANDLERS = {
-    APP + "ApplicationRouted": on_routed,
-    APP + "ApplicationUnroutable": on_unroutable,
-    APP + "ApplicationVerified": on_verified,
-    APP + "ApplicationVerificationFailed": on_verification_failed,
-    APP + "ApplicationAccepted": on_accepted,
-    APP + "ApplicationRefused": on_refused,
-    APP + "ApplicationDecided": on_decided,
-    APP + "ApplicationDelivered": on_delivered,
+    topics.APPLICATION_ROUTED_EVENT: on_routed,
+    topics.APPLICATION_UNROUTABLE_EVENT: on_unroutable,
+    topics.APPLICATION_VERIFIED_EVENT: on_verified,
+    topics.APPLICATION_VERIFICATION_FAILED_EVENT: on_verification_failed,
+    topics.APPLICATION_ACCEPTED_EVENT: on_accepted,
+    topics.APPLICATION_REFUSED_EVENT: on_refused,
+    topics.APPLICATION_DECIDED_EVENT: on_decided,
+    topics.APPLICATION_DELIVERED_EVENT: on_delivered,
 }
 COMMANDS = {SUBMIT: submit, RATE: rate}

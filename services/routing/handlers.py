@@ -13,11 +13,11 @@ from dataclasses import asdict
 
 from services.routing.domain import ApplicationFacts, Catalogue, PartnerRegistry, Unroutable, decide_route
 from services.routing.workdays import WorkingCalendar
-from tongban.runtime import Emit, Event, Handler, Outcome
+from tongban import topics
+from tongban.handling import Emit, Event, Handler, Outcome
 
-ROUTED = "tongban.application.routed"
-INPUTS = ["tongban.application.received"]
-APP = "tongban.application."
+ROUTED = topics.APPLICATION_ROUTED
+INPUTS = [topics.APPLICATION_RECEIVED]
 
 
 def make_handlers(catalogue: Catalogue, partners: PartnerRegistry, calendar: WorkingCalendar) -> dict[str, Handler]:
@@ -36,8 +36,8 @@ def make_handlers(catalogue: Catalogue, partners: PartnerRegistry, calendar: Wor
         except Unroutable as exc:
             unroutable = {"application_id": facts.application_id, "matter_code": facts.matter_code,
                           "reason": exc.reason}
-            return Outcome(state={"unroutable": exc.reason},
-                           emits=[Emit(ROUTED, APP + "ApplicationUnroutable", event.key, unroutable)])
+            return Outcome(state={"unroutable": exc.reason}, finished=True,
+                           emits=[Emit(ROUTED, topics.APPLICATION_UNROUTABLE_EVENT, event.key, unroutable)])
         routed = {
             "application_id": facts.application_id,
             "matter_code": facts.matter_code,
@@ -48,6 +48,7 @@ def make_handlers(catalogue: Catalogue, partners: PartnerRegistry, calendar: Wor
             "promised_working_days": decision.promised_working_days,
             "due_at": decision.due_at,
         }
-        return Outcome(state={"decision": routed}, emits=[Emit(ROUTED, APP + "ApplicationRouted", event.key, routed)])
+        return Outcome(state={"decision": routed}, finished=True,
+                       emits=[Emit(ROUTED, topics.APPLICATION_ROUTED_EVENT, event.key, routed)])
 
-    return {APP + "ApplicationReceived": on_received}
+    return {topics.APPLICATION_RECEIVED_EVENT: on_received}

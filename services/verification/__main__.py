@@ -2,13 +2,13 @@
 
 from services.verification import handlers
 from tongban.app import main
-from tongban.runtime import ServiceRuntime
+from tongban.config import Settings
+from tongban.handling import Wiring
 
 
-def build(settings, registry, db) -> ServiceRuntime:
-    return ServiceRuntime(settings, registry, db, inputs=handlers.INPUTS,
-                          handlers=handlers.make_handlers(settings.pii_cipher()))
+def wiring(settings: Settings) -> Wiring:
+    return Wiring("verification", inputs=handlers.INPUTS, handlers=handlers.make_handlers(settings.pii_cipher()))
 
 
 if __name__ == "__main__":
-    main("verification", build)
+    main("verification", wiring)

@@ -13,18 +13,21 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from services.verification.domain import Applicant, ProvidedMaterial, verify_application
+from tongban import topics
 from tongban.events import now_utc
+from tongban.handling import Emit, Event, Handler, Outcome
 from tongban.pii import PiiCipher
-from tongban.runtime import Emit, Event, Handler, Outcome
 
-VERIFIED = "tongban.application.verified"
-INPUTS = ["tongban.application.received", "tongban.application.routed"]
-APP = "tongban.application."
+VERIFIED = topics.APPLICATION_VERIFIED
+INPUTS = [topics.APPLICATION_RECEIVED, topics.APPLICATION_ROUTED]
 
 
 def _verify(key: str, state: dict, cipher: PiiCipher) -> Outcome:
     """Verify once the file and the routing decision are both in; otherwise just keep state."""
-    if "application" not in state or "routed" not in state or "result" in state:
+    if "result" in state:  # already concluded (or unroutable): keep no personal data
+        state.pop("application", None)
+        return Outcome(state=state, finished=True)
+    if "application" not in state or "routed" not in state:
         return Outcome(state=state)
     application = state["application"]
     a = application["applicant"]
@@ -40,10 +43,11 @@ def _verify(key: str, state: dict, cipher: PiiCipher) -> Outcome:
     del state["application"]  # personal data is kept no longer than the check needs it
     if result.passed:
         body = {"application_id": key, "checks": [asdict(c) for c in result.checks]}
-        return Outcome(state=state, emits=[Emit(VERIFIED, APP + "ApplicationVerified", key, body)])
+        return Outcome(state=state, finished=True, emits=[Emit(VERIFIED, topics.APPLICATION_VERIFIED_EVENT, key, body)])
     body = {"application_id": key, "reasons": list(result.reasons),
             "missing_materials": list(result.missing_materials)}
-    return Outcome(state=state, emits=[Emit(VERIFIED, APP + "ApplicationVerificationFailed", key, body)])
+    return Outcome(state=state, finished=True,
+                   emits=[Emit(VERIFIED, topics.APPLICATION_VERIFICATION_FAILED_EVENT, key, body)])
 
 
 def make_handlers(cipher: PiiCipher) -> dict[str, Handler]:
@@ -54,10 +58,12 @@ def make_handlers(cipher: PiiCipher) -> dict[str, Handler]:
         return _verify(event.key, {**(state or {}), "routed": event.payload}, cipher)
 
     async def on_unroutable(event: Event, state: dict | None) -> Outcome:
-        return Outcome(state={**(state or {}), "result": "UNROUTABLE"})
+        # Never verified, so the file's personal data is not needed: keep none of it.
+        kept = {k: v for k, v in (state or {}).items() if k != "application"}
+        return Outcome(state={**kept, "result": "UNROUTABLE"}, finished=True)
 
     return {
-        APP + "ApplicationReceived": on_received,
-        APP + "ApplicationRouted": on_routed,
-        APP + "ApplicationUnroutable": on_unroutable,
+        topics.APPLICATION_RECEIVED_EVENT: on_received,
+        topics.APPLICATION_ROUTED_EVENT: on_routed,
+        topics.APPLICATION_UNROUTABLE_EVENT: on_unroutable,
     }

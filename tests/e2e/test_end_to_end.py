@@ -10,6 +10,7 @@ import shutil
 import grpc
 import pytest
 
+from devtools.launcher import ROOT
 from services.intake import intake_pb2, intake_pb2_grpc
 from services.intake.api import received_body
 from sim.samples import samples
@@ -18,7 +19,6 @@ from tongban.bus import make_producer, publish_schemas
 from tongban.codec import SchemaRegistry
 from tongban.config import load_settings
 from tongban.events import encode_event
-from tongban.launcher import ROOT
 
 pytestmark = pytest.mark.integration
 
@@ -58,7 +58,8 @@ async def test_one_application_is_delivered_rated_and_traced_through_every_servi
     async with grpc.aio.insecure_channel(stack.grpc_target("intake")) as channel:
         await intake_pb2_grpc.IntakeStub(channel).Rate(intake_pb2.RateRequest(
             application_id=application_id, level=1, channel="ONLINE", rating_reference="r1"))
-    assert list((await wait_terminal(stack, application_id)).ratings) == [1]
+    rated = await wait_terminal(stack, application_id, until=lambda progress: progress.ratings)
+    assert list(rated.ratings) == [1]
 
     async with Sink(namespace, LIFECYCLE) as sink:
         seen = await sink.wait_for(lambda s: s.events("tongban.feedback.ServiceRating", application_id))

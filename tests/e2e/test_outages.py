@@ -9,9 +9,9 @@ import subprocess
 
 import pytest
 
+from devtools.launcher import ROOT, SERVICES
 from sim.samples import samples
 from tests.support import Sink, submit, wait_terminal
-from tongban.launcher import ROOT, SERVICES
 
 pytestmark = pytest.mark.integration
 

@@ -1,20 +1,24 @@
 """Delivery's rules through its handlers: plain functions of (event, state), no broker."""
 
+import re
 from datetime import UTC, datetime
 
 import pytest
 
-from services.delivery import handlers
+from services.delivery import domain, handlers
 from services.delivery.domain import dispatch_id_for
-from tongban.runtime import Event, Outcome, Rejected
+from tongban.handling import Event, Outcome, Rejected
 
 APP = "TBUNIT"
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
-RECEIVED = {"applicant": {"kind": "PERSON", "name": "示例", "id_number": "x", "phone": None},
-            "materials": [], "delivery_method": "POST", "postal_address": "长沙"}
+APPLICANT = {"kind": "PERSON", "name": "示例", "id_number": "x", "phone": "13800000000"}
+MATERIALS = [{"code": "ARTICLES", "name": "公司章程", "provided": True, "original_checked": True}]
+RECEIVED = {"applicant": APPLICANT, "materials": MATERIALS, "delivery_method": "POST", "postal_address": "长沙"}
 ROUTED = {"application_id": APP, "matter_code": "KSTB-MKT-01", "mode": "RECEIVE_HERE_HANDLE_THERE",
           "deciding_partner": "440000", "deciding_division": "440300", "legs": [], "promised_working_days": 3,
           "due_at": T0}
+ASSIGNMENT_ID = f"{APP}:440000"
+DECISIONS = "tongban.partner.440000.decisions"
 
 
 def event(event_type: str, payload: dict, topic: str = "tongban.application.received") -> Event:
@@ -30,57 +34,270 @@ async def feed(*steps) -> tuple[dict | None, list[Outcome]]:
     return state, outcomes
 
 
-RECEIVED_STEP = ("tongban.application.ApplicationReceived", {**RECEIVED, "matter_code": "KSTB-MKT-01"},
-                 "tongban.application.received")
+def received(**changes) -> tuple:
+    return ("tongban.application.ApplicationReceived", {**RECEIVED, "matter_code": "KSTB-MKT-01", **changes},
+            "tongban.application.received")
+
+
+RECEIVED_STEP = received()
 ROUTED_STEP = ("tongban.application.ApplicationRouted", ROUTED, "tongban.application.routed")
 VERIFIED_STEP = ("tongban.application.ApplicationVerified", {"application_id": APP, "checks": []},
                  "tongban.application.verified")
+ASSIGNED = (RECEIVED_STEP, ROUTED_STEP, VERIFIED_STEP)
 
 
-def decision(outcome: str, partner: str = "440000") -> tuple:
-    payload = {"assignment_id": f"{APP}:{partner}", "application_id": APP, "outcome": outcome,
-               "result_reference": "LIC-1" if outcome == "APPROVED" else None, "reason": None, "decided_at": T0}
+def decision(outcome: str, partner: str = "440000", assignment_id: str = ASSIGNMENT_ID) -> tuple:
+    payload = {"assignment_id": assignment_id, "application_id": APP, "outcome": outcome,
+               "result_reference": "LIC-1" if outcome == "APPROVED" else None,
+               "reason": "不符合法定条件" if outcome == "DENIED" else None, "decided_at": T0}
     return "tongban.partner.AuthorityDecision", payload, f"tongban.partner.{partner}.decisions"
 
 
+def acceptance(outcome: str = "ACCEPTED", partner: str = "440000", assignment_id: str = ASSIGNMENT_ID,
+               reason: str | None = None) -> tuple:
+    payload = {"assignment_id": assignment_id, "application_id": APP, "outcome": outcome, "reason": reason,
+               "accepted_at": T0}
+    return "tongban.partner.AuthorityAcceptance", payload, f"tongban.partner.{partner}.decisions"
+
+
+def receipt(status: str, dispatch_id: str | None = None) -> tuple:
+    payload = {"dispatch_id": dispatch_id or dispatch_id_for(APP), "application_id": APP,
+               "tracking_number": "EMS1", "status": status, "at": T0}
+    return "tongban.delivery.PostalReceipt", payload, handlers.RECEIPTS
+
+
+ACCEPTED = acceptance()
+
+
+# ---------------------------------------------------------------------------- assignment
+
 @pytest.mark.parametrize("order", [(RECEIVED_STEP, ROUTED_STEP, VERIFIED_STEP),
-                                   (VERIFIED_STEP, ROUTED_STEP, RECEIVED_STEP)])
+                                   (VERIFIED_STEP, ROUTED_STEP, RECEIVED_STEP),
+                                   (ROUTED_STEP, VERIFIED_STEP, RECEIVED_STEP)])
 async def test_work_is_assigned_once_when_received_routed_and_verified_whatever_the_order(order):
     state, outcomes = await feed(*order)
     emitted = [e for o in outcomes for e in o.emits]
-    assert [(e.topic, e.event_type) for e in emitted] == [
-        ("tongban.partner.440000.assignments", "tongban.partner.MatterAssigned")]
-    assert emitted[0].payload["applicant"] == RECEIVED["applicant"]
-    assert state["assignment"] == {"assignment_id": f"{APP}:440000", "partner_id": "440000"}
+    assert [(e.topic, e.event_type, e.key) for e in emitted] == [
+        ("tongban.partner.440000.assignments", "tongban.partner.MatterAssigned", APP)]
+    assert state["assignment"] == {"assignment_id": ASSIGNMENT_ID, "partner_id": "440000"}
+    assert not any(o.finished for o in outcomes)
 
 
-async def test_only_the_assigned_authority_may_decide():
+@pytest.mark.parametrize("steps", [(RECEIVED_STEP, ROUTED_STEP), (ROUTED_STEP, VERIFIED_STEP),
+                                   (RECEIVED_STEP, VERIFIED_STEP)])
+async def test_nothing_is_assigned_before_the_file_is_received_routed_and_verified(steps):
+    state, outcomes = await feed(*steps)
+    assert [e for o in outcomes for e in o.emits] == []
+    assert "assignment" not in state
+
+
+async def test_a_repeated_lifecycle_event_does_not_assign_the_work_again():
+    state, _ = await feed(*ASSIGNED)
+    for step in ASSIGNED:
+        again = await handlers.HANDLERS[step[0]](event(*step), state)
+        assert again.emits == []
+        assert again.state["assignment"] == state["assignment"]
+
+
+async def test_the_assignment_carries_what_the_deciding_authority_needs():
+    _, outcomes = await feed(*ASSIGNED)
+    assert outcomes[-1].emits[0].payload == {
+        "assignment_id": ASSIGNMENT_ID, "application_id": APP, "matter_code": "KSTB-MKT-01",
+        "mode": "RECEIVE_HERE_HANDLE_THERE", "deciding_division": "440300", "applicant": APPLICANT,
+        "materials": MATERIALS, "promised_working_days": 3, "due_at": T0}
+
+
+def test_delivery_reads_every_partners_decisions_and_the_carriers_receipts():
+    assert handlers.inputs(["440000", "370100"]) == [
+        "tongban.application.received", "tongban.application.routed", "tongban.application.verified",
+        "tongban.partner.440000.decisions", "tongban.partner.370100.decisions", "tongban.partner.ems.receipts"]
+
+
+def test_an_assignment_id_names_the_application_and_the_partner():
+    assert domain.assignment_id_for("TB1", "420000") == "TB1:420000"
+
+
+# ---------------------------------------------------------------------------- decision rights
+
+async def test_a_decision_from_another_partner_is_refused_even_with_the_right_assignment_id():
     with pytest.raises(Rejected, match="not the assigned authority"):
-        await feed(RECEIVED_STEP, ROUTED_STEP, VERIFIED_STEP, decision("APPROVED", partner="420000"))
+        await feed(*ASSIGNED, ACCEPTED, decision("APPROVED", partner="420000", assignment_id=ASSIGNMENT_ID))
+
+
+async def test_a_decision_with_a_forged_assignment_id_is_refused_even_from_the_assigned_partner():
+    with pytest.raises(Rejected, match="not the assigned authority"):
+        await feed(*ASSIGNED, ACCEPTED, decision("APPROVED", assignment_id=f"{APP}:420000"))
+
+
+async def test_a_decision_for_an_application_with_no_assigned_work_is_refused():
     with pytest.raises(Rejected, match="no work is assigned"):
         await feed(RECEIVED_STEP, decision("APPROVED"))
+    with pytest.raises(Rejected, match="no work is assigned"):
+        await handlers.on_decision(event(*decision("APPROVED")), None)
 
 
-async def test_an_approved_paper_result_goes_to_the_carrier_once_and_is_delivered_on_its_receipt():
-    state, outcomes = await feed(RECEIVED_STEP, ROUTED_STEP, VERIFIED_STEP, decision("APPROVED"))
-    assert [e.event_type for e in outcomes[-1].emits] == ["tongban.application.ApplicationDecided",
-                                                          "tongban.delivery.PostalDispatch"]
+async def test_an_acceptance_from_another_partner_is_refused_even_with_the_right_assignment_id():
+    with pytest.raises(Rejected, match="not the assigned authority"):
+        await feed(*ASSIGNED, acceptance(partner="420000"))
+
+
+async def test_an_acceptance_with_a_forged_assignment_id_is_refused_even_from_the_assigned_partner():
+    with pytest.raises(Rejected, match="not the assigned authority"):
+        await feed(*ASSIGNED, acceptance(assignment_id=f"{APP}:420000"))
+
+
+async def test_an_acceptance_for_an_application_with_no_assigned_work_is_refused():
+    with pytest.raises(Rejected, match="no work is assigned"):
+        await feed(RECEIVED_STEP, ROUTED_STEP, acceptance())
+
+
+async def test_a_decision_after_the_authority_refused_to_accept_is_refused():
+    state, _ = await feed(*ASSIGNED, acceptance("REFUSED", reason="材料无法读取"))
+    with pytest.raises(Rejected, match="refused to accept"):
+        await handlers.on_decision(event(*decision("APPROVED")), state)
+
+
+async def test_the_authority_decides_only_once():
+    state, _ = await feed(*ASSIGNED, ACCEPTED, decision("DENIED"))
     with pytest.raises(Rejected, match="already decided"):
         await handlers.on_decision(event(*decision("APPROVED")), state)
-    receipt = {"dispatch_id": dispatch_id_for(APP), "application_id": APP, "tracking_number": "EMS1",
-               "status": "DELIVERED", "at": T0}
-    delivered = await handlers.on_receipt(event("tongban.delivery.PostalReceipt", receipt), state)
-    assert [e.event_type for e in delivered.emits] == ["tongban.application.ApplicationDelivered"]
-    again = await handlers.on_receipt(event("tongban.delivery.PostalReceipt", receipt), delivered.state)
-    assert again.emits == []
-    with pytest.raises(Rejected, match="did not make"):
-        await handlers.on_receipt(event("tongban.delivery.PostalReceipt", {**receipt, "dispatch_id": "X"}), state)
 
 
-async def test_an_electronic_result_is_delivered_with_the_decision_and_a_denial_delivers_nothing():
-    electronic = (RECEIVED_STEP[0], {**RECEIVED_STEP[1], "delivery_method": "ELECTRONIC"}, RECEIVED_STEP[2])
-    _, outcomes = await feed(electronic, ROUTED_STEP, VERIFIED_STEP, decision("APPROVED"))
-    assert [e.event_type for e in outcomes[-1].emits] == ["tongban.application.ApplicationDecided",
-                                                          "tongban.application.ApplicationDelivered"]
-    _, outcomes = await feed(RECEIVED_STEP, ROUTED_STEP, VERIFIED_STEP, decision("DENIED"))
+# ---------------------------------------------------------------------------- acceptance
+
+async def test_an_acceptance_is_published_and_the_work_goes_on():
+    state, outcomes = await feed(*ASSIGNED, ACCEPTED)
+    [emit] = outcomes[-1].emits
+    assert (emit.topic, emit.event_type, emit.key) == (
+        "tongban.application.accepted", "tongban.application.ApplicationAccepted", APP)
+    assert emit.payload == {"application_id": APP, "deciding_partner": "440000", "accepted_at": T0}
+    assert state["acceptance"] == "ACCEPTED"
+    assert outcomes[-1].finished is False
+
+
+async def test_a_refusal_is_published_with_its_reason_and_ends_the_work():
+    state, outcomes = await feed(*ASSIGNED, acceptance("REFUSED", reason="材料无法读取"))
+    [emit] = outcomes[-1].emits
+    assert (emit.topic, emit.event_type, emit.key) == (
+        "tongban.application.accepted", "tongban.application.ApplicationRefused", APP)
+    assert emit.payload == {"application_id": APP, "deciding_partner": "440000", "reason": "材料无法读取"}
+    assert state["acceptance"] == "REFUSED"
+    assert outcomes[-1].finished is True
+
+
+async def test_a_refusal_without_a_reason_still_says_it_was_refused():
+    _, outcomes = await feed(*ASSIGNED, acceptance("REFUSED"))
+    assert outcomes[-1].emits[0].payload["reason"] == "refused"
+
+
+async def test_an_acceptance_outcome_not_handled_yet_is_dead_lettered_by_name():
+    with pytest.raises(Rejected, match="acceptance outcome SUPPLEMENT_REQUIRED is not handled yet"):
+        await feed(*ASSIGNED, acceptance("SUPPLEMENT_REQUIRED", reason="请补正 张三 13800000000"))
+
+
+async def test_an_acceptance_reason_with_personal_data_never_reaches_the_dead_letter_reason():
+    with pytest.raises(Rejected) as rejected:
+        await feed(*ASSIGNED, acceptance("SUPPLEMENT_REQUIRED", reason="请补正 张三 13800000000"))
+    assert "张三" not in str(rejected.value) and "13800000000" not in str(rejected.value)
+
+
+# ---------------------------------------------------------------------------- decisions and delivery
+
+async def test_the_decision_is_published_as_the_authority_made_it():
+    _, outcomes = await feed(*ASSIGNED, ACCEPTED, decision("DENIED"))
+    [emit] = outcomes[-1].emits
+    assert (emit.topic, emit.event_type, emit.key) == (
+        "tongban.application.decided", "tongban.application.ApplicationDecided", APP)
+    assert emit.payload == {"application_id": APP, "deciding_partner": "440000", "outcome": "DENIED",
+                            "result_reference": None, "reason": "不符合法定条件", "decided_at": T0}
+
+
+async def test_a_denial_delivers_nothing_and_ends_the_work():
+    state, outcomes = await feed(*ASSIGNED, ACCEPTED, decision("DENIED"))
     assert [e.event_type for e in outcomes[-1].emits] == ["tongban.application.ApplicationDecided"]
+    assert outcomes[-1].finished is True
+    assert state["decision"] == "DENIED" and "dispatch_id" not in state
+
+
+async def test_an_approved_paper_result_goes_to_the_carrier_and_waits_for_its_receipt():
+    state, outcomes = await feed(*ASSIGNED, ACCEPTED, decision("APPROVED"))
+    decided, dispatch = outcomes[-1].emits
+    assert decided.event_type == "tongban.application.ApplicationDecided"
+    assert decided.payload["result_reference"] == "LIC-1"
+    assert (dispatch.topic, dispatch.event_type, dispatch.key) == (
+        "tongban.partner.ems.dispatches", "tongban.delivery.PostalDispatch", APP)
+    assert dispatch.payload == {"dispatch_id": dispatch_id_for(APP), "application_id": APP, "recipient_name": "示例",
+                                "address": "长沙", "phone": "13800000000", "item": "result LIC-1"}
+    assert outcomes[-1].finished is False, "the work is done when the carrier confirms delivery"
+    assert state["dispatch_id"] == dispatch_id_for(APP) and not state.get("delivered")
+
+
+async def test_a_dispatch_without_a_result_reference_names_only_the_result():
+    state, _ = await feed(*ASSIGNED, ACCEPTED)
+    step = decision("APPROVED")
+    outcome = await handlers.on_decision(event(step[0], {**step[1], "result_reference": None}, step[2]), state)
+    assert outcome.emits[1].payload["item"] == "result"
+
+
+@pytest.mark.parametrize("method", ["ELECTRONIC", "WINDOW"])
+async def test_a_result_not_sent_by_post_is_delivered_with_the_decision_and_ends_the_work(method):
+    state, outcomes = await feed(received(delivery_method=method, postal_address=None), ROUTED_STEP, VERIFIED_STEP,
+                                 ACCEPTED, decision("APPROVED"))
+    decided, delivered = outcomes[-1].emits
+    assert decided.event_type == "tongban.application.ApplicationDecided"
+    assert (delivered.topic, delivered.event_type, delivered.key) == (
+        "tongban.application.delivered", "tongban.application.ApplicationDelivered", APP)
+    assert {k: v for k, v in delivered.payload.items() if k != "delivered_at"} == {
+        "application_id": APP, "method": method, "dispatch_id": dispatch_id_for(APP), "tracking_number": None}
+    assert delivered.payload["delivered_at"].tzinfo is not None
+    assert outcomes[-1].finished is True
+    assert state["delivered"] is True
+
+
+async def test_the_carriers_delivery_receipt_delivers_the_result_and_ends_the_work():
+    state, outcomes = await feed(*ASSIGNED, ACCEPTED, decision("APPROVED"), receipt("DELIVERED"))
+    [delivered] = outcomes[-1].emits
+    assert (delivered.topic, delivered.event_type, delivered.key) == (
+        "tongban.application.delivered", "tongban.application.ApplicationDelivered", APP)
+    assert delivered.payload == {"application_id": APP, "method": "POST", "dispatch_id": dispatch_id_for(APP),
+                                 "tracking_number": "EMS1", "delivered_at": T0}
+    assert outcomes[-1].finished is True
+    assert state["delivered"] is True and state["postal_status"] == "DELIVERED"
+
+
+async def test_a_returned_parcel_is_not_delivered():
+    state, outcomes = await feed(*ASSIGNED, ACCEPTED, decision("APPROVED"), receipt("RETURNED"))
+    assert outcomes[-1].emits == []
+    assert outcomes[-1].finished is False
+    assert not state.get("delivered") and state["postal_status"] == "RETURNED"
+
+
+async def test_a_parcel_the_carrier_only_took_in_is_not_delivered_yet():
+    state, outcomes = await feed(*ASSIGNED, ACCEPTED, decision("APPROVED"), receipt("ACCEPTED"))
+    assert outcomes[-1].emits == [] and outcomes[-1].finished is False
+    assert not state.get("delivered") and state["postal_status"] == "ACCEPTED"
+
+
+async def test_a_repeated_delivery_receipt_delivers_nothing_more():
+    state, _ = await feed(*ASSIGNED, ACCEPTED, decision("APPROVED"), receipt("DELIVERED"))
+    again = await handlers.on_receipt(event(*receipt("DELIVERED")), state)
+    assert again.emits == []
+
+
+async def test_a_receipt_for_a_dispatch_delivery_did_not_make_is_refused():
+    state, _ = await feed(*ASSIGNED, ACCEPTED, decision("APPROVED"))
+    with pytest.raises(Rejected, match="did not make"):
+        await handlers.on_receipt(event(*receipt("DELIVERED", dispatch_id="DSPFORGED")), state)
+    with pytest.raises(Rejected, match="did not make"):
+        await handlers.on_receipt(event(*receipt("DELIVERED")), None)
+
+
+def test_a_dispatch_id_is_fixed_by_the_application_alone():
+    assert dispatch_id_for("TB1") == dispatch_id_for("TB1") != dispatch_id_for("TB2")
+    assert re.fullmatch(r"DSP[0-9A-F]{16}", dispatch_id_for("TB1"))
+
+
+def test_only_paper_results_need_the_carrier():
+    assert domain.needs_carrier("POST") is True
+    assert domain.needs_carrier("ELECTRONIC") is False
+    assert domain.needs_carrier("WINDOW") is False

@@ -4,7 +4,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from services.intake import domain
 from services.intake.domain import (
+    MAX_MATERIALS,
     InvalidSubmission,
     Submission,
     advance,
@@ -41,6 +43,73 @@ def test_every_problem_is_reported_at_once_and_names_fields_not_values():
     assert "secret-123" not in text
 
 
+# field as the API names it, Submission attribute, limit
+STRING_LIMITS = [
+    ("client_reference", "client_reference", domain.MAX_REFERENCE_LENGTH),
+    ("source_system", "source_system", domain.MAX_REFERENCE_LENGTH),
+    ("matter_code", "matter_code", domain.MAX_CODE_LENGTH),
+    ("applicant.name", "applicant_name", domain.MAX_NAME_LENGTH),
+    ("applicant.id_number", "applicant_id_number", domain.MAX_ID_NUMBER_LENGTH),
+    ("applicant.phone", "applicant_phone", domain.MAX_PHONE_LENGTH),
+    ("postal_address", "postal_address", domain.MAX_ADDRESS_LENGTH),
+]
+
+
+def test_the_limits_are_the_agreed_ones():
+    assert (MAX_MATERIALS, domain.MAX_CODE_LENGTH, domain.MAX_NAME_LENGTH, domain.MAX_ID_NUMBER_LENGTH,
+            domain.MAX_PHONE_LENGTH, domain.MAX_ADDRESS_LENGTH, domain.MAX_REFERENCE_LENGTH,
+            domain.MAX_COMMENT_LENGTH) == (50, 64, 200, 32, 32, 500, 128, 500)
+
+
+def test_a_submission_exactly_at_every_limit_passes():
+    at_limit = {attribute: "办" * limit for _, attribute, limit in STRING_LIMITS}
+    check_submission(submission(**at_limit, materials=tuple("M" * domain.MAX_CODE_LENGTH for _ in range(MAX_MATERIALS)),
+                                material_names=tuple("材" * domain.MAX_NAME_LENGTH for _ in range(MAX_MATERIALS))))
+
+
+@pytest.mark.parametrize("field, attribute, limit", STRING_LIMITS)
+def test_a_string_over_its_limit_is_refused_naming_the_field_and_the_limit(field, attribute, limit):
+    value = "秘" * (limit + 1)
+    with pytest.raises(InvalidSubmission) as problems:
+        check_submission(submission(**{attribute: value}))
+    assert problems.value.problems == [f"{field}: at most {limit} characters (got {limit + 1})"]
+    assert "秘" not in str(problems.value)
+
+
+def test_too_many_materials_are_refused_with_the_count():
+    with pytest.raises(InvalidSubmission) as problems:
+        check_submission(submission(materials=("RESIDENT_ID",) * 100_000))
+    assert problems.value.problems == ["materials: at most 50 items (got 100000)"]
+
+
+def test_a_material_code_or_name_over_its_limit_names_the_item():
+    codes = ("RESIDENT_ID", "C" * 65, "HOUSEHOLD")
+    names = ("居民身份证", "户口簿", "名" * 201)
+    with pytest.raises(InvalidSubmission) as problems:
+        check_submission(submission(materials=codes, material_names=names))
+    assert problems.value.problems == ["materials[1].code: at most 64 characters (got 65)",
+                                       "materials[2].name: at most 200 characters (got 201)"]
+
+
+def test_a_flood_of_oversized_input_gives_a_short_answer():
+    """The problems go back as one gRPC status message: it stays small whatever comes in."""
+    flood = "x" * 1_000_000
+    with pytest.raises(InvalidSubmission) as problems:
+        check_submission(submission(**{attribute: flood for _, attribute, _ in STRING_LIMITS},
+                                    channel=flood, delivery_method=flood, applicant_kind=flood,
+                                    receiving_division=flood, home_division=flood,
+                                    materials=(flood,) * 10_000, material_names=(flood,) * 10_000))
+    text = str(problems.value)
+    assert len(text) < 2000
+    assert "materials[0].code: at most 64 characters (got 1000000; 9999 more too long)" in text
+    assert "materials: at most 50 items (got 10000)" in text
+
+
+def test_the_new_fields_are_optional_for_callers_that_do_not_send_them():
+    check_submission(submission())  # no material_names, phone, client_reference or source_system
+    assert submission().material_names == ()
+
+
 def test_the_same_client_reference_is_the_same_application():
     assert application_id_for("portal", "ref-1") == application_id_for("portal", "ref-1")
     assert application_id_for("portal", "ref-1") != application_id_for("window", "ref-1")
@@ -72,3 +141,12 @@ def test_ratings_need_a_concluded_application_and_a_valid_level():
         check_rating(concluded, 6, "ONLINE")
     with pytest.raises(InvalidSubmission, match="channel"):
         check_rating(concluded, 1, "EMAIL")
+
+
+def test_a_rating_comment_is_bounded():
+    concluded = advance(new_progress("TB4", "KSTB-MED-01", T0), "TB4", "DELIVERED", T0)
+    check_rating(concluded, 1, "ONLINE", "办" * domain.MAX_COMMENT_LENGTH)
+    check_rating(concluded, 1, "ONLINE", None)
+    with pytest.raises(InvalidSubmission) as problems:
+        check_rating(concluded, 1, "ONLINE", "差" * 501)
+    assert problems.value.problems == ["comment: at most 500 characters (got 501)"]

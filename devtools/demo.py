@@ -1,8 +1,8 @@
 """Run every service and the partner simulator, feed sample applications, show them move.
 
-    python -m tongban.demo          one batch, a summary, a clean stop (exit 0 only if every
-                                    sample reached its expected terminal state)
-    python -m tongban.demo --live   a new batch every 30 s, live, until Ctrl-C
+    python -m devtools.demo          one batch, a summary, a clean stop (exit 0 only if every
+                                     sample reached its expected terminal state)
+    python -m devtools.demo --live   a new batch every 30 s, live, until Ctrl-C
 
 Broker and store must be up (`make up`); topics are applied here (idempotent).
 """
@@ -20,10 +20,10 @@ from datetime import datetime
 
 import grpc
 
+from devtools.launcher import ROOT, Stack
 from services.intake import intake_pb2, intake_pb2_grpc
 from sim.samples import DENIED_MATTER, Sample, samples
 from tongban.config import SERVICE_PORTS
-from tongban.launcher import ROOT, Stack
 from tongban.ops.topics import apply
 
 TIMEOUT = 90.0

@@ -1,0 +1,401 @@
+"""ServiceRuntime: the core's tasks on a real Kafka cluster.
+
+- One consumer in the service's group reads its inputs and its own command, retry and
+  repartition topics (`read_committed`, range assignment so partition p of every input
+  lands on the same instance: that is task p).
+- Each task has its own transactional producer, transactional id `<group>-<p>`. Starting
+  it fences any older owner of the task (a zombie after a rebalance or a pause) and aborts
+  its open transaction, so only one instance can ever commit for a partition; aiokafka
+  passes no consumer-group metadata with the offsets, so this is the fencing that holds.
+- On assignment a task first fences, then restores its state store from the changelog,
+  from the local checkpoint on; the timer schedule is rebuilt from the restored entries.
+- Store or broker outages pause the task (its batch is aborted and read again); nothing
+  else does. A loop that dies of a bug sets `failed` and the process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import KafkaError, ProducerFenced
+from pymongo.errors import PyMongoError
+
+from tongban import bus
+from tongban.bus import partition_for
+from tongban.codec import SchemaRegistry
+from tongban.config import Settings
+from tongban.events import millis, now_utc
+from tongban.handling import Wiring
+from tongban.runtime.archive import MemoryArchive
+from tongban.runtime.core import (
+    Archive,
+    Context,
+    Entry,
+    InRecord,
+    OutRecord,
+    Task,
+    TaskFenced,
+    archive_id,
+    command_record,
+    crash_point,
+)
+from tongban.runtime.state import StateStore, discard, open_store
+from tongban.telemetry import log as log_fields
+
+log = logging.getLogger("tongban.runtime")
+
+OUTAGES = (PyMongoError, KafkaError, OSError)
+SWEEP_EVERY_S = 3600.0
+MAX_TIMER_WAIT_S = 30.0
+
+
+class NotReady(Exception):
+    """The task owning this key is not served by this instance right now; try again."""
+
+
+class KafkaTransactions:
+    """One task's transactional producer."""
+
+    def __init__(self, settings: Settings, partition: int) -> None:
+        self.settings = settings
+        self.transactional_id = f"{settings.group}-{partition}"
+        self.producer: AIOKafkaProducer | None = None
+
+    async def start(self) -> None:
+        producer = bus.make_producer(self.settings, transactional_id=self.transactional_id)
+        await producer.start()  # InitProducerId: fences older owners, aborts their open transaction
+        self.producer = producer
+
+    async def stop(self) -> None:
+        producer, self.producer = self.producer, None
+        if producer is not None:
+            try:
+                await producer.stop()
+            except Exception:  # it may be broken already; closing is best effort
+                log.debug("closing a task producer failed", exc_info=True)
+
+    async def commit(self, records: list[OutRecord], offsets: dict[TopicPartition, int]) -> int | None:
+        if self.producer is None:
+            await self.start()
+        producer = self.producer
+        assert producer is not None
+        try:
+            await producer.begin_transaction()
+            futures = [await producer.send(r.topic, value=r.value, key=r.key, partition=r.partition, headers=r.headers)
+                       for r in records]
+            written = await asyncio.gather(*futures)
+            crash_point(self.settings, "after_produce")
+            if offsets:
+                await producer.send_offsets_to_transaction(offsets, self.settings.group)
+            await producer.commit_transaction()
+        except ProducerFenced as exc:
+            await self.stop()
+            raise TaskFenced(self.transactional_id) from exc
+        except BaseException:
+            # The transaction is lost either way; a fresh producer aborts it and starts clean.
+            await self.stop()
+            raise
+        changelog = self.settings.changelog_topic
+        reached = [meta.offset for record, meta in zip(records, written, strict=True) if record.topic == changelog]
+        return max(reached) + 1 if reached else None
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, runtime: ServiceRuntime) -> None:
+        self._runtime = runtime
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self._runtime.suspend_tasks()
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        await self._runtime.resume_tasks({tp.partition for tp in assigned})
+
+
+class ServiceRuntime:
+    """Consumes a service's inputs and keeps every guarantee of DESIGN §4 around its handlers."""
+
+    def __init__(self, settings: Settings, registry: SchemaRegistry, wiring: Wiring,
+                 archive: Archive | None = None) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.wiring = wiring
+        self.archive: Archive = archive if archive is not None else MemoryArchive()
+        self.tasks: dict[int, Task] = {}
+        self.partitions = 0
+        self.producer: AIOKafkaProducer | None = None
+        self.consumer: AIOKafkaConsumer | None = None
+        self.failed = asyncio.Event()  # set when a runtime loop dies of a bug: the process must exit
+        self.ready = asyncio.Event()  # set once partitions are assigned and restored
+        self._ctx: Context | None = None
+        self._stopping = asyncio.Event()
+        self._timer_wake = asyncio.Event()
+        self._loops: list[asyncio.Task] = []
+        self._known_topics: set[str] = set()
+        self._topics_refreshed = 0.0
+        self._schemas_refreshed = 0.0
+        self._renewing = asyncio.Lock()
+
+    @property
+    def ctx(self) -> Context:
+        assert self._ctx is not None, "the runtime has not started"
+        return self._ctx
+
+    # ---------------------------------------------------------------- lifecycle
+    async def start(self) -> None:
+        self.producer = bus.make_producer(self.settings)
+        await self.producer.start()
+        await bus.publish_schemas(self.producer, self.settings, self.registry)
+        topics = [self.settings.topic(t) for t in self.wiring.inputs] + [
+            self.settings.commands_topic, self.settings.retry_topic, self.settings.repartition_topic]
+        self.partitions = await self._equal_partitions([*topics, self.settings.changelog_topic])
+        self._ctx = Context(self.settings, self.registry, self.wiring, self.archive, self.partitions,
+                            self._has_topic, self._learn_schemas)
+        self.consumer = bus.make_consumer(self.settings, [])
+        self.consumer.subscribe(topics, listener=_Rebalance(self))
+        await self.consumer.start()
+        self._loops = [asyncio.create_task(self._consume_loop(), name="consume"),
+                       asyncio.create_task(self._timer_loop(), name="timers")]
+        for loop in self._loops:
+            loop.add_done_callback(self._loop_ended)
+
+    def _loop_ended(self, loop: asyncio.Task) -> None:
+        if not loop.cancelled() and loop.exception() is not None:
+            exc = loop.exception()
+            assert exc is not None
+            log.critical("runtime loop %s died: %s", loop.get_name(), type(exc).__name__,
+                         exc_info=(type(exc), exc, exc.__traceback__))
+            self.failed.set()
+
+    async def stop(self) -> None:
+        """Graceful stop: finish the batch in hand, commit it, close everything."""
+        self._stopping.set()
+        self._timer_wake.set()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        await self.suspend_tasks()
+        for task in self.tasks.values():
+            task.store.close()
+        self.tasks.clear()
+        if self.consumer:
+            await self.consumer.stop()
+        if self.producer:
+            await self.producer.stop()
+
+    async def _equal_partitions(self, topics: list[str]) -> int:
+        """Task p owns partition p of every input, so all of them must be partitioned alike."""
+        assert self.producer is not None
+        metadata = await self.producer.client.fetch_all_metadata()
+        counts = {}
+        for topic in topics:
+            partitions = metadata.partitions_for_topic(topic)
+            if not partitions:
+                raise RuntimeError(f"topic {topic} does not exist: declare it in infra/topics.toml and run make topics")
+            counts[topic] = len(partitions)
+        if len(set(counts.values())) != 1:
+            raise RuntimeError(f"inputs of {self.settings.group} must have equal partition counts: {counts}")
+        return next(iter(counts.values()))
+
+    # ---------------------------------------------------------------- tasks
+    def _store_dir(self, partition: int) -> Path:
+        return self.settings.state_dir / self.settings.group / f"p{partition}"
+
+    def _open_store(self, partition: int) -> StateStore:
+        return open_store(self.settings.state_store, self._store_dir(partition))
+
+    async def suspend_tasks(self) -> None:
+        """Stop handling every task (a rebalance or a stop); their stores stay for a quick resume."""
+        for task in self.tasks.values():
+            async with task.lock:
+                task.active = False
+            assert isinstance(task.transactions, KafkaTransactions)
+            await task.transactions.stop()
+
+    async def resume_tasks(self, partitions: set[int]) -> None:
+        for partition in set(self.tasks) - partitions:
+            self.tasks.pop(partition).store.close()
+        for partition in sorted(partitions):
+            task = self.tasks.get(partition)
+            if task is None:
+                task = Task(self.ctx, partition, self._open_store(partition),
+                            KafkaTransactions(self.settings, partition))
+                self.tasks[partition] = task
+            delay = 0.2
+            while not self._stopping.is_set():
+                try:
+                    assert isinstance(task.transactions, KafkaTransactions)
+                    await task.transactions.start()  # fence first, so nobody commits behind the restore
+                    await self._restore(task)
+                    break
+                except OUTAGES as exc:
+                    log_fields(log, logging.WARNING, "restore paused", partition=partition, error=type(exc).__name__)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+            task.active = True
+        log_fields(log, logging.INFO, "tasks assigned", partitions=sorted(partitions))
+        self.ready.set()
+        self._timer_wake.set()
+
+    async def _restore(self, task: Task) -> None:
+        started = time.monotonic()
+        tp = TopicPartition(self.settings.changelog_topic, task.partition)
+        consumer = AIOKafkaConsumer(enable_auto_commit=False, isolation_level="read_committed",
+                                    **self.settings.kafka_client_options())
+        await consumer.start()
+        restored = 0
+        try:
+            consumer.assign([tp])
+            end = (await consumer.end_offsets([tp]))[tp]
+            if task.store.checkpoint > end:
+                # The local copy belongs to another life of the topic (its data was reset).
+                task.store.close()
+                discard(self._store_dir(task.partition))
+                task.store = self._open_store(task.partition)
+            consumer.seek(tp, task.store.checkpoint)
+            idle = 0
+            while await consumer.position(tp) < end and idle < 5:
+                records = (await consumer.getmany(tp, timeout_ms=500, max_records=10_000)).get(tp, [])
+                idle = 0 if records else idle + 1
+                if records:
+                    task.restore({r.key: r.value for r in records}, records[-1].offset + 1)
+                    restored += len(records)
+                    crash_point(self.settings, "during_restore")
+        finally:
+            await consumer.stop()
+        task.rebuild_schedule()
+        log_fields(log, logging.INFO, "state restored", partition=task.partition, records=restored,
+                   timers=len(task.schedule), seconds=round(time.monotonic() - started, 3))
+
+    # ---------------------------------------------------------------- consuming
+    async def _consume_loop(self) -> None:
+        assert self.consumer is not None
+        while not self._stopping.is_set():
+            try:
+                batch = await self.consumer.getmany(timeout_ms=500, max_records=500)
+            except KafkaError:
+                log.warning("fetch failed; retrying", exc_info=True)
+                await asyncio.sleep(0.5)
+                continue
+            by_partition: dict[int, list[InRecord]] = {}
+            for tp, records in batch.items():
+                by_partition.setdefault(tp.partition, []).extend(records)
+            await asyncio.gather(*(self._process(p, records) for p, records in by_partition.items()))
+
+    async def _process(self, partition: int, records: list[InRecord]) -> None:
+        task = self.tasks.get(partition)
+        if task is None or not task.active:
+            self._rewind(records)
+            return
+        try:
+            await task.process(records)
+        except TaskFenced:
+            log_fields(log, logging.WARNING, "task fenced by a newer owner", partition=partition)
+            task.active = False
+            self._rewind(records)
+        except OUTAGES as exc:
+            # Nothing was committed: read the batch again once the store or broker is back.
+            log_fields(log, logging.WARNING, "store or broker unavailable; pausing", partition=partition,
+                       error=type(exc).__name__)
+            self._rewind(records)
+            await asyncio.sleep(1.0)
+        self._timer_wake.set()
+
+    def _rewind(self, records: list[InRecord]) -> None:
+        assert self.consumer is not None
+        first: dict[TopicPartition, int] = {}
+        for record in records:
+            tp = TopicPartition(record.topic, record.partition)
+            first[tp] = min(first.get(tp, record.offset), record.offset)
+        assigned = self.consumer.assignment()
+        for tp, offset in first.items():
+            if tp in assigned:
+                self.consumer.seek(tp, offset)
+
+    # ---------------------------------------------------------------- timers
+    async def _timer_loop(self) -> None:
+        next_sweep = time.monotonic() + 60.0
+        while not self._stopping.is_set():
+            self._timer_wake.clear()
+            now = millis(now_utc())
+            for task in list(self.tasks.values()):
+                due = task.schedule.next_due()
+                if task.active and due is not None and due <= now:
+                    await self._guarded(task, task.fire_due(now))
+            if time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + SWEEP_EVERY_S
+                for task in list(self.tasks.values()):
+                    await self._guarded(task, task.sweep(now_utc()))
+            dues = [d for t in self.tasks.values() if t.active and (d := t.schedule.next_due()) is not None]
+            wait = min([MAX_TIMER_WAIT_S, *((d - millis(now_utc())) / 1000 for d in dues)])
+            try:
+                await asyncio.wait_for(self._timer_wake.wait(), timeout=max(wait, 0.01))
+            except TimeoutError:
+                pass
+
+    async def _guarded(self, task: Task, work: Any) -> None:
+        try:
+            await work
+        except TaskFenced:
+            task.active = False
+        except OUTAGES as exc:
+            log_fields(log, logging.WARNING, "timers paused", partition=task.partition, error=type(exc).__name__)
+            await asyncio.sleep(1.0)
+
+    # ---------------------------------------------------------------- edges for handlers
+    async def _has_topic(self, topic: str) -> bool:
+        if topic in self._known_topics:
+            return True
+        if time.monotonic() - self._topics_refreshed > 10.0:
+            assert self.producer is not None
+            metadata = await self.producer.client.fetch_all_metadata()
+            self._known_topics = set(metadata.topics())
+            self._topics_refreshed = time.monotonic()
+        return topic in self._known_topics
+
+    async def _learn_schemas(self) -> None:
+        if time.monotonic() - self._schemas_refreshed < 10.0:
+            return  # rate-limited: a flood of unknown fingerprints reads the topic once
+        self._schemas_refreshed = time.monotonic()
+        await bus.learn_schemas(self.settings, self.registry)
+
+    # ---------------------------------------------------------------- commands and reads
+    async def submit(self, command_type: str, key: str, command_id: str, payload: dict[str, Any]) -> None:
+        """Write a request to the command topic; the owner of `key` applies it. A retry with
+        the same `command_id` is a duplicate the owner drops. Raises Refused if too large."""
+        record = command_record(self.ctx, command_type, key, command_id, payload)
+        producer = self.producer
+        assert producer is not None
+        try:
+            await producer.send_and_wait(record.topic, value=record.value, key=record.key,
+                                         partition=record.partition, headers=record.headers)
+        except bus.PRODUCER_STATE_ERRORS:
+            async with self._renewing:
+                if self.producer is producer:
+                    self.producer = await bus.renewed(producer, self.settings)
+            raise
+
+    async def state_of(self, key: str) -> dict[str, Any] | None:
+        entry = await self._read(key)
+        return entry.state if entry else None
+
+    async def trace_of(self, key: str) -> dict[str, str]:
+        """The trace context that created this aggregate, to keep later requests in its trace."""
+        entry = await self._read(key)
+        return entry.trace if entry else {}
+
+    async def _read(self, key: str) -> Entry | None:
+        """Reads never race the owner: the committed entry, or the archive for finished work."""
+        task = self.tasks.get(partition_for(key, self.partitions)) if self.partitions else None
+        if task is not None and task.active:
+            return await task.read(key)
+        latest = None
+        version = 1
+        while (doc := await self.archive.load(archive_id(key, version))) is not None:
+            latest, version = doc, version + 1
+        if latest is None:
+            raise NotReady("this instance does not serve that key right now; retry")
+        return Entry(latest["state"], [], latest.get("trace") or {}, True, latest["version"], latest["finished_at"])
