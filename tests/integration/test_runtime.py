@@ -1,18 +1,25 @@
-"""The shared runtime's own guarantees, in-process, over the real broker and store: durable
-timers fire once through the outbox, concurrent commands on one key all count (optimistic
-versioning on FerretDB), a repeated command id is applied once."""
+"""The shared runtime's own guarantees, in-process, over the real broker and store: a
+durable timer fires exactly once, concurrent commands on one key all count and a repeated
+command id counts once, a zombie's transaction is fenced, and a restarted instance restores
+10,000 aggregates from the changelog, fires a timer set before the restart and leaves the
+store alone while idle."""
 
 import asyncio
 import os
 from datetime import timedelta
 
 import pytest
+from aiokafka.structs import TopicPartition
+from pymongo import AsyncMongoClient, monitoring
 
 from tests.support import REGISTRY, Sink, drop_namespace, new_namespace
-from tongban import store
 from tongban.config import load_settings
 from tongban.events import now_utc
-from tongban.runtime import Emit, Event, Outcome, ServiceRuntime, Timer
+from tongban.handling import Emit, Event, Outcome, Timer, Wiring
+from tongban.runtime import ServiceRuntime
+from tongban.runtime.archive import MongoArchive
+from tongban.runtime.core import OutRecord, TaskFenced
+from tongban.runtime.service import KafkaTransactions
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +39,8 @@ async def count(event: Event, state: dict | None) -> Outcome:
 
 
 async def schedule(event: Event, state: dict | None) -> Outcome:
-    return Outcome(state={"scheduled": True}, timers=[Timer("remind", now_utc() + timedelta(seconds=1), {"n": 7})])
+    due = now_utc() + timedelta(seconds=event.payload["seconds"])
+    return Outcome(state={"scheduled": True}, timers=[Timer("remind", due, {"n": 7})])
 
 
 async def remind(event: Event, state: dict | None) -> Outcome:
@@ -41,37 +49,141 @@ async def remind(event: Event, state: dict | None) -> Outcome:
     return Outcome(state={**state, "reminded": True}, emits=[Emit(ROUTED, UNROUTABLE, event.key, body)])
 
 
-@pytest.fixture
-async def runtime(namespace):
-    env = {**os.environ, "TONGBAN_NAMESPACE": namespace, "TONGBAN_SESSION_TIMEOUT_MS": "3000"}
-    settings = load_settings("routing", env)
-    client, db = store.connect(settings)
-    runtime = ServiceRuntime(settings, REGISTRY, db, inputs=["tongban.application.received"], handlers={},
-                             commands={"count": count, "schedule": schedule}, timers={"remind": remind})
+WIRING = Wiring("routing", inputs=["tongban.application.received"], handlers={},
+                commands={"count": count, "schedule": schedule}, timers={"remind": remind})
+
+
+class StoreCommands(monitoring.CommandListener):
+    """Counts every command this process sends to the document store."""
+
+    def __init__(self) -> None:
+        self.started = 0
+
+    def started(self, event) -> None:  # noqa: F811 (pymongo's listener method)
+        self.started += 1
+
+    def succeeded(self, event) -> None:
+        pass
+
+    def failed(self, event) -> None:
+        pass
+
+
+def settings_for(namespace, state_dir):
+    env = {**os.environ, "TONGBAN_NAMESPACE": namespace, "TONGBAN_SESSION_TIMEOUT_MS": "3000",
+           "TONGBAN_STATE_DIR": str(state_dir), "TONGBAN_STATE_STORE": "rocksdb"}
+    return load_settings("routing", env)
+
+
+async def started(settings, archive) -> ServiceRuntime:
+    runtime = ServiceRuntime(settings, REGISTRY, WIRING, archive)
     await runtime.start()
-    yield runtime
-    await runtime.stop()
+    await asyncio.wait_for(runtime.ready.wait(), 60)
+    return runtime
+
+
+async def wait_state(runtime, key, predicate, timeout=30):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate(await runtime.state_of(key)):
+        assert asyncio.get_running_loop().time() < deadline, f"{key} never reached the expected state"
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def store_client():
+    listener = StoreCommands()
+    client = AsyncMongoClient(os.environ.get("TONGBAN_MONGO_URI", "mongodb://127.0.0.1:27217/"),
+                              event_listeners=[listener], tz_aware=True)
+    yield client, listener
     await client.close()
 
 
-async def test_a_durable_timer_fires_once_through_the_outbox(runtime, namespace):
+@pytest.fixture
+async def runtime(namespace, tmp_path, store_client):
+    client, _ = store_client
+    settings = settings_for(namespace, tmp_path)
+    runtime = await started(settings, MongoArchive(client[settings.database]))
+    yield runtime
+    await runtime.stop()
+
+
+async def test_a_durable_timer_fires_exactly_once(runtime, namespace):
     key = "TBTIMER" + namespace.upper().strip("-")
-    await runtime.execute("schedule", key, "schedule-1", {})
+    await runtime.submit("schedule", key, "schedule-1", {"seconds": 1})
+    await wait_state(runtime, key, lambda s: s and s.get("reminded"))
+    await runtime.submit("count", key, "marker-after-timer", {})  # then nothing more may follow
+    await wait_state(runtime, key, lambda s: "count" in s)
     async with Sink(namespace, [ROUTED]) as sink:
         seen = await sink.wait_for(lambda s: s.events(UNROUTABLE, key), timeout=30)
-        seen = await sink.poll(3)  # a second firing would show now
     fired = seen.events(UNROUTABLE, key)
-    assert len(fired) == 1
+    assert len(fired) == 1, "exactly one record on the wire"
     assert fired[0]["reason"] == "reminder 7"
     assert fired[0]["envelope"]["causation_id"].startswith(f"timer:{key}:remind:")
-    doc = await runtime.aggregates.find_one({"_id": key})
-    assert doc["timers"] == [] and doc["next_due_at"] is None and doc["outbox"] == []
-    assert doc["state"] == {"scheduled": True, "reminded": True}
 
 
 async def test_concurrent_commands_on_one_key_all_count_and_a_repeated_id_counts_once(runtime):
     key = "TBCOUNT"
-    await asyncio.gather(*(runtime.execute("count", key, f"c-{n}", {}) for n in range(12)))
-    assert (await runtime.state_of(key)) == {"count": 12}
-    await runtime.execute("count", key, "c-3", {})
-    assert (await runtime.state_of(key)) == {"count": 12}
+    await asyncio.gather(*(runtime.submit("count", key, f"c-{n}", {}) for n in range(12)))
+    await wait_state(runtime, key, lambda s: s == {"count": 12})
+    await runtime.submit("count", key, "c-3", {})  # a client retry of an applied command
+    await runtime.submit("count", key, "c-marker", {})
+    await wait_state(runtime, key, lambda s: s["count"] >= 13)
+    assert await runtime.state_of(key) == {"count": 13}
+
+
+async def test_a_zombie_instance_cannot_commit(namespace, tmp_path):
+    """Two instances believe they own task 0: the later one's start fences the first, whose
+    transaction then fails and never reaches a read_committed reader."""
+    settings = settings_for(namespace, tmp_path)
+    zombie, owner = KafkaTransactions(settings, 0), KafkaTransactions(settings, 0)
+    await zombie.start()
+    await owner.start()
+    topic = settings.topic(ROUTED)
+    try:
+        with pytest.raises(TaskFenced):
+            await zombie.commit([OutRecord(topic, b"TBZOMBIE", b"from the zombie", [], 0)], {})
+        await owner.commit([OutRecord(topic, b"TBZOMBIE", b"from the owner", [], 0)],
+                           {TopicPartition(settings.topic("tongban.application.received"), 0): 0})
+    finally:
+        await zombie.stop()
+        await owner.stop()
+    async with Sink(namespace, [ROUTED]) as sink:
+        seen = await sink.wait_for(lambda s: any(r.value == b"from the owner" for r in s.records))
+    assert [r.value for r in seen.records if r.key == b"TBZOMBIE"] == [b"from the owner"]
+
+
+async def test_a_restarted_instance_restores_its_state_and_fires_an_earlier_timer(namespace, tmp_path, store_client):
+    client, listener = store_client
+    settings = settings_for(namespace, tmp_path / "first")
+    archive = MongoArchive(client[settings.database])
+    first = await started(settings, archive)
+    try:
+        keys = [f"TBRESTORE{n:05d}" for n in range(10_000)]
+        for chunk in range(0, len(keys), 500):
+            await asyncio.gather(*(first.submit("count", k, f"restore-{k}", {}) for k in keys[chunk:chunk + 500]))
+        await first.submit("schedule", "TBRESTORETIMER", "restore-timer", {"seconds": 4})
+        await wait_state(first, keys[-1], lambda s: s == {"count": 1}, timeout=120)
+        await wait_state(first, "TBRESTORETIMER", lambda s: s == {"scheduled": True})
+    finally:
+        await first.stop()
+
+    # A new instance on another machine: an empty local store, everything from the changelog.
+    second = await started(settings_for(namespace, tmp_path / "second"), archive)
+    try:
+        assert second.restored_records >= 10_000
+        for key in (keys[0], keys[4321], keys[-1]):
+            assert await second.state_of(key) == {"count": 1}
+        await wait_state(second, "TBRESTORETIMER", lambda s: s.get("reminded"), timeout=30)
+        before = listener.started
+        await asyncio.sleep(3)  # idle: nothing to handle, no timer due
+        assert listener.started == before, "an idle instance queried the store"
+    finally:
+        await second.stop()
+
+    # The same machine again: the local checkpoint means only what is new is replayed.
+    third = await started(settings_for(namespace, tmp_path / "second"), archive)
+    try:
+        assert third.restored_records < 100
+        assert await third.state_of(keys[9999]) == {"count": 1}
+    finally:
+        await third.stop()

@@ -33,16 +33,3 @@ class MongoArchive:
     async def load(self, doc_id: str) -> dict[str, Any] | None:
         return await retry_transient(self._docs.find_one, {"_id": doc_id})
 
-
-class MemoryArchive:
-    """For unit tests and benchmarks of the runtime alone; services always use MongoArchive."""
-
-    def __init__(self) -> None:
-        self.docs: dict[str, dict[str, Any]] = {}
-
-    async def insert(self, docs: list[dict[str, Any]]) -> None:
-        for doc in docs:
-            self.docs.setdefault(doc["_id"], doc)
-
-    async def load(self, doc_id: str) -> dict[str, Any] | None:
-        return self.docs.get(doc_id)

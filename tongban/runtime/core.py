@@ -198,7 +198,7 @@ class Batch:
     entries: dict[str, Entry] = field(default_factory=dict)  # decoded, state always loaded
     outs: list[OutRecord] = field(default_factory=list)
     archive: list[dict[str, Any]] = field(default_factory=list)
-    timers: list[tuple[int, str, str]] = field(default_factory=list)
+    timers: list[tuple[int, str, str]] = field(default_factory=list)  # scheduled once committed
 
 
 @dataclass
@@ -449,6 +449,8 @@ class Task:
         if new != entry:  # an input that changes nothing writes no entry
             batch.entries[key] = new
             batch.changes[ENTRY + key.encode()] = packed
+            known = {t["id"] for t in entry.timers}
+            batch.timers += [(millis(t["due_at"]), t["id"], key) for t in new.timers if t["id"] not in known]
         batch.outs.extend(outs)
 
     def _next_entry(self, entry: Entry, key: str, outcome: Outcome, trace_headers: list[tuple[str, bytes]],
@@ -461,7 +463,6 @@ class Task:
             timer_id = f"{key}:{timer.name}:{millis(timer.due_at)}"
             timers.append({"id": timer_id, "name": timer.name, "due_at": timer.due_at, "payload": timer.payload,
                            "headers": trace_doc})
-            # Scheduled once committed (see _commit); a batch that aborts schedules nothing.
         trace_of_creation = entry.trace or (trace_doc if state is not None else {})
         new = Entry(state, timers, trace_of_creation, entry.finished, entry.archived, entry.finished_at)
         # A finished aggregate stays finished unless an input changes its state (a rating

@@ -32,7 +32,6 @@ from tongban.codec import SchemaRegistry
 from tongban.config import Settings
 from tongban.events import millis, now_utc
 from tongban.handling import Wiring
-from tongban.runtime.archive import MemoryArchive
 from tongban.runtime.core import (
     Archive,
     Context,
@@ -120,18 +119,18 @@ class _Rebalance(ConsumerRebalanceListener):
 class ServiceRuntime:
     """Consumes a service's inputs and keeps every guarantee of DESIGN §4 around its handlers."""
 
-    def __init__(self, settings: Settings, registry: SchemaRegistry, wiring: Wiring,
-                 archive: Archive | None = None) -> None:
+    def __init__(self, settings: Settings, registry: SchemaRegistry, wiring: Wiring, archive: Archive) -> None:
         self.settings = settings
         self.registry = registry
         self.wiring = wiring
-        self.archive: Archive = archive if archive is not None else MemoryArchive()
+        self.archive = archive
         self.tasks: dict[int, Task] = {}
         self.partitions = 0
         self.producer: AIOKafkaProducer | None = None
         self.consumer: AIOKafkaConsumer | None = None
         self.failed = asyncio.Event()  # set when a runtime loop dies of a bug: the process must exit
         self.ready = asyncio.Event()  # set once partitions are assigned and restored
+        self.restored_records = 0  # changelog records replayed by restores, since start
         self._ctx: Context | None = None
         self._stopping = asyncio.Event()
         self._timer_wake = asyncio.Event()
@@ -267,6 +266,7 @@ class ServiceRuntime:
         finally:
             await consumer.stop()
         task.rebuild_schedule()
+        self.restored_records += restored
         log_fields(log, logging.INFO, "state restored", partition=task.partition, records=restored,
                    timers=len(task.schedule), seconds=round(time.monotonic() - started, 3))
 
