@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+from pathlib import Path
 
 from sim.partners import authority, carrier, run_partner
 from tongban import telemetry
@@ -13,7 +14,7 @@ from tongban.config import ConfigError, load_settings
 from tongban.partners import authorities
 
 
-async def run(deny_matters: frozenset[str]) -> None:
+async def run(deny_matters: frozenset[str], carrier_ledger: Path | None) -> None:
     settings = load_settings("partner-sim")
     telemetry.setup(settings)
     registry = SchemaRegistry.load()
@@ -27,16 +28,18 @@ async def run(deny_matters: frozenset[str]) -> None:
                     authority(pid, deny_matters, cipher), stopping)
         for pid in authorities()
     ]
-    tasks.append(run_partner(settings, registry, "ems", "tongban.partner.ems.dispatches", carrier(cipher), stopping))
+    tasks.append(run_partner(settings, registry, "ems", "tongban.partner.ems.dispatches",
+                             carrier(cipher, carrier_ledger), stopping))
     await asyncio.gather(*tasks)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--deny-matters", default="", help="matter codes the simulated authorities deny")
+    parser.add_argument("--carrier-ledger", type=Path, help="a file where the carrier notes every parcel")
     args = parser.parse_args()
     try:
-        asyncio.run(run(frozenset(filter(None, args.deny_matters.split(",")))))
+        asyncio.run(run(frozenset(filter(None, args.deny_matters.split(","))), args.carrier_ledger))
     except ConfigError as exc:
         raise SystemExit(f"partner simulator: configuration error: {exc}") from None
 

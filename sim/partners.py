@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -71,10 +73,17 @@ def authority(partner_id: str, deny_matters: frozenset[str], cipher: PiiCipher) 
     return respond
 
 
-def carrier(cipher: PiiCipher) -> Respond:
+def carrier(cipher: PiiCipher, ledger: Path | None = None) -> Respond:
+    """The carrier; `ledger` is its own record of every parcel it was handed (one JSON line
+    per dispatch record received), the count an independent party keeps."""
+
     def respond(event_type: str, dispatch: dict) -> list[Reply]:
         if event_type != "tongban.delivery.PostalDispatch":
             return []
+        if ledger is not None:
+            with ledger.open("a", encoding="utf-8") as parcels:
+                parcels.write(json.dumps({"dispatch_id": dispatch["dispatch_id"],
+                                          "application_id": dispatch["application_id"]}) + "\n")
         try:
             cipher.open(dispatch["address"])  # the carrier must read the address to deliver
             status = "DELIVERED"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import time
@@ -19,10 +20,12 @@ from devtools.launcher import ROOT, Stack
 from services.intake import intake_pb2, intake_pb2_grpc
 from sim.samples import DENIED_MATTER
 from tongban.codec import CodecError, SchemaRegistry
+from tongban.events import encode_event
 from tongban.ops.topics import apply, kafka_client_settings, load_declared
 
 KAFKA = kafka_client_settings()  # bootstrap and, in SASL_SSL mode, the security options
 REGISTRY = SchemaRegistry.load()
+MARKER = "tongban.catalogue.MatterChanged"
 
 
 def new_namespace() -> str:
@@ -57,7 +60,7 @@ def start_stack(namespace: str) -> Stack:
     stack = Stack(
         {"TONGBAN_NAMESPACE": namespace, "TONGBAN_SESSION_TIMEOUT_MS": "3000",
          "TONGBAN_TRACE_FILE": str(log_dir / "traces.jsonl"), "TONGBAN_LOG_LEVEL": "INFO"},
-        log_dir, sim_args=("--deny-matters", DENIED_MATTER))
+        log_dir, sim_args=("--deny-matters", DENIED_MATTER, "--carrier-ledger", str(log_dir / "carrier.jsonl")))
     stack.start_all()
     try:
         asyncio.run(stack.wait_healthy())
@@ -65,6 +68,30 @@ def start_stack(namespace: str) -> Stack:
         stack.stop_all()
         raise
     return stack
+
+
+def carrier_parcels(stack: Stack, application_id: str) -> int:
+    """How many parcels the simulated carrier says it was handed for this application."""
+    ledger = stack.log_dir / "carrier.jsonl"
+    lines = ledger.read_text().splitlines() if ledger.exists() else []
+    return sum(1 for line in lines if json.loads(line)["application_id"] == application_id)
+
+
+async def settle(namespace: str, topics: list[str], key: str, sink: Sink, timeout: float = 60) -> Seen:
+    """Write a marker record behind everything already on each topic's partition for `key`
+    and wait until the sink has read every marker: whatever was written there before, the
+    sink has then seen (no fixed sleep). The marker is an event no service handles."""
+    marker_id = f"marker-{secrets.token_hex(4)}"
+    marker = {"matter_code": marker_id, "name": "marker", "modes": [], "promised_working_days": 0,
+              "statutory_working_days": 0, "postal_delivery": False, "change": "UPDATED"}
+    _, value = encode_event(REGISTRY, MARKER, marker, cause_id=marker_id, correlation_id=key, source_system="test")
+    for topic in topics:
+        await produce(namespace, topic, key.encode(), value)
+
+    def arrived(seen: Seen) -> bool:
+        return len([m for m in seen.events(MARKER, key) if m["matter_code"] == marker_id]) == len(topics)
+
+    return await sink.wait_for(arrived, timeout)
 
 
 def trace_file(stack: Stack) -> Path:
