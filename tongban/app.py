@@ -25,7 +25,9 @@ from tongban.runtime.archive import MongoArchive
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("tongban.grpc")
-MAX_REQUEST_BYTES = 1024 * 1024
+# Requests up to this size reach the service's own checks, which name the field and limit
+# (INVALID_ARGUMENT); larger ones are refused by gRPC itself (RESOURCE_EXHAUSTED).
+MAX_REQUEST_BYTES = 8 * 1024 * 1024
 
 
 @asynccontextmanager
@@ -67,7 +69,6 @@ async def serve(
     client, db = store.connect(settings)
     runtime = ServiceRuntime(settings, registry, wiring(settings), MongoArchive(db))
 
-    # gRPC's own 4 MiB cap would let a request through that no record can carry.
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_REQUEST_BYTES)])
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

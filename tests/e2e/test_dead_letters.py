@@ -1,13 +1,21 @@
 """Poison records on each service's input land in that group's dead-letter topic with their
 origin and reason, and valid records keep flowing past them."""
 
+import io
+import json
 import secrets
 
+import fastavro
+import grpc
 import pytest
+from aiokafka import AIOKafkaProducer
 
+from services.intake import intake_pb2, intake_pb2_grpc
 from services.intake.api import received_body
+from services.intake.domain import application_id_for
 from sim.samples import samples
-from tests.support import REGISTRY, Sink, produce, submit, wait_terminal
+from tests.support import KAFKA, REGISTRY, Sink, produce, submit, wait_terminal
+from tongban.codec import schema_fingerprint
 from tongban.events import encode_event, now_utc
 
 pytestmark = pytest.mark.integration
@@ -104,3 +112,90 @@ async def test_a_record_replayed_through_the_retry_topic_is_handled_as_from_its_
     assert seen.events("tongban.application.ApplicationRouted", application_id)[0]["deciding_partner"] == "420000"
     assert not seen.events("tongban.application.ApplicationVerified", application_id), \
         "other groups never read routing's retry topic"
+
+
+def rogue_event() -> tuple[str, bytes]:
+    """A partner's new event type whose envelope has no event id: (its schema, a framed record)."""
+    schema = {"type": "record", "name": "RogueDecision", "namespace": "tongban.partner", "fields": [
+        {"name": "envelope", "type": {"type": "record", "name": "RogueEnvelope", "fields": [
+            {"name": "event_type", "type": "string"}, {"name": "correlation_id", "type": "string"}]}},
+        {"name": "application_id", "type": "string"}]}
+    body = io.BytesIO()
+    fastavro.schemaless_writer(body, fastavro.parse_schema(schema), {
+        "envelope": {"event_type": "tongban.partner.RogueDecision", "correlation_id": "TBROGUE"},
+        "application_id": "TBROGUE"})
+    return json.dumps(schema), bytes.fromhex("c301") + schema_fingerprint(schema) + body.getvalue()
+
+
+async def produce_raw(namespace: str, topic: str, key: bytes | None, value: bytes | None, headers) -> None:
+    """What a client in another language can write and aiokafka's send() refuses: null key and
+    value together, null header values."""
+    producer = AIOKafkaProducer(**KAFKA, acks="all")
+    await producer.start()
+    try:
+        batch = producer.create_batch()
+        batch.append(key=key, value=value, timestamp=None, headers=headers)
+        partition = 0
+        await (await producer.send_batch(batch, namespace + topic, partition=partition))
+    finally:
+        await producer.stop()
+
+
+async def test_records_that_once_halted_services_are_dead_lettered_and_every_process_stays_up(stack, namespace):
+    received = "tongban.application.received"
+    await produce_raw(namespace, received, None, None, [])  # a tombstone with a null key
+    valid_id = "TBNULLTRACE" + secrets.token_hex(4).upper()
+    body = received_body(valid_id, samples(secrets.token_hex(4))[0].request)
+    _, valid = encode_event(REGISTRY, "tongban.application.ApplicationReceived", body, cause_id=valid_id,
+                            correlation_id=valid_id, source_system="test")
+    await produce_raw(namespace, received, valid_id.encode(), valid, [("traceparent", None)])
+    for origin in (None, b"\xff\xfe not utf-8"):
+        await produce_raw(namespace, "tongban.retry.tongban-routing", b"replayed", valid,
+                          [("tongban.origin.topic", origin)])
+    schema_json, rogue = rogue_event()
+    await produce(namespace, "tongban.schemas", schema_fingerprint(json.loads(schema_json)).hex().encode(),
+                  schema_json.encode())
+    await produce(namespace, "tongban.partner.420000.decisions", b"TBROGUE", rogue)
+
+    # The record with a null trace header is valid: it is carried to its end.
+    assert (await wait_terminal(stack, valid_id)).stage == "DELIVERED"
+    application_id = await submit(stack, samples(secrets.token_hex(4))[0].request)
+    assert (await wait_terminal(stack, application_id)).stage == "DELIVERED"
+
+    dlqs = [f"tongban.dlq.tongban-{s}" for s in ("routing", "verification", "delivery")]
+    async with Sink(namespace, dlqs) as sink:
+        def reasons(seen, service):
+            return [header(r, "tongban.dlq.error.message") for r in seen.records
+                    if r.topic == f"{namespace}tongban.dlq.tongban-{service}"]
+
+        def all_there(seen) -> bool:
+            readers = ("routing", "verification", "delivery")
+            return all(any("tombstone" in r for r in reasons(seen, s)) for s in readers) \
+                and sum("tongban.origin.topic" in r for r in reasons(seen, "routing")) == 2 \
+                and any("event id" in r for r in reasons(seen, "delivery"))
+
+        try:
+            seen = await sink.wait_for(all_there)
+        except TimeoutError:
+            pytest.fail(f"dead letters seen: { {s: reasons(sink.seen, s) for s in ('routing', 'delivery')} }")
+    assert all(p.poll() is None for p in stack.processes.values()), "a poison record stopped a process"
+    tombstone = next(r for r in seen.records if "tombstone" in header(r, "tongban.dlq.error.message"))
+    assert tombstone.key is None and header(tombstone, "tongban.dlq.error.class") == "MalformedRecord"
+
+
+async def test_an_oversized_submit_is_refused_naming_the_field_and_nothing_is_written(stack, namespace):
+    request = samples(secrets.token_hex(4))[0].request
+    del request.materials[:]
+    request.materials.extend(intake_pb2.Material(code=f"M{n}", name="材料", provided=True) for n in range(100_000))
+    async with grpc.aio.insecure_channel(stack.grpc_target("intake")) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await intake_pb2_grpc.IntakeStub(channel).Submit(request, timeout=30)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "materials: at most 50 items (got 100000)" in refused.value.details()
+    application_id = application_id_for(request.source_system, request.client_reference)
+
+    marker = await submit(stack, samples(secrets.token_hex(4))[0].request)  # written after the refusal
+    topics = ["tongban.commands.tongban-intake", "tongban.application.received"]
+    async with Sink(namespace, topics) as sink:
+        seen = await sink.wait_for(lambda s: s.events("tongban.application.ApplicationReceived", marker))
+    assert not [r for r in seen.records if r.key == application_id.encode()], "a refused Submit was written"

@@ -85,7 +85,7 @@ class Harness:
     async def _has_topic(self, topic: str) -> bool:
         return topic in self.known
 
-    async def _learn(self) -> None:
+    async def _learn(self, fingerprint: bytes) -> None:
         self.learned += 1
 
     async def count(self, event: Event, state: dict | None) -> Outcome:

@@ -211,7 +211,7 @@ class Context:
     archive: Archive
     partitions: int
     has_topic: Callable[[str], Awaitable[bool]]
-    learn_schemas: Callable[[], Awaitable[None]]
+    learn_schemas: Callable[[bytes], Awaitable[None]]
     cipher: PiiCipher = field(init=False)
 
     def __post_init__(self) -> None:
@@ -402,7 +402,8 @@ class Task:
         try:
             return self.ctx.registry.decode(value)
         except UnknownSchema:
-            await self.ctx.learn_schemas()  # a newer writer: its schema may be on the schema topic
+            # A newer writer: its schema may be on the schema topic.
+            await self.ctx.learn_schemas(SchemaRegistry.fingerprint_of(value))
             return self.ctx.registry.decode(value)
 
     async def _entry(self, batch: Batch, key: str) -> Entry:

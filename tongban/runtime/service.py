@@ -137,7 +137,8 @@ class ServiceRuntime:
         self._loops: list[asyncio.Task] = []
         self._known_topics: set[str] = set()
         self._topics_refreshed = 0.0
-        self._schemas_refreshed = 0.0
+        self._schemas_refreshed = -60.0
+        self._fingerprints_tried: dict[bytes, float] = {}
         self._renewing = asyncio.Lock()
 
     @property
@@ -356,10 +357,17 @@ class ServiceRuntime:
             self._topics_refreshed = time.monotonic()
         return topic in self._known_topics
 
-    async def _learn_schemas(self) -> None:
-        if time.monotonic() - self._schemas_refreshed < 10.0:
-            return  # rate-limited: a flood of unknown fingerprints reads the topic once
-        self._schemas_refreshed = time.monotonic()
+    async def _learn_schemas(self, fingerprint: bytes) -> None:
+        """Read the schema topic for a writer schema not known yet. Rate-limited, so a flood
+        of records with one unknown fingerprint reads the topic once in 10 s, and a flood of
+        different ones at most once a second."""
+        now = time.monotonic()
+        if now - self._schemas_refreshed < 1.0 or now - self._fingerprints_tried.get(fingerprint, -60.0) < 10.0:
+            return
+        self._schemas_refreshed = now
+        if len(self._fingerprints_tried) > 10_000:
+            self._fingerprints_tried.clear()
+        self._fingerprints_tried[fingerprint] = now
         await bus.learn_schemas(self.settings, self.registry)
 
     # ---------------------------------------------------------------- commands and reads
