@@ -51,8 +51,8 @@ topics: up ## create the topics declared in infra/topics.toml (never deletes)
 topics-plan: venv ## show differences between infra/topics.toml and the broker
 	$(PY) -m tongban.ops.topics plan
 
-clean-data: down ## stop and delete the local broker and store data (var/kafka/data, var/ferretdb)
-	rm -rf var/kafka/data var/ferretdb
+clean-data: down ## stop and delete the local broker, store and service state (var/kafka/data, var/ferretdb, var/state)
+	rm -rf var/kafka/data var/ferretdb var/state
 
 # ------------------------------------------------------------------------------ use
 run: topics ## setup, up, topics, then the live demo
@@ -61,8 +61,14 @@ run: topics ## setup, up, topics, then the live demo
 demo: topics ## setup, up, topics, then the scripted demo; exits with its code
 	$(PY) -m devtools.demo
 
+bench: topics ## throughput, latency, restore, idle CPU, memory (< 15 min); var/bench/latest.json, docs/benchmarks.md
+	$(PY) -m devtools.bench
+
 test: setup ## run all tests, starting (and afterwards stopping) broker/store if needed
 	$(SCRIPTS)/run-tests.sh
 
 lint: venv ## ruff check
 	$(PY) -m ruff check .
+
+mutate: venv ## mutation testing (mutmut) of the rules and runtime against tests/unit; writes var/mutate/latest.json
+	$(PY) infra/scripts/mutate.py

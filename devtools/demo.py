@@ -42,7 +42,12 @@ async def follow(stub: intake_pb2_grpc.IntakeStub, application_ids: list[str]) -
         for application_id in application_ids:
             if application_id in final:
                 continue
-            progress = await stub.Track(intake_pb2.TrackRequest(application_id=application_id), timeout=10)
+            try:
+                progress = await stub.Track(intake_pb2.TrackRequest(application_id=application_id), timeout=10)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE):
+                    continue  # not recorded by its owner yet
+                raise
             for step in progress.history[shown.get(application_id, 0):]:
                 detail = f" ({step.detail})" if step.detail else ""
                 say(f"{application_id}  {step.stage:<9}{detail}")
@@ -87,6 +92,27 @@ def summary(results: list[tuple[Sample, str]]) -> bool:
     return passed == len(results)
 
 
+async def feed(stack: Stack, live: bool) -> bool:
+    """One batch, then (live) a batch every 30 s; whether every sample ended as expected."""
+    async with grpc.aio.insecure_channel(stack.grpc_target("intake")) as channel:
+        stub = intake_pb2_grpc.IntakeStub(channel)
+        ok = summary(await run_batch(stub))
+        while live:
+            say("live: next batch in 30 s (Ctrl-C to stop)")
+            await asyncio.sleep(30)
+            ok = summary(await run_batch(stub)) and ok
+    return ok
+
+
+async def first_exit(stack: Stack) -> str:
+    """Returns as soon as any process of the stack has exited, saying which and where its log is."""
+    while True:
+        for name, process in stack.processes.items():
+            if process.poll() is not None:
+                return f"{name} exited with {process.returncode}; see {stack.log_dir / (name + '.log')}"
+        await asyncio.sleep(0.2)
+
+
 async def main(live: bool) -> int:
     namespace = os.environ.get("TONGBAN_NAMESPACE", "")
     await apply(None, namespace)
@@ -99,20 +125,26 @@ async def main(live: bool) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
+    work = asyncio.create_task(stack.wait_healthy())
+    watchdog = asyncio.create_task(first_exit(stack))
+    interrupted = asyncio.create_task(stopping.wait())
     try:
-        await stack.wait_healthy()
-        say("all services healthy")
-        async with grpc.aio.insecure_channel(stack.grpc_target("intake")) as channel:
-            stub = intake_pb2_grpc.IntakeStub(channel)
-            ok = summary(await run_batch(stub))
-            while live and not stopping.is_set():
-                say("live: next batch in 30 s (Ctrl-C to stop)")
-                try:
-                    await asyncio.wait_for(stopping.wait(), 30)
-                except TimeoutError:
-                    ok = summary(await run_batch(stub)) and ok
-        return 0 if ok else 1
+        for step in ("healthy", "fed"):
+            await asyncio.wait([work, watchdog, interrupted], return_when=asyncio.FIRST_COMPLETED)
+            if watchdog.done():
+                say(f"!! {watchdog.result()}")  # a dead service is news at once, not a stuck sample
+                return 1
+            if interrupted.done():
+                say("interrupted")
+                return 130
+            if step == "healthy":
+                work.result()
+                say("all services healthy")
+                work = asyncio.create_task(feed(stack, live))
+        return 0 if work.result() else 1
     finally:
+        for task in (work, watchdog, interrupted):
+            task.cancel()
         say("stopping services")
         stack.stop_all()
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import KafkaError, ProducerFenced
+from aiokafka.errors import IllegalOperation, KafkaError, ProducerFenced
 from pymongo.errors import PyMongoError
 
 from tongban import bus
@@ -49,7 +49,9 @@ from tongban.telemetry import log as log_fields
 
 log = logging.getLogger("tongban.runtime")
 
-OUTAGES = (PyMongoError, KafkaError, OSError)
+# What pauses a task (its batch is read again later). IllegalOperation is aiokafka's word for
+# a transaction its producer lost track of; the task's producer is renewed on any failure.
+OUTAGES = (PyMongoError, KafkaError, OSError, IllegalOperation)
 SWEEP_EVERY_S = 3600.0
 MAX_TIMER_WAIT_S = 30.0
 
@@ -140,6 +142,7 @@ class ServiceRuntime:
         self._schemas_refreshed = -60.0
         self._fingerprints_tried: dict[bytes, float] = {}
         self._renewing = asyncio.Lock()
+        self._lifecycle = asyncio.Lock()  # rebalances and the stop change the tasks one at a time
 
     @property
     def ctx(self) -> Context:
@@ -178,11 +181,12 @@ class ServiceRuntime:
         self._timer_wake.set()
         await asyncio.gather(*self._loops, return_exceptions=True)
         await self.suspend_tasks()
-        for task in self.tasks.values():
-            task.store.close()
-        self.tasks.clear()
         if self.consumer:
-            await self.consumer.stop()
+            await self.consumer.stop()  # no rebalance can touch the tasks after this
+        async with self._lifecycle:
+            for task in self.tasks.values():
+                task.store.close()
+            self.tasks.clear()
         if self.producer:
             await self.producer.stop()
 
@@ -209,36 +213,46 @@ class ServiceRuntime:
 
     async def suspend_tasks(self) -> None:
         """Stop handling every task (a rebalance or a stop); their stores stay for a quick resume."""
-        for task in self.tasks.values():
-            async with task.lock:
-                task.active = False
-            assert isinstance(task.transactions, KafkaTransactions)
-            await task.transactions.stop()
+        async with self._lifecycle:
+            for task in self.tasks.values():
+                async with task.lock:  # lets the batch in hand finish and commit
+                    task.active = False
+                    assert isinstance(task.transactions, KafkaTransactions)
+                    await task.transactions.stop()
 
     async def resume_tasks(self, partitions: set[int]) -> None:
-        for partition in set(self.tasks) - partitions:
-            self.tasks.pop(partition).store.close()
-        for partition in sorted(partitions):
-            task = self.tasks.get(partition)
-            if task is None:
-                task = Task(self.ctx, partition, self._open_store(partition),
-                            KafkaTransactions(self.settings, partition))
-                self.tasks[partition] = task
-            delay = 0.2
-            while not self._stopping.is_set():
-                try:
-                    assert isinstance(task.transactions, KafkaTransactions)
-                    await task.transactions.start()  # fence first, so nobody commits behind the restore
-                    await self._restore(task)
-                    break
-                except OUTAGES as exc:
-                    log_fields(log, logging.WARNING, "restore paused", partition=partition, error=type(exc).__name__)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
-            task.active = True
-        log_fields(log, logging.INFO, "tasks assigned", partitions=sorted(partitions))
-        self.ready.set()
-        self._timer_wake.set()
+        async with self._lifecycle:
+            if self._stopping.is_set():
+                return
+            for partition in set(self.tasks) - partitions:
+                self.tasks.pop(partition).store.close()
+            for partition in sorted(partitions):
+                task = self.tasks.get(partition)
+                if task is None:
+                    task = Task(self.ctx, partition, self._open_store(partition),
+                                KafkaTransactions(self.settings, partition))
+                    self.tasks[partition] = task
+                async with task.lock:
+                    await self._take_over(task)
+            log_fields(log, logging.INFO, "tasks assigned", partitions=sorted(partitions))
+            self.ready.set()
+            self._timer_wake.set()
+
+    async def _take_over(self, task: Task) -> None:
+        """Fence the task's previous owner first, so nobody commits behind the restore."""
+        assert isinstance(task.transactions, KafkaTransactions)
+        delay = 0.2
+        while not self._stopping.is_set():
+            try:
+                await task.transactions.start()
+                await self._restore(task)
+                task.active = True
+                return
+            except OUTAGES as exc:
+                log_fields(log, logging.WARNING, "restore paused", partition=task.partition, error=type(exc).__name__)
+                await task.transactions.stop()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def _restore(self, task: Task) -> None:
         started = time.monotonic()
