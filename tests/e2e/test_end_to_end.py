@@ -27,7 +27,24 @@ LIFECYCLE = ["tongban.application.received", "tongban.application.routed", "tong
              "tongban.feedback.ratings", "tongban.partner.ems.dispatches"]
 
 
-async def test_every_sample_reaches_its_terminal_state(stack):
+# What an independent reader of the lifecycle topics sees last for each kind of ending, and why.
+ENDINGS = {
+    "DELIVERED": ("tongban.application.ApplicationDelivered",
+                  lambda e, sample: e["method"] == sample.request.delivery_method),
+    "DENIED": ("tongban.application.ApplicationDecided", lambda e, sample: e["outcome"] == "DENIED" and e["reason"]),
+    "REJECTED:失业登记": ("tongban.application.ApplicationVerificationFailed",
+                        lambda e, sample: any("check character" in r for r in e["reasons"])),
+    "REJECTED:a matter": ("tongban.application.ApplicationUnroutable",
+                          lambda e, sample: e["reason"] == "matter code is not in the catalogue"),
+}
+
+
+def ending_of(sample) -> tuple:
+    return ENDINGS.get(sample.expected) or next(v for k, v in ENDINGS.items()
+                                                if k.startswith(f"{sample.expected}:") and k[9:] in sample.title)
+
+
+async def test_every_sample_reaches_its_terminal_state_for_the_right_reason(stack, namespace):
     expected = {}
     for sample in samples(secrets.token_hex(4)):
         if sample.expected == "REJECTED_AT_INTAKE":
@@ -37,6 +54,11 @@ async def test_every_sample_reaches_its_terminal_state(stack):
             assert "postal_address is required" in refused.value.details()
             continue
         expected[await submit(stack, sample.request)] = sample
+    async with Sink(namespace, LIFECYCLE) as sink:
+        for application_id, sample in expected.items():
+            event_type, why = ending_of(sample)
+            seen = await sink.wait_for(lambda s, t=event_type, a=application_id: s.events(t, a))
+            assert why(seen.events(event_type, application_id)[0], sample), sample.title
     for application_id, sample in expected.items():
         progress = await wait_terminal(stack, application_id)
         assert progress.stage == sample.expected, (sample.title, [h.stage for h in progress.history])
