@@ -157,6 +157,9 @@ class ServiceRuntime:
         topics = [self.settings.topic(t) for t in self.wiring.inputs] + [
             self.settings.commands_topic, self.settings.retry_topic, self.settings.repartition_topic]
         self.partitions = await self._equal_partitions([*topics, self.settings.changelog_topic])
+        if not await self._has_topic(self.settings.dlq_topic):
+            # Without it no dead letter could be written and a poison record would stop the task.
+            raise RuntimeError(f"topic {self.settings.dlq_topic} does not exist: run make topics")
         self._ctx = Context(self.settings, self.registry, self.wiring, self.archive, self.partitions,
                             self._has_topic, self._learn_schemas)
         self.consumer = bus.make_consumer(self.settings, [])
