@@ -8,14 +8,14 @@ SHELL := bash
 PY      := .venv/bin/python
 SCRIPTS := infra/scripts
 
-.PHONY: help setup venv protos kafka-jars ferretdb pii-key up down status topics topics-plan \
-        run demo test lint clean-data
+.PHONY: help setup venv protos kafka-jars ferretdb pii-key grpc-certs kafka-secrets kafka-rotate up down status \
+        topics topics-plan acl-matrix run demo test lint clean-data
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
 
 # ------------------------------------------------------------------------------ setup
-setup: venv protos kafka-jars ferretdb pii-key ## venv, gRPC stubs, Kafka jars, FerretDB binary, personal-data key
+setup: venv protos kafka-jars ferretdb pii-key grpc-certs kafka-secrets ## venv, gRPC stubs, Kafka jars, FerretDB binary, personal-data keys, gRPC certificates, Kafka secrets
 
 venv: .venv/.tongban-installed
 .venv/.tongban-installed: requirements.txt requirements.lock
@@ -28,9 +28,17 @@ kafka-jars: var/kafka/libs/.tongban-stamp
 var/kafka/libs/.tongban-stamp: infra/pom.xml
 	$(SCRIPTS)/kafka-jars.sh
 
-pii-key: var/pii.keys
-var/pii.keys: | venv
-	$(PY) -m tongban.pii $@
+pii-key: venv ## a personal-data key per party in var/pii/ (python -m tongban.ops.pii keys; adds only what is missing)
+	$(PY) -m tongban.ops.pii keys
+
+grpc-certs: venv ## local gRPC CA, server and caller certificates in var/tls/grpc (renews what expires)
+	$(PY) -m tongban.ops.certs setup
+
+kafka-secrets: venv ## a Kafka secret per principal in var/kafka/principals.secrets (mode 600; adds only what is missing)
+	$(PY) -m tongban.ops principals init
+
+kafka-rotate: venv ## NAME=<principal>: a new Kafka secret, on the broker and in the secrets file
+	$(PY) -m tongban.ops principals rotate $(NAME)
 
 ferretdb: ## FerretDB v1.24.2 into var/bin/ferretdb (built from the Go module)
 	$(SCRIPTS)/build-ferretdb.sh
@@ -45,11 +53,14 @@ down: ## stop them (SIGTERM, then SIGKILL after a grace period)
 status: ## show what is running
 	$(SCRIPTS)/platform.sh status
 
-topics: up ## create the topics declared in infra/topics.toml (never deletes)
-	$(PY) -m tongban.ops.topics apply
+topics: up ## apply infra/topics.toml: topics (never deleted), SCRAM users, ACLs, quotas (undeclared rights revoked)
+	$(PY) -m tongban.ops apply
 
-topics-plan: venv ## show differences between infra/topics.toml and the broker
-	$(PY) -m tongban.ops.topics plan
+topics-plan: venv ## show differences between infra/topics.toml and the broker (topics, users, ACLs, quotas)
+	$(PY) -m tongban.ops plan
+
+acl-matrix: setup ## every pair of declared partners: cross reads and writes denied, own traffic works
+	TONGBAN_ACL_MATRIX=all $(SCRIPTS)/run-tests.sh tests/integration/test_acls.py
 
 clean-data: down ## stop and delete the local broker, store and service state (var/kafka/data, var/ferretdb, var/state)
 	rm -rf var/kafka/data var/ferretdb var/state

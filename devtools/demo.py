@@ -24,6 +24,7 @@ from devtools.launcher import ROOT, Stack
 from services.intake import intake_pb2, intake_pb2_grpc
 from sim.samples import DENIED_MATTER, Sample, samples
 from tongban.config import SERVICE_PORTS
+from tongban.grpc_tls import DEFAULT_CALLER, client_channel
 from tongban.ops.topics import apply
 
 TIMEOUT = 90.0
@@ -94,7 +95,8 @@ def summary(results: list[tuple[Sample, str]]) -> bool:
 
 async def feed(stack: Stack, live: bool) -> bool:
     """One batch, then (live) a batch every 30 s; whether every sample ended as expected."""
-    async with grpc.aio.insecure_channel(stack.grpc_target("intake")) as channel:
+    # As the portal the samples name as their source system (its client certificate).
+    async with client_channel(stack.grpc_target("intake"), DEFAULT_CALLER) as channel:
         stub = intake_pb2_grpc.IntakeStub(channel)
         ok = summary(await run_batch(stub))
         while live:

@@ -2,6 +2,8 @@
 
 Every service is its own OS process (`python -m services.<name>`), as in production; the
 launcher only passes environment, waits for the gRPC health check and keeps logs.
+gRPC is mutual TLS: the launcher makes sure the local CA and certificates exist (as `make
+setup` does) and checks health as `tongban-monitor`, a caller with no role in any API.
 """
 
 from __future__ import annotations
@@ -18,8 +20,12 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tongban.grpc_tls import client_channel, listen_address, tls_dir
+from tongban.ops import certs
+
 ROOT = Path(__file__).resolve().parents[1]
 SERVICES = ("intake", "routing", "verification", "delivery", "feedback")
+MONITOR = "tongban-monitor"  # the caller health checks are made as
 
 
 def free_port() -> int:
@@ -41,7 +47,8 @@ class Stack:
         log_dir.mkdir(parents=True, exist_ok=True)
 
     def grpc_target(self, service: str) -> str:
-        return f"127.0.0.1:{self.ports[service]}"
+        host = self.env.get("TONGBAN_GRPC_HOST") or "127.0.0.1"
+        return listen_address("127.0.0.1" if host in ("0.0.0.0", "::", "[::]") else host, self.ports[service])
 
     def start(self, name: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
         module = "sim" if name == "sim" else f"services.{name}"
@@ -55,13 +62,14 @@ class Stack:
         return process
 
     def start_all(self) -> None:
+        certs.setup(tls_dir(self.env), [self.env.get("TONGBAN_GRPC_HOST", "")])  # idempotent, like make setup
         for name in (*SERVICES, "sim"):
             self.start(name)
 
     async def wait_healthy(self, names: tuple[str, ...] = SERVICES, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         for name in names:
-            async with grpc.aio.insecure_channel(self.grpc_target(name)) as channel:
+            async with client_channel(self.grpc_target(name), MONITOR, tls_dir(self.env)) as channel:
                 stub = health_pb2_grpc.HealthStub(channel)
                 while True:
                     if self.processes[name].poll() is not None:

@@ -21,9 +21,15 @@ from services.intake import intake_pb2, intake_pb2_grpc
 from sim.samples import DENIED_MATTER
 from tongban.codec import CodecError, SchemaRegistry
 from tongban.events import encode_event
+from tongban.grpc_tls import DEFAULT_CALLER, client_channel
+from tongban.ops import acls
+from tongban.ops.kafka_admin import ops_settings
 from tongban.ops.topics import apply, kafka_client_settings, load_declared
 
-KAFKA = kafka_client_settings()  # bootstrap and, in SASL_SSL mode, the security options
+# The tests' own admin, producers and sinks run as the broker's `admin` (operator tools'
+# identity); the services and the simulator as their own principals.
+KAFKA = kafka_client_settings()
+KAFKA_ACLS = ops_settings().kafka_security != "PLAINTEXT"  # an authenticating broker: ACLs per namespace
 REGISTRY = SchemaRegistry.load()
 MARKER = "tongban.catalogue.MatterChanged"
 
@@ -31,6 +37,8 @@ MARKER = "tongban.catalogue.MatterChanged"
 def new_namespace() -> str:
     namespace = f"t{secrets.token_hex(3)}-"
     asyncio.run(apply(KAFKA["bootstrap_servers"], namespace))
+    if KAFKA_ACLS:
+        acls.apply(namespace)  # the rights infra/topics.toml declares, on this namespace's names
     return namespace
 
 
@@ -53,6 +61,8 @@ def drop_namespace(namespace: str) -> None:
             await client.close()
 
     asyncio.run(drop())
+    if KAFKA_ACLS:
+        acls.drop(namespace)
 
 
 def start_stack(namespace: str) -> Stack:
@@ -98,12 +108,14 @@ def trace_file(stack: Stack) -> Path:
     return stack.log_dir / "traces.jsonl"
 
 
-async def submit(stack: Stack, request: intake_pb2.SubmitRequest, timeout: float = 60) -> str:
-    """Submit like a real client: retry on UNAVAILABLE (a crashed or restarting intake)."""
+async def submit(stack: Stack, request: intake_pb2.SubmitRequest, timeout: float = 60,
+                 caller: str = DEFAULT_CALLER) -> str:
+    """Submit like a real client (as `caller`, with its client certificate): retry on
+    UNAVAILABLE (a crashed or restarting intake)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            async with grpc.aio.insecure_channel(stack.grpc_target("intake")) as channel:
+            async with client_channel(stack.grpc_target("intake"), caller) as channel:
                 reply = await intake_pb2_grpc.IntakeStub(channel).Submit(request, timeout=10)
                 return reply.application_id
         except grpc.aio.AioRpcError as exc:
@@ -113,19 +125,19 @@ async def submit(stack: Stack, request: intake_pb2.SubmitRequest, timeout: float
             await asyncio.sleep(0.5)
 
 
-async def track(stack: Stack, application_id: str) -> intake_pb2.Progress:
-    async with grpc.aio.insecure_channel(stack.grpc_target("intake")) as channel:
+async def track(stack: Stack, application_id: str, caller: str = DEFAULT_CALLER) -> intake_pb2.Progress:
+    async with client_channel(stack.grpc_target("intake"), caller) as channel:
         return await intake_pb2_grpc.IntakeStub(channel).Track(
             intake_pb2.TrackRequest(application_id=application_id), timeout=10)
 
 
 async def wait_terminal(stack: Stack, application_id: str, timeout: float = 60,
-                        until=lambda progress: True) -> intake_pb2.Progress:
+                        until=lambda progress: True, caller: str = DEFAULT_CALLER) -> intake_pb2.Progress:
     """Track until the application is concluded and `until(progress)` holds."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            progress = await track(stack, application_id)
+            progress = await track(stack, application_id, caller)
             if progress.terminal and until(progress):
                 return progress
         except grpc.aio.AioRpcError as exc:

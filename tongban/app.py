@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -16,12 +17,13 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind
 from pymongo.errors import PyMongoError
 
-from tongban import store, telemetry
+from tongban import grpc_tls, store, telemetry
 from tongban.codec import SchemaRegistry
 from tongban.config import ConfigError, Settings, load_settings
 from tongban.handling import Rejected, Wiring
 from tongban.runtime import HandlerFailed, NotReady, Refused, ServiceRuntime
 from tongban.runtime.archive import MongoArchive
+from tongban.scrub import scrub
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("tongban.grpc")
@@ -38,23 +40,33 @@ async def grpc_call(context: grpc.aio.ServicerContext, name: str,
     The span continues the caller's trace from gRPC metadata, else the one `fallback` finds
     (the trace of the application the call is about). A rule the request breaks is
     FAILED_PRECONDITION, a request too large to carry INVALID_ARGUMENT, a handler bug
-    INTERNAL, a store or broker outage (or a key this instance does not serve) UNAVAILABLE."""
+    INTERNAL, a store or broker outage (or a key this instance does not serve) UNAVAILABLE.
+    Anything else is INTERNAL with an error id, logged with that id: never the exception's
+    text, which may quote the request. Details are scrubbed of ID and phone numbers, and the
+    span records an exception's class only."""
     carrier = {k: v for k, v in (context.invocation_metadata() or ()) if k in ("traceparent", "tracestate")}
     try:
         if not carrier and fallback is not None:
             carrier = await fallback()
-        with tracer.start_as_current_span(name, context=propagate.extract(carrier), kind=SpanKind.SERVER) as span:
+        with telemetry.safe_span(tracer, name, context=propagate.extract(carrier), kind=SpanKind.SERVER) as span:
             yield span
+    except grpc.aio.AbortError:
+        raise  # the method's own abort, with its own status
     except Rejected as exc:
-        await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        await context.abort(grpc.StatusCode.FAILED_PRECONDITION, scrub(str(exc)))
     except Refused as exc:
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, scrub(str(exc)))
     except HandlerFailed:
         await context.abort(grpc.StatusCode.INTERNAL, f"{name} could not record the request")
     except NotReady as exc:
         await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
     except (PyMongoError, KafkaError):
         await context.abort(grpc.StatusCode.UNAVAILABLE, "store or broker unavailable; retry")
+    except Exception:
+        error_id = secrets.token_hex(8)
+        log.error("unexpected error in a gRPC call", exc_info=True,  # class and code locations only
+                  extra={"fields": {"method": name, "error_id": error_id}})
+        await context.abort(grpc.StatusCode.INTERNAL, f"{name} failed unexpectedly; error id {error_id}")
 
 
 async def serve(
@@ -63,7 +75,9 @@ async def serve(
     add_servicers: Callable[[grpc.aio.Server, ServiceRuntime], None] | None = None,
 ) -> None:
     """Run one service until SIGTERM or SIGINT. Healthy (SERVING) once its partitions are
-    assigned and their state restored."""
+    assigned and their state restored. The gRPC port takes mutual TLS only: a client
+    certificate from Tongban's CA for every call, health included (which needs no role)."""
+    credentials = grpc_tls.server_credentials(settings.grpc_tls_dir, settings.service)
     telemetry.setup(settings)
     registry = SchemaRegistry.load()
     client, db = store.connect(settings)
@@ -74,7 +88,7 @@ async def serve(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if add_servicers:
         add_servicers(server, runtime)
-    server.add_insecure_port(f"127.0.0.1:{settings.grpc_port}")
+    server.add_secure_port(grpc_tls.listen_address(settings.grpc_host, settings.grpc_port), credentials)
     await server.start()
 
     stop = asyncio.Event()
@@ -89,7 +103,8 @@ async def serve(
     await asyncio.wait([ready, stopped, failed], return_when=asyncio.FIRST_COMPLETED)
     if ready.done():
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-        telemetry.log(log, logging.INFO, "service started", service=settings.service, grpc_port=settings.grpc_port)
+        telemetry.log(log, logging.INFO, "service started", service=settings.service, grpc_host=settings.grpc_host,
+                      grpc_port=settings.grpc_port)
         await asyncio.wait([stopped, failed], return_when=asyncio.FIRST_COMPLETED)
     for waiter in (stopped, failed, ready):
         waiter.cancel()
@@ -113,4 +128,7 @@ def main(
         settings = load_settings(service)
     except ConfigError as exc:
         raise SystemExit(f"tongban-{service}: configuration error: {exc}") from None
-    asyncio.run(serve(settings, wiring, add_servicers))
+    try:
+        asyncio.run(serve(settings, wiring, add_servicers))
+    except grpc_tls.TlsFilesMissing as exc:
+        raise SystemExit(f"tongban-{service}: configuration error: {exc}") from None

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from tongban.pii import PiiCipher, parse_keys
+from tongban.pii import Keyring, PiiCipher
+from tongban.pii_policy import load_keyring
 
 # Where TONGBAN_CRASH_POINT may kill a service: after the handlers ran but before anything
 # was produced, after producing inside the open transaction, and while restoring state.
@@ -16,14 +17,34 @@ STATE_STORES = ("rocksdb", "memory")
 SERVICE_PORTS = {"intake": 50051, "routing": 50052, "verification": 50053, "delivery": 50054, "feedback": 50055}
 _NAMESPACE = re.compile(r"^[a-z0-9-]*$")
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_PII_KEY_FILE = ROOT / "var" / "pii.keys"
-# What `make up` gives the local broker in SASL_SSL mode; operator tools fall back to these,
-# services never do (they must be told their own identity).
-LOCAL_SASL_SSL = {
-    "TONGBAN_KAFKA_USERNAME": "tongban",
-    "TONGBAN_KAFKA_PASSWORD": "tongban-secret",
-    "TONGBAN_KAFKA_CAFILE": str(ROOT / "var" / "kafka" / "tls" / "ca.pem"),
-}
+# Kafka security: the first is the default. SASL_* authenticate with SCRAM-SHA-512.
+KAFKA_SECURITY = ("PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL")
+# Every Kafka principal's secret, one `name=secret` a line: made by `make setup` (mode 600,
+# git-ignored), read by every process for its own identity (tongban.ops.principals).
+DEFAULT_KAFKA_SECRETS_FILE = ROOT / "var" / "kafka" / "principals.secrets"
+LOCAL_KAFKA_CAFILE = ROOT / "var" / "kafka" / "tls" / "ca.pem"  # operator tools' default CA (SASL_SSL)
+KAFKA_ADMIN = "admin"  # the broker's own super user; operator tools (local_defaults) run as it
+
+
+def kafka_principal(name: str) -> str:
+    """The Kafka user a process runs as unless TONGBAN_KAFKA_USERNAME says otherwise:
+    `tongban-<service>` for a service, `partner-<id>` for a partner system or feed."""
+    return name if name.startswith(("partner-", "tongban-")) else f"tongban-{name}"
+
+
+def read_kafka_secrets(path: Path) -> dict[str, str]:
+    """principal -> secret from a secrets file; empty when the file does not exist."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}
+    out = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            name, secret = line.split("=", 1)
+            out[name.strip()] = secret.strip()
+    return out
 
 
 class ConfigError(Exception):
@@ -45,10 +66,13 @@ class Settings:
     sasl_password: str | None
     ssl_cafile: str | None
     trace_file: str | None
-    pii_keys: dict[str, bytes]
+    pii_keys: Keyring  # this process's party keys and the current keys of those it seals for
     state_store: str = "rocksdb"
     state_dir: Path = ROOT / "var" / "state"
     replay_horizon_days: int = 30
+    kafka_secrets_file: Path = DEFAULT_KAFKA_SECRETS_FILE  # TONGBAN_KAFKA_SECRETS_FILE
+    grpc_host: str = "127.0.0.1"  # TONGBAN_GRPC_HOST: the address the gRPC server listens on
+    grpc_tls_dir: Path = ROOT / "var" / "tls" / "grpc"  # TONGBAN_GRPC_TLS_DIR: CA, server and client certificates
 
     def pii_cipher(self) -> PiiCipher:
         return PiiCipher(self.pii_keys)
@@ -88,20 +112,33 @@ class Settings:
         return self.topic(f"tongban.repartition.tongban-{self.service}")
 
     def kafka_client_options(self) -> dict:
-        """Bootstrap and security options shared by every aiokafka client of this process."""
+        """Bootstrap and security options shared by every aiokafka client of this process.
+        Raises ConfigError when SASL is on and this identity has no secret."""
         if self.kafka_security == "PLAINTEXT":
             return {"bootstrap_servers": self.kafka_bootstrap}
-        import ssl
-
-        context = ssl.create_default_context(cafile=self.ssl_cafile)
-        return {
+        if not (self.sasl_username and self.sasl_password):
+            raise ConfigError(
+                f"no Kafka secret for principal {self.sasl_username!r}: set TONGBAN_KAFKA_USERNAME and "
+                f"TONGBAN_KAFKA_PASSWORD, or list it in {self.kafka_secrets_file} (TONGBAN_KAFKA_SECRETS_FILE; "
+                "make setup creates the local one)")
+        options = {
             "bootstrap_servers": self.kafka_bootstrap,
-            "security_protocol": "SASL_SSL",
+            "security_protocol": self.kafka_security,
             "sasl_mechanism": "SCRAM-SHA-512",
             "sasl_plain_username": self.sasl_username,
             "sasl_plain_password": self.sasl_password,
-            "ssl_context": context,
         }
+        if self.kafka_security == "SASL_SSL":
+            import ssl
+
+            options["ssl_context"] = ssl.create_default_context(cafile=self.ssl_cafile)
+        return options
+
+    def as_principal(self, principal: str) -> Settings:
+        """The same settings under another Kafka identity, its secret from the secrets file
+        (the partner simulator connects each partner as that partner)."""
+        return replace(self, sasl_username=principal,
+                       sasl_password=read_kafka_secrets(self.kafka_secrets_file).get(principal))
 
 
 def _int(env: dict[str, str], name: str, default: int) -> int:
@@ -121,27 +158,29 @@ def _choice(env: dict[str, str], name: str, choices: tuple[str, ...]) -> str:
     return value
 
 
-def _pii_keys(env: dict[str, str]) -> dict[str, bytes]:
-    """TONGBAN_PII_KEYS, else the file TONGBAN_PII_KEY_FILE (default var/pii.keys, made by
-    `make setup`)."""
-    text = env.get("TONGBAN_PII_KEYS")
-    source = "TONGBAN_PII_KEYS"
-    if not text:
-        path = Path(env.get("TONGBAN_PII_KEY_FILE") or DEFAULT_PII_KEY_FILE)
-        source = str(path)
-        try:
-            text = path.read_text()
-        except OSError:
-            raise ConfigError(f"no personal-data key: set TONGBAN_PII_KEYS or create {path} (make setup)") from None
+def _pii_keys(service: str, env: dict[str, str]) -> Keyring:
+    """The process's personal-data keyring (tongban.pii_policy): its party's keys from
+    TONGBAN_PII_KEYS, TONGBAN_PII_KEY_FILE or var/pii/<party>.keys (made by `make setup`), and
+    the current keys of the parties it seals for. Routing and feedback hold none."""
     try:
-        return parse_keys(text)
+        return load_keyring(service, env)
     except ValueError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
+        raise ConfigError(str(exc)) from None
+
+
+def _grpc_host(env: dict[str, str]) -> str:
+    """TONGBAN_GRPC_HOST: loopback unless told otherwise (an address or a name, no port)."""
+    host = env.get("TONGBAN_GRPC_HOST") or "127.0.0.1"
+    if not re.match(r"^(\[[0-9a-fA-F:.]+\]|[0-9a-fA-F:.]+|[A-Za-z0-9.-]+)$", host) or host.count(":") == 1:
+        raise ConfigError(f"TONGBAN_GRPC_HOST must be a host name or an IP address without a port, got {host!r}")
+    return host
 
 
 def load_settings(service: str, env: dict[str, str] | None = None, *, local_defaults: bool = False) -> Settings:
-    """Read and check the TONGBAN_* variables. `local_defaults` (operator tools only) fills
-    in the local broker's SASL_SSL identity when none is given."""
+    """Read and check the TONGBAN_* variables. The Kafka identity is TONGBAN_KAFKA_USERNAME /
+    _PASSWORD, else the process's own principal (`kafka_principal(service)`) with its secret
+    from the secrets file; `local_defaults` (operator tools only) makes it the broker's
+    `admin` and the CA the local one."""
     env = dict(os.environ if env is None else env)
     namespace = env.get("TONGBAN_NAMESPACE", "")
     if not _NAMESPACE.match(namespace):
@@ -149,15 +188,18 @@ def load_settings(service: str, env: dict[str, str] | None = None, *, local_defa
     crash_point = env.get("TONGBAN_CRASH_POINT") or None
     if crash_point is not None and crash_point not in CRASH_POINTS:
         raise ConfigError(f"TONGBAN_CRASH_POINT must be one of {', '.join(CRASH_POINTS)}, got {crash_point!r}")
-    security = env.get("TONGBAN_KAFKA_SECURITY", "PLAINTEXT").upper()
-    if security not in ("PLAINTEXT", "SASL_SSL"):
-        raise ConfigError(f"TONGBAN_KAFKA_SECURITY must be PLAINTEXT or SASL_SSL, got {security!r}")
-    if security == "SASL_SSL" and local_defaults:
-        env = {**LOCAL_SASL_SSL, **{k: v for k, v in env.items() if v}}
-    username = env.get("TONGBAN_KAFKA_USERNAME") or None
+    security = (env.get("TONGBAN_KAFKA_SECURITY") or KAFKA_SECURITY[0]).upper()
+    if security not in KAFKA_SECURITY:
+        raise ConfigError(f"TONGBAN_KAFKA_SECURITY must be one of {', '.join(KAFKA_SECURITY)}, got {security!r}")
+    secrets_file = Path(env.get("TONGBAN_KAFKA_SECRETS_FILE") or DEFAULT_KAFKA_SECRETS_FILE)
+    username = env.get("TONGBAN_KAFKA_USERNAME") or (KAFKA_ADMIN if local_defaults else kafka_principal(service))
     password = env.get("TONGBAN_KAFKA_PASSWORD") or None
-    if security == "SASL_SSL" and not (username and password):
-        raise ConfigError("TONGBAN_KAFKA_SECURITY=SASL_SSL needs TONGBAN_KAFKA_USERNAME and TONGBAN_KAFKA_PASSWORD")
+    if security != "PLAINTEXT" and password is None:
+        password = read_kafka_secrets(secrets_file).get(username)
+        if password is None and service in SERVICE_PORTS:  # a service must have its identity up front
+            raise ConfigError(f"TONGBAN_KAFKA_PASSWORD is unset and {secrets_file} has no secret for {username} "
+                              "(make setup creates it; TONGBAN_KAFKA_SECRETS_FILE names another)")
+    cafile = env.get("TONGBAN_KAFKA_CAFILE") or (str(LOCAL_KAFKA_CAFILE) if local_defaults else None)
     return Settings(
         service=service,
         kafka_bootstrap=env.get("TONGBAN_KAFKA_BOOTSTRAP")
@@ -171,10 +213,13 @@ def load_settings(service: str, env: dict[str, str] | None = None, *, local_defa
         kafka_security=security,
         sasl_username=username,
         sasl_password=password,
-        ssl_cafile=env.get("TONGBAN_KAFKA_CAFILE") or None,
+        ssl_cafile=cafile,
         trace_file=env.get("TONGBAN_TRACE_FILE") or None,
-        pii_keys=_pii_keys(env),
+        pii_keys=_pii_keys(service, env),
         state_store=_choice(env, "TONGBAN_STATE_STORE", STATE_STORES),
         state_dir=Path(env.get("TONGBAN_STATE_DIR") or ROOT / "var" / "state"),
         replay_horizon_days=_int(env, "TONGBAN_REPLAY_HORIZON_DAYS", 30),
+        kafka_secrets_file=secrets_file,
+        grpc_host=_grpc_host(env),
+        grpc_tls_dir=Path(env.get("TONGBAN_GRPC_TLS_DIR") or ROOT / "var" / "tls" / "grpc"),
     )

@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
+from tongban.pii import looks_sealed
+
 CHANNELS = ("WINDOW", "PORTAL", "MOBILE", "TERMINAL", "PARTNER")
 DELIVERY_METHODS = ("ELECTRONIC", "POST", "WINDOW")
 APPLICANT_KINDS = ("PERSON", "COMPANY")
@@ -97,6 +99,7 @@ def check_submission(submission: Submission) -> None:
         problems.append(f"materials: at most {MAX_MATERIALS} items (got {len(submission.materials)})")
     problems += _item_problems("materials", "code", submission.materials, MAX_CODE_LENGTH)
     problems += _item_problems("materials", "name", submission.material_names, MAX_NAME_LENGTH)
+    problems += sealed_problems(submission)
     if not submission.matter_code.strip():
         problems.append("matter_code is required")
     if submission.channel not in CHANNELS:
@@ -120,16 +123,36 @@ def check_submission(submission: Submission) -> None:
         raise InvalidSubmission(problems)
 
 
+SEALED_INPUT = "looks sealed (starts with pii:v); send the plaintext: Tongban seals personal data itself"
+
+
+def sealed_problems(submission: Submission) -> list[str]:
+    """Input that already looks sealed is refused, naming the field (never its value): a
+    sealed value is only ever made by Tongban, bound to its place, and is never taken in."""
+    fields = [(field, getattr(submission, attribute)) for field, attribute, _ in _STRING_LIMITS]
+    fields += [("channel", submission.channel), ("receiving_division", submission.receiving_division),
+               ("home_division", submission.home_division), ("applicant.kind", submission.applicant_kind),
+               ("delivery_method", submission.delivery_method)]
+    for part, values in (("code", submission.materials), ("name", submission.material_names)):
+        fields += [(f"materials[{i}].{part}", value) for i, value in enumerate(values)]
+    return [f"{field}: {SEALED_INPUT}" for field, value in fields if looks_sealed(value)]
+
+
 def application_id_for(source_system: str, client_reference: str) -> str:
     """One id per (source, reference): a retried submission is the same application."""
     digest = hashlib.sha256(f"{source_system}\x1f{client_reference}".encode()).hexdigest()
     return f"TB{digest[:20].upper()}"
 
 
-def new_progress(application_id: str, matter_code: str, at: datetime) -> dict:
+def new_progress(application_id: str, matter_code: str, at: datetime, source_system: str = "",
+                 source_role: str = "") -> dict:
+    """`source_system` and `source_role` are the receiving caller's, from its certificate:
+    they decide who may Track and Rate the application (`may_see`)."""
     return {
         "application_id": application_id,
         "matter_code": matter_code,
+        "source_system": source_system,
+        "source_role": source_role,
         "stage": "RECEIVED",
         "terminal": False,
         "history": [{"stage": "RECEIVED", "at": at, "detail": ""}],
@@ -154,6 +177,19 @@ def advance(progress: dict | None, application_id: str, stage: str, at: datetime
     return view
 
 
+def may_see(progress: dict, source_system: str, role: str) -> bool:
+    """Whether a caller may Track (and, if its role may rate, Rate) an application: the
+    system that received it; any portal, for what a portal received (the applicant follows
+    an online application on any portal of the integrated platform); operators, all of it.
+    A view without a receiver (received before receivers were recorded) is for operators."""
+    if role == "operator":
+        return True
+    received_by = progress.get("source_system") or ""
+    if received_by and received_by == source_system:
+        return True
+    return role == "portal" and progress.get("source_role") == "portal"
+
+
 def check_rating(progress: dict, level: int, channel: str, comment: str | None = None) -> None:
     problems = []
     if progress["stage"] not in RATEABLE:
@@ -164,5 +200,7 @@ def check_rating(progress: dict, level: int, channel: str, comment: str | None =
         problems.append(f"channel must be one of {', '.join(RATING_CHANNELS)}")
     if problem := too_long("comment", comment, MAX_COMMENT_LENGTH):
         problems.append(problem)
+    if looks_sealed(comment):
+        problems.append(f"comment: {SEALED_INPUT}")
     if problems:
         raise InvalidSubmission(problems)

@@ -4,7 +4,8 @@ Inputs:  gRPC Submit / Track / Rate; lifecycle events on tongban.application.{ro
          verified, accepted, decided, delivered}.
 Outputs: ApplicationReceived on tongban.application.received; ServiceRating on
          tongban.feedback.ratings (keyed by application id: 一事一评).
-State:   one progress view per application (services.intake.domain), no personal data.
+State:   one progress view per application (services.intake.domain), no personal data:
+         the details it shows are scrubbed of ID and phone numbers (tongban.scrub).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from services.intake import domain
 from tongban import topics
 from tongban.events import derive_event_id
 from tongban.handling import Emit, Event, Outcome, Rejected
+from tongban.scrub import scrub
 
 RECEIVED = topics.APPLICATION_RECEIVED
 RATINGS = topics.FEEDBACK_RATINGS
@@ -28,10 +30,21 @@ RATE = "intake.Rate"
 
 
 async def submit(event: Event, state: dict | None) -> Outcome:
-    """`event.payload` is the ApplicationReceived body, already formally checked by the API."""
-    body = event.payload
-    progress = domain.new_progress(body["application_id"], body["matter_code"], body["submitted_at"])
+    """`event.payload` is the ApplicationReceived body, already formally checked by the API,
+    and `received_by`: the receiving caller's source system and role, from its certificate."""
+    body = dict(event.payload)
+    receiver = body.pop("received_by", None) or {}
+    progress = domain.new_progress(body["application_id"], body["matter_code"], body["submitted_at"],
+                                   receiver.get("source_system", ""), receiver.get("role", ""))
     progress["receiving_division"] = body["receiving_division"]
+    # Material names and codes are the applicant's free text and travel unsealed: what they
+    # repeat of the applicant (name, ID number, phone) is scrubbed here, the one place that
+    # knows it in the clear. The personal fields themselves are sealed by the runtime.
+    applicant = body.get("applicant") or {}
+    parties = (applicant.get("name"), applicant.get("id_number"), applicant.get("phone"))
+    if "materials" in body:
+        body["materials"] = [{**m, "code": scrub(m["code"], parties), "name": scrub(m["name"], parties)}
+                             for m in body["materials"]]
     return Outcome(state=progress, emits=[Emit(RECEIVED, topics.APPLICATION_RECEIVED_EVENT, event.key, body)])
 
 
@@ -105,7 +118,9 @@ async def on_delivered(event: Event, state: dict | None) -> Outcome:
 
 
 def _advance(event: Event, state: dict | None, stage: str, detail: str = "", **facts: object) -> Outcome:
-    progress = domain.advance(state, event.key, stage, event.envelope["occurred_at"], detail, **facts)
+    # Details come from other services and partners; they were scrubbed where the names are
+    # known, and ID and phone numbers are scrubbed once more before Track shows them.
+    progress = domain.advance(state, event.key, stage, event.envelope["occurred_at"], scrub(detail), **facts)
     # A concluded application leaves the hot state for the archive; Track and Rate still find it.
     return Outcome(state=progress, finished=progress["terminal"])
 

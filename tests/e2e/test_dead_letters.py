@@ -14,9 +14,11 @@ from services.intake import intake_pb2, intake_pb2_grpc
 from services.intake.api import received_body
 from services.intake.domain import application_id_for
 from sim.samples import samples
+from tests.pii_parties import sealed_by
 from tests.support import KAFKA, REGISTRY, Sink, produce, submit, wait_terminal
 from tongban.codec import schema_fingerprint
 from tongban.events import encode_event, now_utc
+from tongban.grpc_tls import client_channel
 
 pytestmark = pytest.mark.integration
 
@@ -81,7 +83,8 @@ async def test_content_that_breaks_a_rule_is_dead_lettered_with_its_reason(stack
               "comment": "张三 13800000000",
               "rated_at": now_utc()}
     _, bad_rating = encode_event(REGISTRY, "tongban.feedback.ServiceRating", rating, cause_id="bad-level",
-                                 correlation_id="KSTB-MED-01", source_system="test")
+                                 correlation_id="KSTB-MED-01", source_system="test",
+                                 **sealed_by("intake", "tongban.feedback.ratings"))
     await produce(namespace, "tongban.feedback.ratings", b"KSTB-MED-01", bad_rating)
 
     async with Sink(namespace, ["tongban.dlq.tongban-delivery", "tongban.dlq.tongban-feedback"]) as sink:
@@ -102,7 +105,8 @@ async def test_a_record_replayed_through_the_retry_topic_is_handled_as_from_its_
     application_id = "TBREPLAY" + secrets.token_hex(4).upper()
     body = received_body(application_id, samples(secrets.token_hex(4))[0].request)
     _, value = encode_event(REGISTRY, "tongban.application.ApplicationReceived", body, cause_id=application_id,
-                            correlation_id=application_id, source_system="tongban-intake")
+                            correlation_id=application_id, source_system="tongban-intake",
+                            **sealed_by("intake", "tongban.application.received"))
     origin = (namespace + "tongban.application.received").encode()
     await produce(namespace, "tongban.retry.tongban-routing", application_id.encode(), value,
                   headers=[("tongban.origin.topic", origin)])
@@ -147,7 +151,8 @@ async def test_records_that_once_halted_services_are_dead_lettered_and_every_pro
     valid_id = "TBNULLTRACE" + secrets.token_hex(4).upper()
     body = received_body(valid_id, samples(secrets.token_hex(4))[0].request)
     _, valid = encode_event(REGISTRY, "tongban.application.ApplicationReceived", body, cause_id=valid_id,
-                            correlation_id=valid_id, source_system="test")
+                            correlation_id=valid_id, source_system="test",
+                            **sealed_by("intake", "tongban.application.received"))
     await produce_raw(namespace, received, valid_id.encode(), valid, [("traceparent", None)])
     for origin in (None, b"\xff\xfe not utf-8"):
         await produce_raw(namespace, "tongban.retry.tongban-routing", b"replayed", valid,
@@ -157,8 +162,9 @@ async def test_records_that_once_halted_services_are_dead_lettered_and_every_pro
                   schema_json.encode())
     await produce(namespace, "tongban.partner.420000.decisions", b"TBROGUE", rogue)
 
-    # The record with a null trace header is valid: it is carried to its end.
-    assert (await wait_terminal(stack, valid_id)).stage == "DELIVERED"
+    # The record with a null trace header is valid: it is carried to its end. It did not come
+    # through intake's API, so no receiving system may track it: an operator does.
+    assert (await wait_terminal(stack, valid_id, caller="tongban-operator")).stage == "DELIVERED"
     application_id = await submit(stack, samples(secrets.token_hex(4))[0].request)
     assert (await wait_terminal(stack, application_id)).stage == "DELIVERED"
 
@@ -187,7 +193,7 @@ async def test_an_oversized_submit_is_refused_naming_the_field_and_nothing_is_wr
     request = samples(secrets.token_hex(4))[0].request
     del request.materials[:]
     request.materials.extend(intake_pb2.Material(code=f"M{n}", name="材料", provided=True) for n in range(100_000))
-    async with grpc.aio.insecure_channel(stack.grpc_target("intake")) as channel:
+    async with client_channel(stack.grpc_target("intake")) as channel:
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await intake_pb2_grpc.IntakeStub(channel).Submit(request, timeout=30)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
