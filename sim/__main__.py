@@ -12,6 +12,8 @@ from tongban import telemetry
 from tongban.codec import SchemaRegistry
 from tongban.config import ConfigError, load_settings
 from tongban.partners import authorities
+from tongban.pii import PiiCipher
+from tongban.pii_policy import party_keyring
 
 
 async def run(deny_matters: frozenset[str], carrier_ledger: Path | None) -> None:
@@ -22,14 +24,18 @@ async def run(deny_matters: frozenset[str], carrier_ledger: Path | None) -> None
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    cipher = settings.pii_cipher()
+    # Each partner holds its own personal-data key only (var/pii/<id>.keys), as it would at home.
+    try:
+        ciphers = {pid: PiiCipher(party_keyring(pid)) for pid in [*authorities(), "ems"]}
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     tasks = [
         run_partner(settings, registry, pid, f"tongban.partner.{pid}.assignments",
-                    authority(pid, deny_matters, cipher), stopping)
+                    authority(pid, deny_matters, ciphers[pid]), stopping)
         for pid in authorities()
     ]
     tasks.append(run_partner(settings, registry, "ems", "tongban.partner.ems.dispatches",
-                             carrier(cipher, carrier_ledger), stopping))
+                             carrier(ciphers["ems"], carrier_ledger), stopping))
     await asyncio.gather(*tasks)
 
 

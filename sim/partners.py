@@ -53,8 +53,10 @@ def authority(partner_id: str, deny_matters: frozenset[str], cipher: PiiCipher) 
             return []
         base = {"assignment_id": assigned["assignment_id"], "application_id": assigned["application_id"]}
         try:
-            # The authority looks the applicant up in its own records: it must be able to read them.
-            cipher.open(assigned["applicant"]["id_number"])
+            # The authority looks the applicant up in its own records: it must be able to read
+            # them, sealed for this partner and bound to this assignment's field.
+            cipher.open(assigned["applicant"]["id_number"], record="tongban.partner.MatterAssigned",
+                        path="applicant.id_number", subject=assigned["application_id"])
         except PiiError:
             refused = {**base, "outcome": "REFUSED", "reason": "申请人信息无法读取 (applicant data unreadable)",
                        "accepted_at": now_utc()}
@@ -84,8 +86,9 @@ def carrier(cipher: PiiCipher, ledger: Path | None = None) -> Respond:
             with ledger.open("a", encoding="utf-8") as parcels:
                 parcels.write(json.dumps({"dispatch_id": dispatch["dispatch_id"],
                                           "application_id": dispatch["application_id"]}) + "\n")
-        try:
-            cipher.open(dispatch["address"])  # the carrier must read the address to deliver
+        try:  # the carrier must read the address to deliver
+            cipher.open(dispatch["address"], record="tongban.delivery.PostalDispatch", path="address",
+                        subject=dispatch["application_id"])
             status = "DELIVERED"
         except PiiError:
             status = "RETURNED"
@@ -104,8 +107,11 @@ def identity_of(partner_id: str) -> str:
 
 async def run_partner(settings: Settings, registry: SchemaRegistry, partner_id: str, inbound: str,
                       respond: Respond, stopping: asyncio.Event) -> None:
-    """Consume one partner's outbound topic and answer, committing after the answers are sent."""
+    """Consume one partner's outbound topic and answer, committing after the answers are sent.
+    The partner connects as its own Kafka principal (`partner-<id>`, its secret from the
+    secrets file), so the broker's ACLs hold it to its own topics and group."""
     identity = identity_of(partner_id)
+    settings = settings.as_principal(identity)
     cipher = settings.pii_cipher()
     producer: AIOKafkaProducer = bus.make_producer(settings, client_id=identity)
     consumer = bus.make_consumer(settings, [settings.topic(inbound)], group=settings.topic(identity))

@@ -126,6 +126,7 @@ def main(
     """Entry point of `python -m services.<name>`: fails fast on bad configuration."""
     try:
         settings = load_settings(service)
+        settings.kafka_client_options()  # its own Kafka identity is complete (a secret found) before anything starts
     except ConfigError as exc:
         raise SystemExit(f"tongban-{service}: configuration error: {exc}") from None
     try:

@@ -323,9 +323,15 @@ class SchemaRegistry:
 
     def map_pii(self, full_name: str, record: dict, change: Callable[[Any], Any]) -> dict:
         """A copy of ``record`` with ``change`` applied to every non-null pii value
-        (``mask`` hides them; ``tongban.pii`` seals and opens them)."""
+        (``mask`` hides them)."""
+        return self.map_pii_paths(full_name, record, lambda _path, value: change(value))
+
+    def map_pii_paths(self, full_name: str, record: dict, change: Callable[[str, Any], Any]) -> dict:
+        """Like ``map_pii``, ``change`` also getting each value's path: fields joined by
+        ``.``, array items ``[i]``, map values ``[key]`` (``applicant.name``,
+        ``materials[0].name``). ``tongban.pii`` seals and opens values bound to their path."""
         parsed = self._pii_schema(full_name)
-        return _map_pii(parsed, record, parsed["__named_schemas"], change)
+        return _map_pii(parsed, record, parsed["__named_schemas"], change, "")
 
 
 # -- schema helpers ---------------------------------------------------------------------
@@ -479,16 +485,17 @@ def _has_pii(schema: Any, named: Mapping[str, Any]) -> bool:
     return bool(found)
 
 
-def _map_pii(schema: Any, datum: Any, named: Mapping[str, Any], change: Callable[[Any], Any]) -> Any:
-    """A copy of ``datum`` with ``change`` applied to every non-null pii value. Values whose
-    shape does not match the schema are masked whole if they could hold pii."""
+def _map_pii(schema: Any, datum: Any, named: Mapping[str, Any], change: Callable[[str, Any], Any],
+             path: str) -> Any:
+    """A copy of ``datum`` with ``change(path, value)`` applied to every non-null pii value.
+    Values whose shape does not match the schema are masked whole if they could hold pii."""
     if datum is None:
         return None
     node, kind = _kind(schema, named)
     if kind == "union":
         branches = [b for b in node if b != "null"]
         if len(branches) == 1:
-            return _map_pii(branches[0], datum, named, change)
+            return _map_pii(branches[0], datum, named, change, path)
         return MASK if _has_pii(node, named) else copy.deepcopy(datum)
     if kind in ("record", "error"):
         if not isinstance(datum, Mapping):
@@ -500,16 +507,16 @@ def _map_pii(schema: Any, datum: Any, named: Mapping[str, Any], change: Callable
             if f is None:
                 out[key] = copy.deepcopy(value)
             elif f.get("pii") is True:
-                out[key] = None if value is None else change(value)
+                out[key] = None if value is None else change(_join(path, key), value)
             else:
-                out[key] = _map_pii(f["type"], value, named, change)
+                out[key] = _map_pii(f["type"], value, named, change, _join(path, key))
         return out
     if kind == "array":
         if not isinstance(datum, (list, tuple)):
             return MASK if _has_pii(node, named) else copy.deepcopy(datum)
-        return [_map_pii(node["items"], item, named, change) for item in datum]
+        return [_map_pii(node["items"], item, named, change, f"{path}[{i}]") for i, item in enumerate(datum)]
     if kind == "map":
         if not isinstance(datum, Mapping):
             return MASK if _has_pii(node, named) else copy.deepcopy(datum)
-        return {key: _map_pii(node["values"], value, named, change) for key, value in datum.items()}
+        return {key: _map_pii(node["values"], value, named, change, f"{path}[{key}]") for key, value in datum.items()}
     return copy.deepcopy(datum)

@@ -195,10 +195,7 @@ def load_settings(service: str, env: dict[str, str] | None = None, *, local_defa
     username = env.get("TONGBAN_KAFKA_USERNAME") or (KAFKA_ADMIN if local_defaults else kafka_principal(service))
     password = env.get("TONGBAN_KAFKA_PASSWORD") or None
     if security != "PLAINTEXT" and password is None:
-        password = read_kafka_secrets(secrets_file).get(username)
-        if password is None and service in SERVICE_PORTS:  # a service must have its identity up front
-            raise ConfigError(f"TONGBAN_KAFKA_PASSWORD is unset and {secrets_file} has no secret for {username} "
-                              "(make setup creates it; TONGBAN_KAFKA_SECRETS_FILE names another)")
+        password = read_kafka_secrets(secrets_file).get(username)  # None: kafka_client_options() refuses
     cafile = env.get("TONGBAN_KAFKA_CAFILE") or (str(LOCAL_KAFKA_CAFILE) if local_defaults else None)
     return Settings(
         service=service,

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from tongban.codec import SchemaRegistry
-from tongban.pii import PiiCipher
+from tongban.pii import PiiCipher, PiiError, seal_record, unsealed_fields
 
 EVENT_ID_NAMESPACE = uuid.UUID("5f1d1a52-4f0e-4a39-9a53-7d3c1a6c2b10")
 
@@ -36,11 +37,16 @@ def encode_event(
     source_partner: str | None = None,
     qualifier: str = "",
     cipher: PiiCipher | None = None,
+    recipients: Sequence[str] = (),
     event_id: str | None = None,
 ) -> tuple[str, bytes]:
-    """Wrap a payload in its envelope, seal its personal fields with `cipher`, and encode
-    it; returns (event id, framed bytes). The id derives from the cause unless given (a
-    command carries its caller's id)."""
+    """Wrap a payload in its envelope, seal its personal fields with `cipher` for
+    `recipients` (the parties `tongban.pii_policy.recipients(topic)` names), bound to their
+    path and to `correlation_id`, and encode it; returns (event id, framed bytes). The id
+    derives from the cause unless given (a command carries its caller's id).
+
+    Raises PiiError (naming fields, never values) rather than let a personal field travel in
+    the clear: no cipher or recipients for an event that has one, or a value already sealed."""
     event_id = event_id or derive_event_id(cause_id, event_type, qualifier)
     envelope = {
         "event_id": event_id,
@@ -53,6 +59,10 @@ def encode_event(
         "causation_id": cause_id,
     }
     record = {"envelope": envelope, **payload}
-    if cipher is not None:
-        record = registry.map_pii(event_type, record, cipher.seal)
+    if cipher is not None and recipients:
+        record = seal_record(registry, event_type, record, cipher, recipients, subject=correlation_id)
+    plaintext = unsealed_fields(registry, event_type, record)
+    if plaintext:
+        raise PiiError(f"{event_type}: personal field(s) {', '.join(plaintext)} would travel unsealed "
+                       "(no cipher or no recipients for this topic)")
     return event_id, registry.encode(event_type, record)

@@ -13,15 +13,19 @@ import os
 import sys
 import threading
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.trace import Status, StatusCode
 
 from tongban.config import Settings
+from tongban.scrub import scrub
 
 Headers = Sequence[tuple[str, bytes]]
 
@@ -47,7 +51,10 @@ class JsonLinesSpanExporter(SpanExporter):
                         "span_id": format(ctx.span_id, "016x"),
                         "parent_id": format(parent.span_id, "016x") if parent else None,
                         "attributes": dict(span.attributes or {}),
-                    }
+                        "status": span.status.status_code.name,
+                        "events": [{"name": e.name, "attributes": dict(e.attributes or {})} for e in span.events],
+                    },
+                    ensure_ascii=False,
                 )
             )
         with self._lock, open(self._path, "a", encoding="utf-8") as out:
@@ -62,11 +69,12 @@ class JsonLogFormatter(logging.Formatter):
             "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
             "level": record.levelname,
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": scrub(record.getMessage()),
         }
         if span_ctx.is_valid:
             entry["trace_id"] = format(span_ctx.trace_id, "032x")
-        entry.update(getattr(record, "fields", {}))
+        # Fields are ids, types and counts; free text among them (a reason) is scrubbed again.
+        entry.update({k: scrub(v) if isinstance(v, str) else v for k, v in getattr(record, "fields", {}).items()})
         if record.exc_info and record.exc_info[0]:
             # Class and code locations only: exception messages may carry personal data.
             entry["error"] = record.exc_info[0].__name__
@@ -107,3 +115,18 @@ def extract_headers(headers: Headers | None) -> otel_context.Context:
 def log(logger: logging.Logger, level: int, msg: str, **fields: object) -> None:
     """Log with structured fields (ids, types, counts: never personal data)."""
     logger.log(level, msg, extra={"fields": fields})
+
+
+@contextmanager
+def safe_span(tracer: trace.Tracer, name: str, **kwargs: Any) -> Iterator[trace.Span]:
+    """`tracer.start_as_current_span` whose exceptions leave only their class on the span:
+    OpenTelemetry's own recording puts the exception's text and stack (which may quote
+    personal data) into a span event and the status description."""
+    with tracer.start_as_current_span(name, record_exception=False, set_status_on_exception=False,
+                                      **kwargs) as span:
+        try:
+            yield span
+        except Exception as exc:
+            span.add_event("exception", {"exception.type": type(exc).__name__})
+            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            raise

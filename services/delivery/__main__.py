@@ -8,7 +8,8 @@ from tongban.partners import authorities
 
 
 def wiring(settings: Settings) -> Wiring:
-    return Wiring("delivery", inputs=handlers.inputs(authorities()), handlers=handlers.HANDLERS)
+    return Wiring("delivery", inputs=handlers.inputs(authorities()),
+                  handlers=handlers.make_handlers(settings.pii_cipher()))
 
 
 if __name__ == "__main__":

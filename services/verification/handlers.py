@@ -17,6 +17,7 @@ from tongban import topics
 from tongban.events import now_utc
 from tongban.handling import Emit, Event, Handler, Outcome
 from tongban.pii import PiiCipher
+from tongban.scrub import scrub, scrub_all
 
 VERIFIED = topics.APPLICATION_VERIFIED
 INPUTS = [topics.APPLICATION_RECEIVED, topics.APPLICATION_ROUTED]
@@ -31,9 +32,12 @@ def _verify(key: str, state: dict, cipher: PiiCipher) -> Outcome:
         return Outcome(state=state)
     application = state["application"]
     a = application["applicant"]
-    # The one place verification needs the plaintext: checking the identity number.
+    # The one place verification needs the plaintext: checking the identity number. Values are
+    # bound to where intake sealed them: this application's ApplicationReceived.
+    name, id_number = (cipher.open(a[f], record=topics.APPLICATION_RECEIVED_EVENT, path=f"applicant.{f}", subject=key)
+                       for f in ("name", "id_number"))
     result = verify_application(
-        Applicant(kind=a["kind"], name=cipher.open(a["name"]), id_number=cipher.open(a["id_number"]), phone=None),
+        Applicant(kind=a["kind"], name=name, id_number=id_number, phone=None),
         [ProvidedMaterial(m["code"], m["name"], m["provided"], m["original_checked"])
          for m in application["materials"]],
         None,
@@ -41,11 +45,16 @@ def _verify(key: str, state: dict, cipher: PiiCipher) -> Outcome:
     )
     state["result"] = "PASSED" if result.passed else "FAILED"
     del state["application"]  # personal data is kept no longer than the check needs it
+    # Material names and codes are the applicant's words: whatever of the applicant they
+    # repeat is scrubbed before the reasons travel (unsealed) and reach Track.
+    parties = (name, id_number)
     if result.passed:
-        body = {"application_id": key, "checks": [asdict(c) for c in result.checks]}
+        checks = [{**asdict(c), "check": scrub(c.check, parties), "detail": scrub(c.detail, parties)}
+                  for c in result.checks]
+        body = {"application_id": key, "checks": checks}
         return Outcome(state=state, finished=True, emits=[Emit(VERIFIED, topics.APPLICATION_VERIFIED_EVENT, key, body)])
-    body = {"application_id": key, "reasons": list(result.reasons),
-            "missing_materials": list(result.missing_materials)}
+    body = {"application_id": key, "reasons": scrub_all(result.reasons, parties),
+            "missing_materials": scrub_all(result.missing_materials, parties)}
     return Outcome(state=state, finished=True,
                    emits=[Emit(VERIFIED, topics.APPLICATION_VERIFICATION_FAILED_EVENT, key, body)])
 

@@ -16,6 +16,7 @@ from tests.support import REGISTRY, Sink, drop_namespace, new_namespace
 from tongban.config import load_settings
 from tongban.events import now_utc
 from tongban.handling import Emit, Event, Outcome, Timer, Wiring
+from tongban.pii import new_key_line
 from tongban.runtime import ServiceRuntime
 from tongban.runtime.archive import MongoArchive
 from tongban.runtime.core import OutRecord, TaskFenced
@@ -69,9 +70,14 @@ class StoreCommands(monitoring.CommandListener):
         pass
 
 
+KEY_LINE = new_key_line()
+
+
 def settings_for(namespace, state_dir):
     env = {**os.environ, "TONGBAN_NAMESPACE": namespace, "TONGBAN_SESSION_TIMEOUT_MS": "3000",
-           "TONGBAN_STATE_DIR": str(state_dir), "TONGBAN_STATE_STORE": "rocksdb"}
+           "TONGBAN_STATE_DIR": str(state_dir), "TONGBAN_STATE_STORE": "rocksdb",
+           # Its commands are sealed for itself: this test service holds a key of its own.
+           "TONGBAN_PII_PARTY": "routing", "TONGBAN_PII_KEYS": KEY_LINE}
     return load_settings("routing", env)
 
 

@@ -7,13 +7,34 @@ import pytest
 
 from services.delivery import domain, handlers
 from services.delivery.domain import dispatch_id_for
+from tests.pii_parties import cipher, seal, seal_received
+from tongban.codec import SchemaRegistry
 from tongban.handling import Event, Outcome, Rejected
+from tongban.pii import PiiError
 
 APP = "TBUNIT"
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
-APPLICANT = {"kind": "PERSON", "name": "示例", "id_number": "x", "phone": "13800000000"}
+ID_NUMBER = "430102199003071234"
+APPLICANT = {"kind": "PERSON", "name": "示例", "id_number": ID_NUMBER, "phone": "13800000000"}
 MATERIALS = [{"code": "ARTICLES", "name": "公司章程", "provided": True, "original_checked": True}]
-RECEIVED = {"applicant": APPLICANT, "materials": MATERIALS, "delivery_method": "POST", "postal_address": "长沙"}
+REGISTRY = SchemaRegistry.load()
+CIPHER = cipher("delivery")
+
+
+def sealed_applicant(application_id: str = APP) -> dict:
+    """The applicant as intake sealed it: for verification and delivery, bound to the application."""
+    return {k: v if k == "kind" else seal_received(v, f"applicant.{k}", application_id) for k, v in APPLICANT.items()}
+
+
+RECEIVED = {"applicant": sealed_applicant(), "materials": MATERIALS, "delivery_method": "POST",
+            "postal_address": seal_received("长沙", "postal_address", APP)}
+ACCEPTANCE_EVENT, DECISION_EVENT = "tongban.partner.AuthorityAcceptance", "tongban.partner.AuthorityDecision"
+RECEIPT_EVENT = "tongban.delivery.PostalReceipt"
+
+
+def run(event_type: str):
+    """Delivery's handler for `event_type`, made with delivery's own key."""
+    return handlers.make_handlers(CIPHER, REGISTRY)[event_type]
 ROUTED = {"application_id": APP, "matter_code": "KSTB-MKT-01", "mode": "RECEIVE_HERE_HANDLE_THERE",
           "deciding_partner": "440000", "deciding_division": "440300", "legs": [], "promised_working_days": 3,
           "due_at": T0}
@@ -28,13 +49,15 @@ def event(event_type: str, payload: dict, topic: str = "tongban.application.rece
 async def feed(*steps) -> tuple[dict | None, list[Outcome]]:
     state, outcomes = None, []
     for event_type, payload, topic in steps:
-        outcome = await handlers.HANDLERS[event_type](event(event_type, payload, topic), state)
+        outcome = await run(event_type)(event(event_type, payload, topic), state)
         state = outcome.state if outcome.state is not None else state
         outcomes.append(outcome)
     return state, outcomes
 
 
 def received(**changes) -> tuple:
+    if changes.get("postal_address"):
+        changes["postal_address"] = seal_received(changes["postal_address"], "postal_address", APP)
     return ("tongban.application.ApplicationReceived", {**RECEIVED, "matter_code": "KSTB-MKT-01", **changes},
             "tongban.application.received")
 
@@ -96,7 +119,7 @@ async def test_nothing_is_assigned_before_the_file_is_received_routed_and_verifi
 async def test_a_repeated_lifecycle_event_does_not_assign_the_work_again():
     state, _ = await feed(*ASSIGNED)
     for step in ASSIGNED:
-        again = await handlers.HANDLERS[step[0]](event(*step), state)
+        again = await run(step[0])(event(*step), state)
         assert again.emits == []
         assert again.state["assignment"] == state["assignment"]
 
@@ -135,7 +158,7 @@ async def test_a_decision_for_an_application_with_no_assigned_work_is_refused():
     with pytest.raises(Rejected, match="^no work is assigned for this application$"):
         await feed(RECEIVED_STEP, decision("APPROVED"))
     with pytest.raises(Rejected, match="^no work is assigned for this application$"):
-        await handlers.on_decision(event(*decision("APPROVED")), None)
+        await run(DECISION_EVENT)(event(*decision("APPROVED")), None)
 
 
 async def test_an_acceptance_from_another_partner_is_refused_even_with_the_right_assignment_id():
@@ -156,13 +179,13 @@ async def test_an_acceptance_for_an_application_with_no_assigned_work_is_refused
 async def test_a_decision_after_the_authority_refused_to_accept_is_refused():
     state, _ = await feed(*ASSIGNED, acceptance("REFUSED", reason="材料无法读取"))
     with pytest.raises(Rejected, match="^the authority refused to accept this application; it cannot decide it$"):
-        await handlers.on_decision(event(*decision("APPROVED")), state)
+        await run(DECISION_EVENT)(event(*decision("APPROVED")), state)
 
 
 async def test_the_authority_decides_only_once():
     state, _ = await feed(*ASSIGNED, ACCEPTED, decision("DENIED"))
     with pytest.raises(Rejected, match="^the authority already decided this application$"):
-        await handlers.on_decision(event(*decision("APPROVED")), state)
+        await run(DECISION_EVENT)(event(*decision("APPROVED")), state)
 
 
 # ---------------------------------------------------------------------------- acceptance
@@ -237,7 +260,7 @@ async def test_an_approved_paper_result_goes_to_the_carrier_and_waits_for_its_re
 async def test_a_dispatch_without_a_result_reference_names_only_the_result():
     state, _ = await feed(*ASSIGNED, ACCEPTED)
     step = decision("APPROVED")
-    outcome = await handlers.on_decision(event(step[0], {**step[1], "result_reference": None}, step[2]), state)
+    outcome = await run(DECISION_EVENT)(event(step[0], {**step[1], "result_reference": None}, step[2]), state)
     assert outcome.emits[1].payload["item"] == "result"
 
 
@@ -282,16 +305,16 @@ async def test_a_parcel_the_carrier_only_took_in_is_not_delivered_yet():
 
 async def test_a_repeated_delivery_receipt_delivers_nothing_more():
     state, _ = await feed(*ASSIGNED, ACCEPTED, decision("APPROVED"), receipt("DELIVERED"))
-    again = await handlers.on_receipt(event(*receipt("DELIVERED")), state)
+    again = await run(RECEIPT_EVENT)(event(*receipt("DELIVERED")), state)
     assert again.emits == []
 
 
 async def test_a_receipt_for_a_dispatch_delivery_did_not_make_is_refused():
     state, _ = await feed(*ASSIGNED, ACCEPTED, decision("APPROVED"))
     with pytest.raises(Rejected, match="^receipt for a dispatch this service did not make$"):
-        await handlers.on_receipt(event(*receipt("DELIVERED", dispatch_id="DSPFORGED")), state)
+        await run(RECEIPT_EVENT)(event(*receipt("DELIVERED", dispatch_id="DSPFORGED")), state)
     with pytest.raises(Rejected, match="^receipt for a dispatch this service did not make$"):
-        await handlers.on_receipt(event(*receipt("DELIVERED")), None)
+        await run(RECEIPT_EVENT)(event(*receipt("DELIVERED")), None)
 
 
 def test_a_dispatch_id_is_fixed_by_the_application_alone():
@@ -303,3 +326,60 @@ def test_only_paper_results_need_the_carrier():
     assert domain.needs_carrier("POST") is True
     assert domain.needs_carrier("ELECTRONIC") is False
     assert domain.needs_carrier("WINDOW") is False
+
+
+# ---------------------------------------------------------------------------- personal data
+
+async def test_the_applicant_is_opened_only_to_be_sealed_again_for_the_assigned_partner():
+    """Delivery opens what intake sealed for it; the runtime seals the assignment for the
+    partner (tongban.pii_policy): the handler's output holds the plaintext, its state does not."""
+    state, outcomes = await feed(*ASSIGNED)
+    assert outcomes[-1].emits[0].payload["applicant"] == APPLICANT
+    assert state["received"]["applicant"] == RECEIVED["applicant"], "kept sealed, as received"
+
+
+async def test_a_value_sealed_for_another_application_does_not_open():
+    moved = {**RECEIVED, "applicant": {**RECEIVED["applicant"], "id_number": sealed_applicant("TBOTHER")["id_number"]}}
+    with pytest.raises(PiiError, match="another field or application"):
+        await feed(("tongban.application.ApplicationReceived", {**moved, "matter_code": "KSTB-MKT-01"},
+                    "tongban.application.received"), ROUTED_STEP, VERIFIED_STEP)
+
+
+async def test_a_value_delivery_cannot_open_is_refused():
+    """A value sealed for verification alone (or any other party) is not delivery's to open."""
+    only_verification = seal("示例", "tongban.application.ApplicationReceived", "applicant.name", APP, ["verification"])
+    file = {**RECEIVED, "matter_code": "KSTB-MKT-01", "applicant": {**RECEIVED["applicant"], "name": only_verification}}
+    with pytest.raises(PiiError, match="not for delivery"):
+        await feed(("tongban.application.ApplicationReceived", file, "tongban.application.received"), ROUTED_STEP,
+                   VERIFIED_STEP)
+
+
+PARTNER_TEXT = f"申请人示例（{ID_NUMBER}，电话13800000000）不符合法定条件"
+
+
+async def test_a_partners_refusal_reason_is_scrubbed_of_the_applicant_before_it_travels():
+    _, outcomes = await feed(*ASSIGNED, acceptance("REFUSED", reason=PARTNER_TEXT))
+    assert outcomes[-1].emits[0].payload["reason"] == "申请人[NAME]（[NAME]，电话[NAME]）不符合法定条件"
+
+
+async def test_a_partners_decision_reason_and_result_item_are_scrubbed_of_the_applicant():
+    state, outcomes = await feed(*ASSIGNED, ACCEPTED)
+    step = decision("DENIED")
+    outcome = await run(DECISION_EVENT)(event(step[0], {**step[1], "reason": PARTNER_TEXT}, step[2]), state)
+    assert outcome.emits[0].payload["reason"] == "申请人[NAME]（[NAME]，电话[NAME]）不符合法定条件"
+    step = decision("APPROVED")
+    outcome = await run(DECISION_EVENT)(event(step[0], {**step[1], "result_reference": "LIC 示例 13900000000"},
+                                              step[2]), state)
+    assert outcome.emits[1].payload["item"] == "result LIC [NAME] [PHONE]"
+
+
+@pytest.mark.parametrize("ending", [
+    (ACCEPTED, decision("DENIED")),
+    (acceptance("REFUSED"),),
+    (ACCEPTED, decision("APPROVED"), receipt("DELIVERED")),
+])
+async def test_a_finished_file_keeps_no_personal_data(ending):
+    state, outcomes = await feed(*ASSIGNED, *ending)
+    assert outcomes[-1].finished is True
+    assert "applicant" not in state["received"] and "postal_address" not in state["received"]
+    assert "pii:v" not in repr(state)

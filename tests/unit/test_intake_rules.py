@@ -310,3 +310,23 @@ def test_a_step_seen_before_the_submission_starts_an_empty_view():
     view = domain.advance(None, APP, "VERIFIED", T0)
     assert view == {"application_id": APP, "matter_code": "", "stage": "VERIFIED", "terminal": False,
                     "history": [{"stage": "VERIFIED", "at": T0, "detail": ""}], "ratings": []}
+
+
+# ---------------------------------------------------------------------------- personal data in free text
+
+async def test_material_names_that_repeat_the_applicant_are_scrubbed_before_they_travel():
+    careless = {"code": "POWER", "name": f"{NAME}的委托书 {ID_NUMBER} 电话{PHONE}", "provided": True,
+                "original_checked": False}
+    outcome = await handlers.submit(event(handlers.SUBMIT, {**SUBMITTED, "materials": [careless]}), None)
+    [emit] = outcome.emits
+    assert emit.payload["materials"] == [{**careless, "name": "[NAME]的委托书 [NAME] 电话[NAME]"}]
+    assert emit.payload["applicant"] == SUBMITTED["applicant"], "sealed by the runtime, not here"
+
+
+async def test_details_shown_by_track_are_scrubbed_of_id_and_phone_numbers():
+    state = await submitted()
+    leaky = (P + "ApplicationRefused", {"application_id": APP, "deciding_partner": "420000",
+                                        "reason": f"证件{ID_NUMBER}与电话{PHONE}不符"})
+    state, _ = await feed(leaky, state=state)
+    assert state["history"][-1]["detail"] == "证件[ID]与电话[PHONE]不符"
+    assert ID_NUMBER not in repr(state) and PHONE not in repr(state)

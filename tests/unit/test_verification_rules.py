@@ -18,20 +18,23 @@ from services.verification.domain import (
     RequiredMaterial,
     verify_application,
 )
+from tests.pii_parties import cipher, seal_received
 from tongban.handling import Event, Outcome
-from tongban.pii import PiiCipher, new_key_line, parse_keys
+from tongban.pii import PiiError
 
 APP = "TBUNIT"
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
-CIPHER = PiiCipher(parse_keys(new_key_line()))
+CIPHER = cipher("verification")
 NAME, PHONE = "张三", "13800000000"
 VALID_ID = "43010219900307123" + ric.calc_check_digit("43010219900307123X")
 MATERIAL = {"code": "RESIDENT_ID", "name": "居民身份证", "provided": True, "original_checked": True}
 
 
-def applicant(name: str = NAME, id_number: str = VALID_ID) -> dict:
-    return {"kind": "PERSON", "name": CIPHER.seal(name), "id_number": CIPHER.seal(id_number),
-            "phone": CIPHER.seal(PHONE)}
+def applicant(name: str = NAME, id_number: str = VALID_ID, application_id: str = APP) -> dict:
+    """Sealed as intake seals it: for verification and delivery, bound to this application."""
+    return {"kind": "PERSON", "name": seal_received(name, "applicant.name", application_id),
+            "id_number": seal_received(id_number, "applicant.id_number", application_id),
+            "phone": seal_received(PHONE, "applicant.phone", application_id)}
 
 
 def received(materials=(MATERIAL,), **changes) -> tuple:
@@ -111,6 +114,31 @@ async def test_reasons_never_repeat_the_applicants_name_or_number():
     _, outcomes = await feed(ROUTED, received(id_number="4301021990030712"))
     text = repr(outcomes[-1].emits[0].payload)
     assert NAME not in text and "4301021990030712" not in text
+
+
+async def test_material_names_that_repeat_the_applicant_are_scrubbed_from_the_reasons():
+    careless = {"code": f"POWER_{VALID_ID}", "name": f"{NAME}的委托书（电话{PHONE}）", "provided": False,
+                "original_checked": False}
+    _, outcomes = await feed(ROUTED, received(materials=(MATERIAL, careless)))
+    payload = outcomes[-1].emits[0].payload
+    assert payload["reasons"] == ["[NAME]的委托书（电话[PHONE]） is missing"]
+    assert payload["missing_materials"] == ["POWER_[NAME]"]
+    text = repr(payload)
+    assert NAME not in text and VALID_ID not in text and PHONE not in text
+
+
+async def test_a_sealed_value_moved_from_another_application_does_not_open():
+    moved = received()
+    moved[1]["applicant"]["id_number"] = applicant(application_id="TBOTHER")["id_number"]
+    with pytest.raises(PiiError, match="another field or application"):
+        await feed(ROUTED, moved)
+
+
+async def test_a_value_moved_to_another_field_does_not_open():
+    moved = received()
+    moved[1]["applicant"]["name"] = moved[1]["applicant"]["phone"]
+    with pytest.raises(PiiError, match="another field or application"):
+        await feed(ROUTED, moved)
 
 
 @pytest.mark.parametrize("order", [(RECEIVED, ROUTED), (ROUTED, RECEIVED)])

@@ -40,14 +40,16 @@ from bson.codec_options import CodecOptions
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
+from tongban import pii_policy
 from tongban.bus import partition_for
 from tongban.codec import CodecError, MalformedRecord, SchemaRegistry, UnknownSchema
 from tongban.config import Settings
 from tongban.events import encode_event, millis, now_utc
 from tongban.handling import TIMER_FIRED, Emit, Event, Handler, Outcome, Rejected, Wiring
-from tongban.pii import PiiCipher
+from tongban.pii import PiiCipher, PiiError, unsealed_fields
 from tongban.runtime.state import StateStore
 from tongban.runtime.timers import Schedule
+from tongban.scrub import scrub
 from tongban.telemetry import extract_headers, inject_headers
 from tongban.telemetry import log as log_fields
 
@@ -74,15 +76,21 @@ class Refused(Exception):
     is the dead-letter reason and names no personal data."""
 
 
+class UnsealedPersonalData(MalformedRecord):
+    """A record whose personal field arrived in the clear: refused, and its value is not kept
+    in the dead letter (only its digest)."""
+
+
 class TaskFenced(Exception):
     """Another instance owns this task now: this one must stop handling its partition."""
 
 
 def safe_reason(exc: BaseException) -> str:
     """A dead-letter reason: our own messages as they are, otherwise only where it failed
-    (an exception's text may hold personal data)."""
-    if isinstance(exc, (Rejected, CodecError, Refused)):
-        return str(exc)
+    (an exception's text may hold personal data). Either way it is scrubbed of ID numbers and
+    phone numbers: our messages may quote what a partner sent (an unknown outcome, say)."""
+    if isinstance(exc, (Rejected, CodecError, Refused, PiiError)):
+        return scrub(str(exc))
     cause = exc.__cause__ or exc
     frames = traceback.extract_tb(cause.__traceback__)
     where = f" at {os.path.basename(frames[-1].filename)}:{frames[-1].lineno}" if frames else ""
@@ -365,7 +373,10 @@ class Task:
             handler = wiring.commands.get(body["command_type"])
             if handler is None:
                 raise MalformedRecord(f"unknown command {body['command_type']}")
-            payload = unpack(base64.b64decode(self.ctx.cipher.open(body["body"])))
+            self._check_sealed(full_name, envelope, body)
+            # Sealed for this service only, bound to the command's aggregate.
+            opened = self.ctx.cipher.open(body["body"], record=COMMAND, path="body", subject=body["key"])
+            payload = unpack(base64.b64decode(opened))
             event = Event(envelope["event_id"], body["command_type"], body["key"], payload, envelope, "command")
             return event, handler, body["key"]
         if full_name == TIMER_FIRED:  # a dead-lettered timer replayed by an operator
@@ -379,6 +390,7 @@ class Task:
         event_handler = wiring.handlers.get(full_name)
         if event_handler is None:
             return None
+        self._check_sealed(full_name, envelope, body)
         if record.key is not None:
             try:
                 record_key = record.key.decode("utf-8")
@@ -397,6 +409,13 @@ class Task:
         except Exception as exc:
             raise HandlerFailed(f"no aggregate key for {full_name}") from exc
         return Event(event.event_id, full_name, key, body, envelope, topic), event_handler, key
+
+    def _check_sealed(self, full_name: str, envelope: dict[str, Any], body: dict[str, Any]) -> None:
+        """A personal field must arrive sealed: plaintext from a writer (a partner that does
+        not seal) is refused, never passed on or kept."""
+        plaintext = unsealed_fields(self.ctx.registry, full_name, {"envelope": envelope, **body})
+        if plaintext:
+            raise UnsealedPersonalData(f"{full_name}: personal field(s) {', '.join(plaintext)} arrived unsealed")
 
     async def _decode_value(self, value: bytes) -> tuple[str, dict[str, Any]]:
         try:
@@ -477,11 +496,16 @@ class Task:
 
     async def _encode(self, cause: Event, emit: Emit, trace_headers: list[tuple[str, bytes]]) -> OutRecord:
         settings = self.ctx.settings
-        _, value = encode_event(
-            self.ctx.registry, emit.event_type, emit.payload, cause_id=cause.event_id, qualifier=emit.qualifier,
-            correlation_id=cause.envelope.get("correlation_id") or cause.key,
-            source_system=f"tongban-{settings.service}", cipher=self.ctx.cipher,
-        )
+        try:
+            # Personal fields are sealed for the parties the output topic names, and only them.
+            _, value = encode_event(
+                self.ctx.registry, emit.event_type, emit.payload, cause_id=cause.event_id, qualifier=emit.qualifier,
+                correlation_id=cause.envelope.get("correlation_id") or cause.key,
+                source_system=f"tongban-{settings.service}", cipher=self.ctx.cipher,
+                recipients=pii_policy.recipients(emit.topic),
+            )
+        except PiiError as exc:
+            raise Refused(str(exc)) from None
         topic = settings.topic(emit.topic)
         if not await self.ctx.has_topic(topic):
             raise Refused(f"output topic {emit.topic} does not exist")
@@ -528,7 +552,7 @@ class Task:
         """The record as it came, with its origin and reason; reduced to a digest where the
         original would not fit, so a dead letter can always be written."""
         settings = self.ctx.settings
-        reason = safe_reason(exc)
+        reason = safe_reason(exc)  # scrubbed
         kept = [h for h in clean_headers(record.headers) if not h[0].startswith("tongban.dlq.")]
         headers = [
             ("tongban.dlq.origin.topic", record.topic.encode()),
@@ -546,7 +570,10 @@ class Task:
             headers.append(("tongban.dlq.key.digest", _digest(key)))
             key = key[:64]
         out = OutRecord(settings.dlq_topic, key, value if value is not None else b"", kept + headers, None)
-        if out.size > MAX_RECORD_BYTES:
+        if isinstance(exc, UnsealedPersonalData):  # personal data in the clear is not copied on
+            out = OutRecord(settings.dlq_topic, key, _digest(value or b""),
+                            [*kept, *headers, ("tongban.dlq.reduced", b"value held personal data in the clear")], None)
+        elif out.size > MAX_RECORD_BYTES:
             out = OutRecord(settings.dlq_topic, key, _digest(value or b""),
                             [*kept, *headers, ("tongban.dlq.reduced", b"value replaced by its digest")], None)
         log_fields(log, logging.WARNING, "dead-lettered", topic=record.topic, partition=record.partition,
@@ -581,7 +608,8 @@ def command_record(ctx: Context, command_type: str, key: str, command_id: str,
     settings = ctx.settings
     body = {"command_type": command_type, "key": key, "body": base64.b64encode(pack(payload)).decode()}
     _, value = encode_event(ctx.registry, COMMAND, body, cause_id=command_id, correlation_id=key,
-                            source_system=f"tongban-{settings.service}", cipher=ctx.cipher, event_id=command_id)
+                            source_system=f"tongban-{settings.service}", cipher=ctx.cipher, event_id=command_id,
+                            recipients=pii_policy.recipients(settings.logical_topic(settings.commands_topic)))
     out = OutRecord(settings.commands_topic, key.encode(), value, inject_headers(), partition_for(key, ctx.partitions))
     if out.size > MAX_RECORD_BYTES:
         raise Refused(f"the request would be {out.size} bytes; at most {MAX_RECORD_BYTES} are accepted")
