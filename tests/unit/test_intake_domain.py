@@ -150,3 +150,33 @@ def test_a_rating_comment_is_bounded():
     with pytest.raises(InvalidSubmission) as problems:
         check_rating(concluded, 1, "ONLINE", "差" * 501)
     assert problems.value.problems == ["comment: at most 500 characters (got 501)"]
+
+
+# ---------------------------------------------------------------------------- sealed-looking input
+SEALED = "pii:v2:aes256gcm:tongban.application.ApplicationReceived:applicant.id_number:TBX:intake.k1.AAAA:BBBB"
+
+
+@pytest.mark.parametrize("changes, field", [
+    ({"applicant_id_number": SEALED}, "applicant.id_number"),
+    ({"applicant_name": "pii:v1:k1:AAAA"}, "applicant.name"),
+    ({"applicant_phone": "  PII:V2:whatever"}, "applicant.phone"),
+    ({"postal_address": SEALED, "delivery_method": "POST"}, "postal_address"),
+    ({"material_names": ("居民身份证", SEALED), "materials": ("RESIDENT_ID", "PHOTO")}, "materials[1].name"),
+    ({"materials": (SEALED,)}, "materials[0].code"),
+    ({"client_reference": SEALED}, "client_reference"),
+])
+def test_input_that_already_looks_sealed_is_refused_naming_the_field_not_the_value(changes, field):
+    with pytest.raises(InvalidSubmission) as refused:
+        check_submission(submission(**changes))
+    assert f"{field}: looks sealed (starts with pii:v)" in str(refused.value)
+    assert "AAAA" not in str(refused.value) and "whatever" not in str(refused.value)
+
+
+def test_text_that_merely_mentions_the_prefix_is_not_refused():
+    check_submission(submission(material_names=("见 pii:v2 说明",), materials=("RESIDENT_ID",)))
+
+
+def test_a_rating_comment_that_looks_sealed_is_refused():
+    progress = {**new_progress("TB1", "KSTB-MED-01", T0), "stage": "DELIVERED"}
+    with pytest.raises(InvalidSubmission, match="comment: looks sealed"):
+        check_rating(progress, 1, "ONLINE", "pii:v2:x")
