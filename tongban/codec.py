@@ -113,6 +113,7 @@ class SchemaRegistry:
         self._learned: dict[str, list[SchemaVersion]] = {}
         self._by_fingerprint: dict[bytes, SchemaVersion] = {}
         self._pii: dict[str, list[tuple[str, ...]]] = {}
+        self._validators: dict[bytes, Validator] = {}  # compiled per schema version
 
     # -- loading -----------------------------------------------------------------------
 
@@ -225,12 +226,18 @@ class SchemaRegistry:
         sv = self.latest(full_name)
         parsed: dict = sv.parsed  # type: ignore[assignment]
         named = parsed["__named_schemas"]
-        try:
-            _check(parsed, record, "", named)
-        except _Mismatch as exc:
-            where = f"field '{exc.path}'" if exc.path else "record"
-            raise MalformedRecord(f"{full_name}: {where} does not match the schema "
-                                  f"(expected {exc.expected})") from None
+        fits = self._validators.get(sv.fingerprint)
+        if fits is None:
+            fits = self._validators[sv.fingerprint] = _compile(parsed, named, {})
+        if not fits(record):
+            # The slow walk, only to name the first offending field.
+            try:
+                _check(parsed, record, "", named)
+            except _Mismatch as exc:
+                where = f"field '{exc.path}'" if exc.path else "record"
+                raise MalformedRecord(f"{full_name}: {where} does not match the schema "
+                                      f"(expected {exc.expected})") from None
+            raise MalformedRecord(f"{full_name}: record does not match the schema")
         if parsed["fields"] and parsed["fields"][0]["name"] == "envelope":
             envelope = record["envelope"]
             if envelope["event_type"] != full_name:
@@ -242,12 +249,7 @@ class SchemaRegistry:
         buffer.write(MAGIC)
         buffer.write(sv.fingerprint)
         try:
-            fastavro.validation.validate(record, parsed, raise_errors=True)
             fastavro.schemaless_writer(buffer, parsed, record)
-        except fastavro.validation.ValidationError as exc:
-            fields = sorted({str(e.field) for e in exc.errors})
-            raise MalformedRecord(f"{full_name}: field(s) {', '.join(fields)} do not match "
-                                  "the schema") from None
         except Exception as exc:
             raise MalformedRecord(f"{full_name}: record does not encode "
                                   f"({type(exc).__name__})") from None
@@ -330,8 +332,16 @@ class SchemaRegistry:
         """Like ``map_pii``, ``change`` also getting each value's path: fields joined by
         ``.``, array items ``[i]``, map values ``[key]`` (``applicant.name``,
         ``materials[0].name``). ``tongban.pii`` seals and opens values bound to their path."""
+        if not self.pii_paths_cached(full_name):
+            return record  # nothing personal in this type: no walk, no copy (the hot path)
         parsed = self._pii_schema(full_name)
         return _map_pii(parsed, record, parsed["__named_schemas"], change, "")
+
+    def pii_paths_cached(self, full_name: str) -> list[tuple[str, ...]]:
+        """`pii_paths` without the defensive copy, for the per-record path."""
+        if full_name not in self._pii:
+            self.pii_paths(full_name)
+        return self._pii[full_name]
 
 
 # -- schema helpers ---------------------------------------------------------------------
@@ -458,6 +468,70 @@ def _check(schema: Any, datum: Any, path: str, named: Mapping[str, Any]) -> None
         raise _Mismatch(path, logical or kind)
 
 
+Validator = Callable[[Any], bool]
+_INT_RANGE = {"int": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
+
+
+def _compile(schema: Any, named: Mapping[str, Any], compiled: dict[str, Validator]) -> Validator:
+    """A function that says whether a datum fits ``schema``: the same rules as ``_check``
+    (no unknown fields, aware timestamps, fastavro's ranges), decided once per schema instead
+    of per datum, so encoding a valid record costs little more than writing it."""
+    if isinstance(schema, str) and schema not in _PRIMITIVES:
+        if schema not in compiled:  # a named type, maybe recursive: bind lazily
+            compiled[schema] = lambda datum: compiled[schema + "#"](datum)
+            compiled[schema + "#"] = _compile(named[schema], named, compiled)
+        return compiled[schema]
+    node, kind = _kind(schema, named)
+    if kind == "union":
+        branches = [_compile(b, named, compiled) for b in node]
+        return lambda datum: any(fits(datum) for fits in branches)
+    if kind in ("record", "error"):
+        fields = [(f["name"], _compile(f["type"], named, compiled), "default" in f) for f in node["fields"]]
+        names = frozenset(name for name, _, _ in fields)
+
+        def record(datum: Any) -> bool:
+            if not isinstance(datum, Mapping) or not names.issuperset(datum):
+                return False
+            return all(fits(datum[name]) if name in datum else has_default for name, fits, has_default in fields)
+
+        return record
+    if kind == "array":
+        items = _compile(node["items"], named, compiled)
+        return lambda datum: isinstance(datum, (list, tuple)) and all(items(item) for item in datum)
+    if kind == "map":
+        values = _compile(node["values"], named, compiled)
+        return lambda datum: isinstance(datum, Mapping) and all(
+            isinstance(k, str) and values(v) for k, v in datum.items())
+    logical = node.get("logicalType") if isinstance(node, dict) else None
+    if logical in ("timestamp-millis", "timestamp-micros"):
+        low, high = _INT_RANGE["long"]
+        return lambda datum: (isinstance(datum, dt.datetime) and datum.tzinfo is not None) or (
+            type(datum) is int and low <= datum <= high)
+    if logical is None and kind in _INT_RANGE:
+        low, high = _INT_RANGE[kind]
+        return lambda datum: isinstance(datum, int) and not isinstance(datum, bool) and low <= datum <= high
+    simple: dict[str, Validator] = {
+        "null": lambda datum: datum is None,
+        "boolean": lambda datum: isinstance(datum, bool),
+        "string": lambda datum: isinstance(datum, str),
+        "bytes": lambda datum: isinstance(datum, (bytes, bytearray)),
+        "float": lambda datum: isinstance(datum, (int, float)) and not isinstance(datum, bool),
+        "double": lambda datum: isinstance(datum, (int, float)) and not isinstance(datum, bool),
+    }
+    if logical is None and kind in simple:
+        return simple[kind]
+    # enums, fixed and other logical types: fastavro's own check, and _check's timestamp rule
+    return lambda datum: _fits_slowly(node, datum, named)
+
+
+def _fits_slowly(node: Any, datum: Any, named: Mapping[str, Any]) -> bool:
+    try:
+        _check(node, datum, "", named)
+    except _Mismatch:
+        return False
+    return True
+
+
 def _collect_pii(schema: Any, path: tuple[str, ...], named: Mapping[str, Any],
                  out: list[tuple[str, ...]], active: set[str]) -> None:
     node, kind = _kind(schema, named)
@@ -519,4 +593,4 @@ def _map_pii(schema: Any, datum: Any, named: Mapping[str, Any], change: Callable
         if not isinstance(datum, Mapping):
             return MASK if _has_pii(node, named) else copy.deepcopy(datum)
         return {key: _map_pii(node["values"], value, named, change, f"{path}[{key}]") for key, value in datum.items()}
-    return copy.deepcopy(datum)
+    return datum  # a primitive (str, number, bytes, datetime): immutable, shared rather than copied
