@@ -18,7 +18,7 @@ SERVICE_PORTS = {"intake": 50051, "routing": 50052, "verification": 50053, "deli
 _NAMESPACE = re.compile(r"^[a-z0-9-]*$")
 ROOT = Path(__file__).resolve().parents[1]
 # Kafka security: the first is the default. SASL_* authenticate with SCRAM-SHA-512.
-KAFKA_SECURITY = ("PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL")
+KAFKA_SECURITY = ("SASL_PLAINTEXT", "SASL_SSL", "PLAINTEXT")  # PLAINTEXT: an external cluster without logins
 # Every Kafka principal's secret, one `name=secret` a line: made by `make setup` (mode 600,
 # git-ignored), read by every process for its own identity (tongban.ops.principals).
 DEFAULT_KAFKA_SECRETS_FILE = ROOT / "var" / "kafka" / "principals.secrets"

@@ -1,25 +1,30 @@
 #!/usr/bin/env bash
 # Local single-node Kafka (KRaft combined mode) from the Maven Central jars in var/kafka/libs.
 #   infra/scripts/kafka.sh start|stop|status|render
-# TONGBAN_KAFKA_SECURITY=PLAINTEXT (default, 127.0.0.1:19092) or SASL_SSL (127.0.0.1:19094).
+# TONGBAN_KAFKA_SECURITY=SASL_PLAINTEXT (default, 127.0.0.1:19092) or SASL_SSL (127.0.0.1:19094):
+# SCRAM-SHA-512 logins and ACLs either way. TONGBAN_KAFKA_INSTANCE and TONGBAN_KAFKA_PORT_BASE
+# run another broker beside the default one (see lib.sh).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
 KAFKA_DIR="$VAR/kafka"
 LIBS="$KAFKA_DIR/libs"
-DATA_DIR="${TONGBAN_KAFKA_DATA_DIR:-$KAFKA_DIR/data}"
-CONFIG="$KAFKA_DIR/server.properties"
-TLS_DIR="$KAFKA_DIR/tls"
-PIDFILE="$RUN_DIR/kafka.pid"
+TLS_DIR="$KAFKA_DIR/tls"  # one local CA and broker certificate (127.0.0.1/localhost) for every instance
+if [[ "$KAFKA_INSTANCE" == kafka ]]; then
+  INSTANCE_DIR="$KAFKA_DIR"; INSTANCE_LOG_DIR="$LOG_DIR"
+else  # another broker beside the default one: its own files under var/kafka/<instance>/
+  INSTANCE_DIR="$KAFKA_DIR/$KAFKA_INSTANCE"; INSTANCE_LOG_DIR="$LOG_DIR/$KAFKA_INSTANCE"
+fi
+DATA_DIR="${TONGBAN_KAFKA_DATA_DIR:-$INSTANCE_DIR/data}"
+CONFIG="$INSTANCE_DIR/server.properties"
+PIDFILE="$KAFKA_PIDFILE"
+MODEFILE="$RUN_DIR/$KAFKA_INSTANCE.security"
 HEAP="${TONGBAN_KAFKA_HEAP:--Xmx512m -Xms512m}"
 START_TIMEOUT="${TONGBAN_KAFKA_START_TIMEOUT:-120}"
-
-# Local development credentials only (SASL_SSL mode). The services' user and the admin
-# user are created at format time, so they exist in every data dir formatted by this script.
+# Every principal's secret (admin included), made by `make setup`; see tongban/ops/principals.py.
+SECRETS_FILE="${TONGBAN_KAFKA_SECRETS_FILE:-$KAFKA_DIR/principals.secrets}"
+export TONGBAN_KAFKA_SECRETS_FILE="$SECRETS_FILE"
 ADMIN_USER="admin"
-ADMIN_PASSWORD="${TONGBAN_KAFKA_ADMIN_PASSWORD:-tongban-admin-secret}"
-CLIENT_USER="${TONGBAN_KAFKA_USERNAME:-tongban}"
-CLIENT_PASSWORD="${TONGBAN_KAFKA_PASSWORD:-tongban-secret}"
 TLS_PASSWORD="tongban-local-tls"
 
 JAVA="${JAVA:-java}"
@@ -29,44 +34,59 @@ JVM_OPTS=(
   -XX:+ExplicitGCInvokesConcurrent -XX:ActiveProcessorCount=2
   -Djava.awt.headless=true
   -Dlog4j2.configurationFile="$ROOT/infra/kafka/log4j2.properties"
-  -Dkafka.logs.dir="$LOG_DIR"
+  -Dkafka.logs.dir="$INSTANCE_LOG_DIR"
   -DZstdTempFolder="$KAFKA_DIR/tmp" -Dorg.xerial.snappy.tempdir="$KAFKA_DIR/tmp"
 )
 
 java_cp() { "$JAVA" -cp "$LIBS/*" "$@"; }
 
-render() {
-  [[ -d "$LIBS" ]] || die "no Kafka jars in $LIBS: run 'make setup'"
-  mkdir -p "$KAFKA_DIR/tmp" "$DATA_DIR" "$LOG_DIR" "$RUN_DIR"
-  local listeners advertised inter
-  if [[ "$TONGBAN_KAFKA_SECURITY" == SASL_SSL ]]; then
-    listeners="SASL_SSL://$LOCAL_KAFKA_SASL_SSL,CONTROLLER://127.0.0.1:19093"
-    advertised="SASL_SSL://$LOCAL_KAFKA_SASL_SSL"
-    inter="SASL_SSL"
-  else
-    listeners="PLAINTEXT://$LOCAL_KAFKA_PLAINTEXT,CONTROLLER://127.0.0.1:19093"
-    advertised="PLAINTEXT://$LOCAL_KAFKA_PLAINTEXT"
-    inter="PLAINTEXT"
-  fi
-  local files=("$ROOT/infra/kafka/server.properties.in")
-  [[ "$TONGBAN_KAFKA_SECURITY" == SASL_SSL ]] && files+=("$ROOT/infra/kafka/sasl_ssl.properties.in")
-  cat "${files[@]}" | sed \
-    -e "s#@LISTENERS@#$listeners#" \
-    -e "s#@ADVERTISED_LISTENERS@#$advertised#" \
-    -e "s#@INTER_BROKER_LISTENER@#$inter#" \
+# The secrets file holds a secret for every declared principal (adds what is missing).
+ensure_secrets() {
+  "$VENV_PY" -m tongban.ops principals init >&2 || die "could not write $SECRETS_FILE"
+}
+
+admin_password() {
+  local line
+  line="$(grep -m1 "^$ADMIN_USER=" "$SECRETS_FILE" 2>/dev/null)" || die "no $ADMIN_USER secret in $SECRETS_FILE"
+  printf '%s' "${line#*=}"
+}
+
+# render_file TEMPLATE OUT: fill the @NAME@ placeholders; the output is readable by its owner only.
+render_file() {
+  local admin_password listener_lc
+  admin_password="$(admin_password)"
+  listener_lc="$(tr '[:upper:]' '[:lower:]' <<<"$INTER")"
+  ( umask 077; sed \
+    -e "s#@LISTENERS@#$LISTENERS#" \
+    -e "s#@ADVERTISED_LISTENERS@#$ADVERTISED#" \
+    -e "s#@INTER_BROKER_LISTENER@#$INTER#" \
+    -e "s#@INTER_BROKER_LISTENER_LC@#$listener_lc#" \
+    -e "s#@CONTROLLER_PORT@#$KAFKA_CONTROLLER_PORT#" \
     -e "s#@DATA_DIR@#$DATA_DIR#" \
     -e "s#@TLS_DIR@#$TLS_DIR#g" \
     -e "s#@TLS_PASSWORD@#$TLS_PASSWORD#g" \
     -e "s#@ADMIN_USER@#$ADMIN_USER#g" \
-    -e "s#@ADMIN_PASSWORD@#$ADMIN_PASSWORD#g" \
-    -e "s#@CLIENT_USER@#$CLIENT_USER#g" \
-    > "$CONFIG.tmp"
-  mv "$CONFIG.tmp" "$CONFIG"
-  if [[ "$TONGBAN_KAFKA_SECURITY" == SASL_SSL ]]; then
-    sed -e "s#@TLS_DIR@#$TLS_DIR#g" -e "s#@TLS_PASSWORD@#$TLS_PASSWORD#g" \
-        -e "s#@ADMIN_USER@#$ADMIN_USER#g" -e "s#@ADMIN_PASSWORD@#$ADMIN_PASSWORD#g" \
-        "$ROOT/infra/kafka/client-sasl_ssl.properties.in" > "$KAFKA_DIR/client-sasl_ssl.properties"
-  fi
+    -e "s#@ADMIN_PASSWORD@#$admin_password#g" \
+    "$@" > "$OUT.tmp" )
+  mv "$OUT.tmp" "$OUT"
+}
+
+render() {
+  [[ -d "$LIBS" ]] || die "no Kafka jars in $LIBS: run 'make setup'"
+  mkdir -p "$KAFKA_DIR/tmp" "$INSTANCE_DIR" "$DATA_DIR" "$INSTANCE_LOG_DIR" "$RUN_DIR"
+  local controller="CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT"
+  case "$TONGBAN_KAFKA_SECURITY" in
+    SASL_PLAINTEXT) INTER=SASL_PLAINTEXT; ADVERTISED="SASL_PLAINTEXT://$LOCAL_KAFKA_SASL_PLAINTEXT" ;;
+    SASL_SSL)       INTER=SASL_SSL;       ADVERTISED="SASL_SSL://$LOCAL_KAFKA_SASL_SSL" ;;
+    *) die "the local broker always authenticates: TONGBAN_KAFKA_SECURITY=SASL_PLAINTEXT (default) or SASL_SSL; PLAINTEXT is for an external cluster (TONGBAN_KAFKA_BOOTSTRAP)" ;;
+  esac
+  LISTENERS="$ADVERTISED,$controller"
+  ensure_secrets
+  local files=("$ROOT/infra/kafka/server.properties.in" "$ROOT/infra/kafka/auth.properties.in")
+  [[ "$TONGBAN_KAFKA_SECURITY" == SASL_SSL ]] && files+=("$ROOT/infra/kafka/sasl_ssl.properties.in")
+  OUT="$CONFIG" render_file "${files[@]}"
+  OUT="$INSTANCE_DIR/client.properties" render_file "$ROOT/infra/kafka/client.properties.in"
+  OUT="$INSTANCE_DIR/client-sasl_ssl.properties" render_file "$ROOT/infra/kafka/client-sasl_ssl.properties.in"
 }
 
 # A self-signed CA and a broker certificate for 127.0.0.1/localhost, made with keytool.
@@ -93,63 +113,74 @@ make_tls() {
   )
 }
 
+# The data dir is formatted once, with a SCRAM-SHA-512 credential for every declared principal
+# from the secrets file (principals declared later are added by `tongban.ops principals apply`).
+# The marker records a hash of the admin secret it was formatted with: the broker logs in to
+# itself as admin, so a data dir and a secrets file that disagree would start but not work.
 format_once() {
+  local marker="$DATA_DIR/.tongban-principals" admin_hash
+  admin_hash="$(admin_password | sha256sum | cut -c1-16)"
   if [[ -f "$DATA_DIR/meta.properties" ]]; then
-    if [[ "$TONGBAN_KAFKA_SECURITY" == SASL_SSL && ! -f "$DATA_DIR/.tongban-scram" ]]; then
-      die "$DATA_DIR was formatted without SCRAM users; stop Kafka and remove it (make clean-kafka) to switch to SASL_SSL"
+    if [[ ! -f "$marker" ]]; then
+      die "$DATA_DIR was formatted before Kafka identities (no $marker): 'make clean-data' formats it anew with every principal"
+    fi
+    if [[ "$(cat "$marker")" != "$admin_hash" ]]; then
+      die "$DATA_DIR was formatted with another admin secret than $SECRETS_FILE holds: restore that file, or 'make clean-data'"
     fi
     return 0
   fi
-  local uuid
+  local uuid scram=() arg
   uuid="$(java_cp kafka.tools.StorageTool random-uuid 2>/dev/null | tail -1)"
   [[ -n "$uuid" ]] || die "kafka.tools.StorageTool random-uuid printed nothing"
-  log "kafka: formatting $DATA_DIR (cluster id $uuid)"
-  # Static voters (controller.quorum.voters), so no --standalone. The SCRAM users are
-  # added in every mode: harmless for PLAINTEXT, and the data dir can later run SASL_SSL.
-  java_cp kafka.tools.StorageTool format --ignore-formatted -t "$uuid" -c "$CONFIG" \
-    --add-scram "SCRAM-SHA-512=[name=$ADMIN_USER,password=$ADMIN_PASSWORD]" \
-    --add-scram "SCRAM-SHA-512=[name=$CLIENT_USER,password=$CLIENT_PASSWORD]" \
-    >>"$LOG_DIR/kafka-format.log" 2>&1 || { tail -20 "$LOG_DIR/kafka-format.log" >&2; die "format failed"; }
-  touch "$DATA_DIR/.tongban-scram"
+  while IFS= read -r arg; do scram+=(--add-scram "$arg"); done \
+    < <("$VENV_PY" -m tongban.ops principals scram-args)
+  ((${#scram[@]})) || die "no principals to add (python -m tongban.ops principals scram-args)"
+  log "kafka: formatting $DATA_DIR (cluster id $uuid, $((${#scram[@]} / 2)) SCRAM users)"
+  # Static voters (controller.quorum.voters), so no --standalone.
+  java_cp kafka.tools.StorageTool format --ignore-formatted -t "$uuid" -c "$CONFIG" "${scram[@]}" \
+    >>"$INSTANCE_LOG_DIR/kafka-format.log" 2>&1 \
+    || { tail -20 "$INSTANCE_LOG_DIR/kafka-format.log" >&2; die "format failed"; }
+  echo "$admin_hash" > "$marker"
 }
 
 start() {
   if pid_alive "$PIDFILE" kafka.Kafka; then
-    local mode; mode="$(cat "$RUN_DIR/kafka.security" 2>/dev/null || echo PLAINTEXT)"
+    local mode; mode="$(cat "$MODEFILE" 2>/dev/null || echo PLAINTEXT)"
     [[ "$mode" == "$TONGBAN_KAFKA_SECURITY" ]] \
-      || die "kafka: already running in $mode mode; 'make down' first to switch to $TONGBAN_KAFKA_SECURITY"
-    log "kafka: already running (pid $(cat "$PIDFILE"), $mode)"
+      || die "kafka ($KAFKA_INSTANCE): already running in $mode mode; 'make down' first to switch to $TONGBAN_KAFKA_SECURITY"
+    log "kafka ($KAFKA_INSTANCE): already running (pid $(cat "$PIDFILE"), $mode)"
     return 0
   fi
-  local host="${LOCAL_KAFKA_BOOTSTRAP%:*}" port="${LOCAL_KAFKA_BOOTSTRAP##*:}"
-  if port_open "$host" "$port" || port_open 127.0.0.1 19093; then
-    die "kafka: port $port or 19093 is in use by a process without our pid file ($PIDFILE)"
-  fi
+  local port
+  for port in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT" "$KAFKA_SSL_PORT"; do
+    port_open 127.0.0.1 "$port" \
+      && die "kafka ($KAFKA_INSTANCE): port $port is in use by a process without our pid file ($PIDFILE)"
+  done
   render
   [[ "$TONGBAN_KAFKA_SECURITY" == SASL_SSL ]] && make_tls
   format_once
-  log "kafka: starting ($TONGBAN_KAFKA_SECURITY on $LOCAL_KAFKA_BOOTSTRAP, log $LOG_DIR/kafka.log)"
-  echo "$TONGBAN_KAFKA_SECURITY" > "$RUN_DIR/kafka.security"
-  launch "$PIDFILE" "$LOG_DIR/kafka.out" "$JAVA" "${JVM_OPTS[@]}" -cp "$LIBS/*" kafka.Kafka "$CONFIG"
+  log "kafka ($KAFKA_INSTANCE): starting ($TONGBAN_KAFKA_SECURITY on $LOCAL_KAFKA_BOOTSTRAP, log $INSTANCE_LOG_DIR/kafka.log)"
+  echo "$TONGBAN_KAFKA_SECURITY" > "$MODEFILE"
+  launch "$PIDFILE" "$INSTANCE_LOG_DIR/kafka.out" "$JAVA" "${JVM_OPTS[@]}" -cp "$LIBS/*" kafka.Kafka "$CONFIG"
   wait_ready
 }
 
 wait_ready() {
-  await_start "kafka on $LOCAL_KAFKA_BOOTSTRAP" "$PIDFILE" kafka.Kafka "$START_TIMEOUT" "$LOG_DIR/kafka.log" \
+  await_start "kafka on $LOCAL_KAFKA_BOOTSTRAP" "$PIDFILE" kafka.Kafka "$START_TIMEOUT" "$INSTANCE_LOG_DIR/kafka.log" \
     env TONGBAN_KAFKA_BOOTSTRAP="$LOCAL_KAFKA_BOOTSTRAP" "$VENV_PY" "$ROOT/infra/scripts/wait_ready.py" kafka --timeout 5
 }
 
 status() {
   if pid_alive "$PIDFILE" kafka.Kafka; then
-    echo "kafka: running (pid $(cat "$PIDFILE"), $(cat "$RUN_DIR/kafka.security" 2>/dev/null || echo PLAINTEXT))"
+    echo "kafka ($KAFKA_INSTANCE): running (pid $(cat "$PIDFILE"), $(cat "$MODEFILE" 2>/dev/null || echo PLAINTEXT) on $LOCAL_KAFKA_BOOTSTRAP)"
   else
-    echo "kafka: stopped"; return 1
+    echo "kafka ($KAFKA_INSTANCE): stopped"; return 1
   fi
 }
 
 case "${1:-}" in
   start) start ;;
-  stop) stop_pidfile kafka "$PIDFILE" kafka.Kafka "${TONGBAN_KAFKA_STOP_TIMEOUT:-60}" ;;
+  stop) stop_pidfile "kafka ($KAFKA_INSTANCE)" "$PIDFILE" kafka.Kafka "${TONGBAN_KAFKA_STOP_TIMEOUT:-60}" ;;
   status) status ;;
   render) render; [[ "$TONGBAN_KAFKA_SECURITY" == SASL_SSL ]] && make_tls; echo "$CONFIG" ;;
   *) echo "usage: $0 start|stop|status|render" >&2; exit 2 ;;

@@ -7,16 +7,29 @@ RUN_DIR="$VAR/run"
 LOG_DIR="$VAR/log"
 VENV_PY="$ROOT/.venv/bin/python"
 
-# Defaults from docs/conventions.md.
-LOCAL_KAFKA_PLAINTEXT="127.0.0.1:19092"
-LOCAL_KAFKA_SASL_SSL="127.0.0.1:19094"
+# Defaults from docs/conventions.md. Another broker can run beside the default one with
+# TONGBAN_KAFKA_INSTANCE=name TONGBAN_KAFKA_PORT_BASE=29092 (its own pid, log, config and
+# data files; see README "Configuration").
+KAFKA_INSTANCE="${TONGBAN_KAFKA_INSTANCE:-kafka}"
+[[ "$KAFKA_INSTANCE" =~ ^[a-z0-9-]+$ ]] || { echo "TONGBAN_KAFKA_INSTANCE may hold only a-z, 0-9 and '-'" >&2; exit 2; }
+KAFKA_PORT_BASE="${TONGBAN_KAFKA_PORT_BASE:-19092}"
+KAFKA_PORT="${TONGBAN_KAFKA_PORT:-$KAFKA_PORT_BASE}"                        # SASL_PLAINTEXT clients
+KAFKA_CONTROLLER_PORT="${TONGBAN_KAFKA_CONTROLLER_PORT:-$((KAFKA_PORT_BASE + 1))}"
+KAFKA_SSL_PORT="${TONGBAN_KAFKA_SSL_PORT:-$((KAFKA_PORT_BASE + 2))}"        # SASL_SSL clients
+LOCAL_KAFKA_SASL_PLAINTEXT="127.0.0.1:$KAFKA_PORT"
+LOCAL_KAFKA_SASL_SSL="127.0.0.1:$KAFKA_SSL_PORT"
+KAFKA_PIDFILE="$RUN_DIR/$KAFKA_INSTANCE.pid"
 LOCAL_MONGO_URI="mongodb://127.0.0.1:27217/"
 
-TONGBAN_KAFKA_SECURITY="${TONGBAN_KAFKA_SECURITY:-PLAINTEXT}"
+# The local broker always authenticates (SCRAM-SHA-512) and authorizes (ACLs generated from
+# infra/topics.toml): SASL_PLAINTEXT on 19092 (default) or SASL_SSL on 19094. PLAINTEXT is
+# accepted only for an external cluster named by TONGBAN_KAFKA_BOOTSTRAP.
+TONGBAN_KAFKA_SECURITY="${TONGBAN_KAFKA_SECURITY:-SASL_PLAINTEXT}"
 case "$TONGBAN_KAFKA_SECURITY" in
-  PLAINTEXT) LOCAL_KAFKA_BOOTSTRAP="$LOCAL_KAFKA_PLAINTEXT" ;;
-  SASL_SSL)  LOCAL_KAFKA_BOOTSTRAP="$LOCAL_KAFKA_SASL_SSL" ;;
-  *) echo "TONGBAN_KAFKA_SECURITY must be PLAINTEXT or SASL_SSL (got '$TONGBAN_KAFKA_SECURITY')" >&2; exit 2 ;;
+  SASL_PLAINTEXT) LOCAL_KAFKA_BOOTSTRAP="$LOCAL_KAFKA_SASL_PLAINTEXT" ;;
+  SASL_SSL)       LOCAL_KAFKA_BOOTSTRAP="$LOCAL_KAFKA_SASL_SSL" ;;
+  PLAINTEXT)      LOCAL_KAFKA_BOOTSTRAP="$LOCAL_KAFKA_SASL_PLAINTEXT" ;;  # kafka.sh start refuses it
+  *) echo "TONGBAN_KAFKA_SECURITY must be SASL_PLAINTEXT, SASL_SSL or PLAINTEXT (got '$TONGBAN_KAFKA_SECURITY')" >&2; exit 2 ;;
 esac
 export TONGBAN_KAFKA_SECURITY
 
@@ -28,7 +41,7 @@ kafka_is_local() {
   local b="${TONGBAN_KAFKA_BOOTSTRAP:-}"
   [[ -z "$b" ]] && return 0
   case "$b" in
-    127.0.0.1:19092|localhost:19092|127.0.0.1:19094|localhost:19094) return 0 ;;
+    "127.0.0.1:$KAFKA_PORT"|"localhost:$KAFKA_PORT"|"127.0.0.1:$KAFKA_SSL_PORT"|"localhost:$KAFKA_SSL_PORT") return 0 ;;
   esac
   return 1
 }

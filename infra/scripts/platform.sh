@@ -9,7 +9,7 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 S="$ROOT/infra/scripts"
 
-kafka_running() { pid_alive "$RUN_DIR/kafka.pid" kafka.Kafka || port_open "${LOCAL_KAFKA_BOOTSTRAP%:*}" "${LOCAL_KAFKA_BOOTSTRAP##*:}"; }
+kafka_running() { pid_alive "$KAFKA_PIDFILE" kafka.Kafka || port_open "${LOCAL_KAFKA_BOOTSTRAP%:*}" "${LOCAL_KAFKA_BOOTSTRAP##*:}"; }
 mongo_running() { pid_alive "$RUN_DIR/ferretdb.pid" ferretdb || port_open 127.0.0.1 27217; }
 
 check_external() {
@@ -33,7 +33,11 @@ ensure() {
   mkdir -p "$RUN_DIR"; : > "$state"
   exec 9>"$RUN_DIR/platform.lock"; flock 9
   if kafka_is_local; then
-    if kafka_running; then log "kafka: already running, leaving it as it is"
+    if kafka_running; then
+      mode="$(cat "$RUN_DIR/$KAFKA_INSTANCE.security" 2>/dev/null || echo PLAINTEXT)"
+      [[ "$mode" == "$TONGBAN_KAFKA_SECURITY" ]] || die "kafka: the running local broker is $mode, \
+not $TONGBAN_KAFKA_SECURITY: 'make down' (and 'make clean-data' if it predates Kafka identities), then retry"
+      log "kafka: already running, leaving it as it is"
     else "$S/kafka.sh" start; echo kafka >> "$state"; fi
   else
     check_external kafka "$TONGBAN_KAFKA_BOOTSTRAP"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make test`: start the broker/store only if they are not running, run pytest, stop what
-# was started here (also on failure or Ctrl-C), and exit with pytest's exit code.
+# was started here (also on failure or Ctrl-C), and exit with pytest's exit code. The SCRAM
+# users of principals declared since the broker's data dir was formatted are added first.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
@@ -8,9 +9,13 @@ cd "$ROOT"
 state="$RUN_DIR/test-started.$$"
 trap '"$ROOT/infra/scripts/platform.sh" release "$state" || true' EXIT
 "$ROOT/infra/scripts/platform.sh" ensure "$state"
+if kafka_is_local && [[ "$TONGBAN_KAFKA_SECURITY" != PLAINTEXT ]]; then
+  "$VENV_PY" -m tongban.ops principals apply >/dev/null
+fi
 
 set +e
-"$VENV_PY" -m pytest -q tests "$@"
+# Arguments replace the default selection (the whole of tests/), e.g. one module.
+"$VENV_PY" -m pytest -q "${@:-tests}"
 rc=$?
 set -e
 exit "$rc"

@@ -4,7 +4,8 @@
     python infra/scripts/wait_ready.py mongo [--timeout S]   # ping via pymongo
 
 Targets come from TONGBAN_KAFKA_BOOTSTRAP / TONGBAN_MONGO_URI (local defaults otherwise);
-TONGBAN_KAFKA_SECURITY=SASL_SSL uses TONGBAN_KAFKA_USERNAME/_PASSWORD/_CAFILE.
+With SASL (the local broker's default) it logs in as the broker's `admin`, its secret from
+the secrets file, unless TONGBAN_KAFKA_USERNAME/_PASSWORD say otherwise.
 Exit code 0 when the target answered within the timeout. Kafka options come from
 tongban.config, the one place the TONGBAN_KAFKA_* variables are read.
 """

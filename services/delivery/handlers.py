@@ -34,8 +34,15 @@ def inputs(partner_ids: list[str]) -> list[str]:
 
 
 def _sender(event: Event) -> str:
-    """The partner id of a partner topic: tongban.partner.<id>.<stream>."""
-    return event.topic.split(".")[2]
+    """The partner that wrote the record: the id in its topic, tongban.partner.<id>.<stream>,
+    which the broker's ACLs let that partner alone write (a replay through the retry topic
+    keeps its origin topic, and only operators may write there). The envelope's
+    `source_partner` is the client's own claim: one that disagrees is dead-lettered."""
+    sender = event.topic.split(".")[2]
+    claimed = event.envelope.get("source_partner")
+    if claimed is not None and claimed != sender:
+        raise Rejected(f"the envelope names partner {claimed}, but the record came on partner {sender}'s topic")
+    return sender
 
 
 class _Opener:
@@ -168,6 +175,7 @@ def make_handlers(cipher: PiiCipher, registry: SchemaRegistry | None = None) -> 
 
     async def on_receipt(event: Event, state: dict | None) -> Outcome:
         p = event.payload
+        _sender(event)  # the carrier's own topic, and an envelope that agrees
         if state is None or state.get("dispatch_id") != p["dispatch_id"]:
             raise Rejected("receipt for a dispatch this service did not make")
         if p["status"] != "DELIVERED" or state.get("delivered"):

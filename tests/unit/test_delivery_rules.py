@@ -154,6 +154,25 @@ async def test_a_decision_with_a_forged_assignment_id_is_refused_even_from_the_a
         await feed(*ASSIGNED, ACCEPTED, decision("APPROVED", assignment_id=f"{APP}:420000"))
 
 
+async def test_the_sender_is_the_topic_and_an_envelope_claiming_another_partner_is_refused():
+    state, _ = await feed(*ASSIGNED, ACCEPTED)
+    topic_event = event(*decision("APPROVED"))
+    claims = {**topic_event.envelope, "source_partner": "420000"}  # written on 440000's topic
+    with pytest.raises(Rejected, match="^the envelope names partner 420000, but the record came on partner "
+                                       "440000's topic$"):
+        await run(DECISION_EVENT)(Event(topic_event.event_id, DECISION_EVENT, APP, topic_event.payload, claims,
+                                        topic_event.topic), state)
+    agreeing = {**topic_event.envelope, "source_partner": "440000"}
+    outcome = await run(DECISION_EVENT)(Event(topic_event.event_id, DECISION_EVENT, APP, topic_event.payload,
+                                              agreeing, topic_event.topic), state)
+    assert outcome.emits
+    state, _ = await feed(*ASSIGNED, ACCEPTED, decision("APPROVED"))
+    carrier = event(*receipt("DELIVERED"))
+    with pytest.raises(Rejected, match="names partner 440000"):
+        await run(RECEIPT_EVENT)(Event(carrier.event_id, RECEIPT_EVENT, APP, carrier.payload,
+                                       {**carrier.envelope, "source_partner": "440000"}, carrier.topic), state)
+
+
 async def test_a_decision_for_an_application_with_no_assigned_work_is_refused():
     with pytest.raises(Rejected, match="^no work is assigned for this application$"):
         await feed(RECEIVED_STEP, decision("APPROVED"))

@@ -49,6 +49,7 @@ class TopicSpec:
     writer: str = ""
     key: str = ""
     declared_name: str = ""  # the name without namespace
+    readers: tuple[str, ...] = ()  # who may consume it (input of the ACLs, tongban.ops.acls)
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,14 @@ def _spec(entry: Mapping[str, Any], defaults: Mapping[str, Any], namespace: str,
         writer=fill(str(entry.get("writer", ""))),
         key=str(entry.get("key", "")),
         declared_name=name,
+        readers=tuple(fill(str(r)) for r in entry.get("readers", ())),
     )
+
+
+def load_document(path: str | Path | None = None) -> dict[str, Any]:
+    """The declaration file as parsed TOML (partners, feeds, groups, quotas, templates)."""
+    with open(path or DEFAULT_FILE, "rb") as fh:
+        return tomllib.load(fh)
 
 
 def load_declared(namespace: str | None = None, path: str | Path | None = None) -> list[TopicSpec]:
@@ -100,8 +108,7 @@ def load_declared(namespace: str | None = None, path: str | Path | None = None) 
     ``namespace`` defaults to ``TONGBAN_NAMESPACE`` (empty when unset)."""
     if namespace is None:
         namespace = os.environ.get("TONGBAN_NAMESPACE", "")
-    with open(path or DEFAULT_FILE, "rb") as fh:
-        doc = tomllib.load(fh)
+    doc = load_document(path)
     defaults = doc.get("defaults", {})
     partners = list(doc.get("partners", {}))
     groups = list(doc.get("groups", {}))
@@ -137,7 +144,7 @@ def load_declared(namespace: str | None = None, path: str | Path | None = None) 
 
 def kafka_client_settings(bootstrap: str | None = None) -> dict[str, Any]:
     """aiokafka client keyword arguments from the TONGBAN_KAFKA_* environment (see
-    tongban.config; an operator tool falls back to the local broker's SASL_SSL identity)."""
+    tongban.config): an operator tool runs as the broker's `admin` unless told otherwise."""
     options = load_settings("ops", local_defaults=True).kafka_client_options()
     return {**options, "bootstrap_servers": bootstrap or options["bootstrap_servers"]}
 
