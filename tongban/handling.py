@@ -80,7 +80,10 @@ class Wiring:
     - `commands`: command type -> handler, for requests its API writes to its command topic;
     - `timers`: timer name -> handler;
     - `keys`: event type -> the aggregate key, where it is not the record key (the runtime
-      repartitions such records so each aggregate has one owner)."""
+      repartitions such records so each aggregate has one owner);
+    - `business_ids`: event type -> the business fact an event records (a rating id, a
+      work order's id and stage). Like the event id, it is applied once within the replay
+      horizon, so a partner resending the same fact under a new event id changes nothing."""
 
     service: str
     inputs: list[str]
@@ -88,3 +91,4 @@ class Wiring:
     commands: dict[str, Handler] = field(default_factory=dict)
     timers: dict[str, Handler] = field(default_factory=dict)
     keys: dict[str, KeyOf] = field(default_factory=dict)
+    business_ids: dict[str, KeyOf] = field(default_factory=dict)

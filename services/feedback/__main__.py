@@ -9,7 +9,7 @@ from tongban.handling import Wiring
 
 def wiring(settings: Settings) -> Wiring:
     return Wiring("feedback", inputs=handlers.INPUTS, handlers=handlers.make_handlers(FlagThresholds()),
-                  keys=handlers.keys())
+                  keys=handlers.keys(), business_ids=handlers.business_ids())
 
 
 if __name__ == "__main__":

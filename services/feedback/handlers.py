@@ -87,3 +87,9 @@ def make_handlers(thresholds: FlagThresholds):
 
 def keys() -> dict:
     return {RATING: score_key, WORK_ORDER: score_key}
+
+
+def business_ids() -> dict:
+    """A rating counts once by its id, a work order's stage once, whatever event carried them."""
+    return {RATING: lambda event: event.payload["rating_id"],
+            WORK_ORDER: lambda event: f"{event.payload['work_order_id']}|{event.payload['stage']}"}

@@ -171,3 +171,13 @@ async def test_a_work_order_about_no_matter_scores_nothing():
 async def test_the_callers_words_are_not_kept_in_the_score():
     state, _ = await feed(work_order())
     assert NAME not in repr(state) and PHONE not in repr(state)
+
+
+def test_a_rating_and_a_work_order_stage_are_facts_applied_once_whatever_event_carries_them():
+    ids = handlers.business_ids()
+    first = Event("e1", handlers.RATING, "k", rating(1, n=7)[1], {}, "t")
+    resent = Event("e2", handlers.RATING, "k", rating(1, n=7)[1], {}, "t")
+    assert ids[handlers.RATING](first) == ids[handlers.RATING](resent) == "R7"
+    received = Event("e3", handlers.WORK_ORDER, "k", work_order("RECEIVED", n=4)[1], {}, "t")
+    answered = Event("e4", handlers.WORK_ORDER, "k", work_order("ANSWERED", n=4)[1], {}, "t")
+    assert ids[handlers.WORK_ORDER](received) != ids[handlers.WORK_ORDER](answered)

@@ -434,8 +434,17 @@ class Task:
                      headers: list[tuple[str, bytes]], poison: Callable[[BaseException], None],
                      fired: str | None = None) -> None:
         """Apply one event to its aggregate exactly once, or call `poison` with the reason."""
-        mark = DEDUPE + event.event_id.encode()
-        if fired is None and (mark in batch.changes or self.store.get(mark) is not None):
+        marks = [DEDUPE + event.event_id.encode()]
+        business_id = self.ctx.wiring.business_ids.get(event.event_type)
+        if business_id is not None:
+            try:
+                marks.append(DEDUPE + f"{event.event_type}|{business_id(event)}".encode())
+            except Exception as exc:
+                failure = HandlerFailed(f"no business id for {event.event_type}")
+                failure.__cause__ = exc
+                poison(failure)
+                return
+        if fired is None and any(mark in batch.changes or self.store.get(mark) is not None for mark in marks):
             return  # a replay: its facts are already in the state and on the bus
         entry = await self._entry(batch, key)  # an archive outage propagates: the batch pauses
         try:
@@ -461,7 +470,8 @@ class Task:
                 poison(failure)
                 return
         if fired is None:
-            batch.changes[mark] = pack({"at": now_utc(), "key": key})
+            for mark in marks:
+                batch.changes[mark] = pack({"at": now_utc(), "key": key})
         if new.finished and new.archived > entry.archived:
             batch.archive.append({"_id": archive_id(key, new.archived), "key": key, "version": new.archived,
                                   "service": self.ctx.settings.service, "state": new.state, "trace": new.trace,
