@@ -78,8 +78,9 @@ bench: topics ## throughput, latency, restore, idle CPU, memory (< 15 min); var/
 test: setup ## run all tests, starting (and afterwards stopping) broker/store if needed
 	$(SCRIPTS)/run-tests.sh
 
-lint: venv ## ruff check
+lint: venv protos ## ruff and mypy (mypy reads the generated gRPC stubs)
 	$(PY) -m ruff check .
+	$(PY) -m mypy tongban services sim
 
 mutate: venv ## mutation testing (mutmut) of the rules and runtime against tests/unit; writes var/mutate/latest.json
 	$(PY) infra/scripts/mutate.py

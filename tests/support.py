@@ -87,7 +87,7 @@ def carrier_parcels(stack: Stack, application_id: str) -> int:
     return sum(1 for line in lines if json.loads(line)["application_id"] == application_id)
 
 
-async def settle(namespace: str, topics: list[str], key: str, sink: Sink, timeout: float = 60) -> Seen:
+async def settle(namespace: str, topics: list[str], key: str, sink: Sink, within: float = 60) -> Seen:
     """Write a marker record behind everything already on each topic's partition for `key`
     and wait until the sink has read every marker: whatever was written there before, the
     sink has then seen (no fixed sleep). The marker is an event no service handles."""
@@ -101,18 +101,18 @@ async def settle(namespace: str, topics: list[str], key: str, sink: Sink, timeou
     def arrived(seen: Seen) -> bool:
         return len([m for m in seen.events(MARKER, key) if m["matter_code"] == marker_id]) == len(topics)
 
-    return await sink.wait_for(arrived, timeout)
+    return await sink.wait_for(arrived, within)
 
 
 def trace_file(stack: Stack) -> Path:
     return stack.log_dir / "traces.jsonl"
 
 
-async def submit(stack: Stack, request: intake_pb2.SubmitRequest, timeout: float = 60,
+async def submit(stack: Stack, request: intake_pb2.SubmitRequest, retry_for: float = 60,
                  caller: str = DEFAULT_CALLER) -> str:
     """Submit like a real client (as `caller`, with its client certificate): retry on
-    UNAVAILABLE (a crashed or restarting intake)."""
-    deadline = time.monotonic() + timeout
+    UNAVAILABLE (a crashed or restarting intake) for up to `retry_for` seconds."""
+    deadline = time.monotonic() + retry_for
     while True:
         try:
             async with client_channel(stack.grpc_target("intake"), caller) as channel:
@@ -131,10 +131,10 @@ async def track(stack: Stack, application_id: str, caller: str = DEFAULT_CALLER)
             intake_pb2.TrackRequest(application_id=application_id), timeout=10)
 
 
-async def wait_terminal(stack: Stack, application_id: str, timeout: float = 60,
+async def wait_terminal(stack: Stack, application_id: str, within: float = 60,
                         until=lambda progress: True, caller: str = DEFAULT_CALLER) -> intake_pb2.Progress:
     """Track until the application is concluded and `until(progress)` holds."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while True:
         try:
             progress = await track(stack, application_id, caller)
@@ -144,7 +144,7 @@ async def wait_terminal(stack: Stack, application_id: str, timeout: float = 60,
             if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND):
                 raise
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{application_id} not concluded after {timeout}s")
+            raise TimeoutError(f"{application_id} not concluded after {within}s")
         await asyncio.sleep(0.3)
 
 
@@ -195,8 +195,8 @@ class Sink:
                     self.seen.by_type[event_type].append(body)
         return self.seen
 
-    async def wait_for(self, predicate, timeout: float = 60) -> Seen:
-        deadline = time.monotonic() + timeout
+    async def wait_for(self, predicate, within: float = 60) -> Seen:
+        deadline = time.monotonic() + within
         while not predicate(self.seen):
             if time.monotonic() > deadline:
                 raise TimeoutError("the sink did not see what was expected")

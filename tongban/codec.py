@@ -21,7 +21,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import fastavro
 import fastavro.validation
@@ -29,14 +29,14 @@ from fastavro.schema import fingerprint as _fastavro_fingerprint
 from fastavro.schema import to_parsing_canonical_form
 
 __all__ = [
-    "MAGIC",
     "HEADER_SIZE",
+    "MAGIC",
     "MASK",
     "CodecError",
     "MalformedRecord",
-    "UnknownSchema",
-    "SchemaVersion",
     "SchemaRegistry",
+    "SchemaVersion",
+    "UnknownSchema",
     "schema_fingerprint",
 ]
 
@@ -83,7 +83,7 @@ class SchemaVersion:
     version: int
     fingerprint: bytes
     schema_json: str = field(repr=False)
-    parsed: object = field(repr=False, compare=False)
+    parsed: dict[str, Any] = field(repr=False, compare=False)
 
     @property
     def fingerprint_hex(self) -> str:
@@ -161,7 +161,8 @@ class SchemaRegistry:
             fp = schema_fingerprint(schema)
         except Exception as exc:  # fastavro raises several types for bad schemas
             raise CodecError(f"{name}.v{version}: invalid schema ({exc})") from None
-        sv = SchemaVersion(name, version, fp, schema_json, parsed)
+        # A record schema parses to a dict; fastavro's annotation covers every schema form.
+        sv = SchemaVersion(name, version, fp, schema_json, cast(dict[str, Any], parsed))
         target = self._local if local else self._learned
         target.setdefault(name, []).append(sv)
         target[name].sort(key=lambda v: v.version)
@@ -224,7 +225,7 @@ class SchemaRegistry:
         ``envelope.schema_version`` the version used.
         """
         sv = self.latest(full_name)
-        parsed: dict = sv.parsed  # type: ignore[assignment]
+        parsed = sv.parsed
         named = parsed["__named_schemas"]
         fits = self._validators.get(sv.fingerprint)
         if fits is None:
@@ -305,7 +306,7 @@ class SchemaRegistry:
         versions = self._local.get(full_name) or self._learned.get(full_name)
         if not versions:
             raise UnknownSchema(f"no schema named {full_name}", full_name=full_name)
-        return versions[-1].parsed  # type: ignore[return-value]
+        return versions[-1].parsed
 
     def pii_paths(self, full_name: str) -> list[tuple[str, ...]]:
         """Paths of fields marked ``"pii": true``; arrays, maps and unions are transparent."""

@@ -6,6 +6,7 @@ import os
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from tongban.pii import Keyring, PiiCipher
 from tongban.pii_policy import load_keyring
@@ -121,7 +122,7 @@ class Settings:
                 f"no Kafka secret for principal {self.sasl_username!r}: set TONGBAN_KAFKA_USERNAME and "
                 f"TONGBAN_KAFKA_PASSWORD, or list it in {self.kafka_secrets_file} (TONGBAN_KAFKA_SECRETS_FILE; "
                 "make setup creates the local one)")
-        options = {
+        options: dict[str, Any] = {
             "bootstrap_servers": self.kafka_bootstrap,
             "security_protocol": self.kafka_security,
             "sasl_mechanism": "SCRAM-SHA-512",

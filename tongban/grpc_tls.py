@@ -23,6 +23,7 @@ import functools
 import logging
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,7 +61,7 @@ class Caller:
     role: str
 
 
-def tls_dir(env: dict[str, str] | None = None) -> Path:
+def tls_dir(env: Mapping[str, str] | None = None) -> Path:
     env = os.environ if env is None else env
     return Path(env.get("TONGBAN_GRPC_TLS_DIR") or DEFAULT_TLS_DIR)
 

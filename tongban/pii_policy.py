@@ -27,6 +27,7 @@ keys of the parties it seals for always come from the key directory.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tomllib
@@ -174,8 +175,7 @@ def operator_keyring(env: Mapping[str, str] | None = None) -> Keyring:
     opening = {p: read_party_keys(p, env) for p in parties() if key_file(p, env).exists()}
     sealing = {}
     for party, keys in opening.items():
-        try:
+        # This party cannot be sealed for under `suite` until it has such a key.
+        with contextlib.suppress(PiiError):
             sealing[party] = current_key(keys, suite, party)
-        except PiiError:
-            pass  # this party cannot be sealed for under `suite` until it has such a key
     return Keyring(None, opening, sealing, suite)

@@ -27,8 +27,16 @@ from avro.compatibility import ReaderWriterCompatibilityChecker, SchemaCompatibi
 
 from tongban.codec import DEFAULT_DIRECTORY, CodecError, SchemaRegistry
 
-__all__ = ["check_pair", "check_full_transitive", "check_directory", "lock_entries",
-           "read_lock", "lock_problems", "update_lock", "main"]
+__all__ = [
+    "check_directory",
+    "check_full_transitive",
+    "check_pair",
+    "lock_entries",
+    "lock_problems",
+    "main",
+    "read_lock",
+    "update_lock",
+]
 
 LOCK_NAME = "released.lock"
 
@@ -41,7 +49,7 @@ def _parse(schema_json: str, role: str) -> avro.schema.Schema:
 
 
 def _leaves(schema: avro.schema.Schema, path: tuple[str, ...],
-            out: dict[tuple[tuple[str, ...], str], str | None], active: frozenset[str]) -> None:
+            out: dict[tuple[tuple[str, ...], str], object], active: frozenset[str]) -> None:
     """Map (field path, underlying type) -> logicalType for every leaf; unions transparent."""
     kind = schema.type
     if kind == "union":
@@ -88,7 +96,7 @@ def check_pair(reader_json: str, writer_json: str) -> list[str]:
 
 def check_full_transitive(versions_json: Sequence[str]) -> list[str]:
     """Every pair of versions (given oldest first) read both ways; problems name vN/vM."""
-    problems = []
+    problems: list[str] = []
     for i, older in enumerate(versions_json):
         for j in range(i + 1, len(versions_json)):
             newer = versions_json[j]
@@ -129,7 +137,7 @@ def lock_entries(directory: Path | None = None) -> dict[str, tuple[str, str]]:
 
 def read_lock(path: Path) -> dict[str, tuple[str, str]]:
     """Parse a lock file; blank lines and ``#`` comments are ignored."""
-    entries = {}
+    entries: dict[str, tuple[str, str]] = {}
     if not path.exists():
         return entries
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):

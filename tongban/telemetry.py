@@ -41,6 +41,7 @@ class JsonLinesSpanExporter(SpanExporter):
         lines = []
         for span in spans:
             ctx = span.get_span_context()
+            assert ctx is not None, "a span the SDK ended has a context"
             parent = span.parent
             lines.append(
                 json.dumps(
@@ -65,7 +66,7 @@ class JsonLinesSpanExporter(SpanExporter):
 class JsonLogFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         span_ctx = trace.get_current_span().get_span_context()
-        entry = {
+        entry: dict[str, Any] = {
             "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
             "level": record.levelname,
             "logger": record.name,

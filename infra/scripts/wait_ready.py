@@ -29,13 +29,13 @@ def kafka_settings() -> dict:
     return load_settings("ops", local_defaults=True).kafka_client_options()
 
 
-async def kafka_ready(timeout: float) -> None:
+async def kafka_ready(request_timeout: float) -> None:
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(request_timeout_ms=int(timeout * 1000), **kafka_settings())
+    admin = AIOKafkaAdminClient(request_timeout_ms=int(request_timeout * 1000), **kafka_settings())
     try:
-        await asyncio.wait_for(admin.start(), timeout)
-        cluster = await asyncio.wait_for(admin.describe_cluster(), timeout)
+        await asyncio.wait_for(admin.start(), request_timeout)
+        cluster = await asyncio.wait_for(admin.describe_cluster(), request_timeout)
         if not cluster.get("brokers"):
             raise RuntimeError("no brokers in metadata")
     finally:
@@ -67,7 +67,7 @@ def main() -> int:
             else:
                 mongo_ready(args.timeout)
             return 0
-        except Exception as exc:  # noqa: BLE001 - any failure means "not ready yet"
+        except Exception as exc:  # any failure means "not ready yet"
             if time.monotonic() >= deadline:
                 print(f"{args.what}: not ready: {type(exc).__name__}: {exc}", file=sys.stderr)
                 return 1

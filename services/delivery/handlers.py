@@ -112,6 +112,7 @@ def make_handlers(cipher: PiiCipher, registry: SchemaRegistry | None = None) -> 
     async def on_acceptance(event: Event, state: dict | None) -> Outcome:
         p = event.payload
         assignment = _check(event, state)
+        assert state is not None  # _check refuses a file without an assignment
         partner = assignment["partner_id"]
         if p["outcome"] == "ACCEPTED":
             body = {"application_id": event.key, "deciding_partner": partner, "accepted_at": p["accepted_at"]}
@@ -130,6 +131,7 @@ def make_handlers(cipher: PiiCipher, registry: SchemaRegistry | None = None) -> 
     async def on_decision(event: Event, state: dict | None) -> Outcome:
         p = event.payload
         assignment = _check(event, state)
+        assert state is not None  # _check refuses a file without an assignment
         if state.get("acceptance") == "REFUSED":
             raise Rejected("the authority refused to accept this application; it cannot decide it")
         if "decision" in state:

@@ -14,7 +14,7 @@ from dataclasses import asdict
 from services.feedback.domain import FlagThresholds, InvalidRating, MatterScore, ServiceRating, evaluate
 from tongban import topics
 from tongban.events import now_utc
-from tongban.handling import Emit, Event, Outcome, Rejected
+from tongban.handling import Emit, Event, Handler, Outcome, Rejected
 
 FLAGS = topics.FEEDBACK_FLAGS
 INPUTS = [topics.FEEDBACK_RATINGS, topics.FEEDBACK_WORKORDERS]
@@ -61,7 +61,7 @@ def _reason(score: MatterScore, thresholds: FlagThresholds) -> str:
     return f"{score.bad_ratings} of {score.total_ratings} ratings were bad (差评)"
 
 
-def make_handlers(thresholds: FlagThresholds):
+def make_handlers(thresholds: FlagThresholds) -> dict[str, Handler]:
     async def on_rating(event: Event, state: dict | None) -> Outcome:
         p = event.payload
         score, extra = _load(state, event, p["party"])

@@ -137,6 +137,7 @@ class IntakeServicer(intake_pb2_grpc.IntakeServicer):
         state = await self.runtime.state_of(application_id)
         if state is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, "no such application")
+        assert state is not None, "abort raises"
         if not domain.may_see(state, caller.source_system, caller.role):
             await deny(context, method, caller, NOT_YOURS)
         return state

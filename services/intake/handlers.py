@@ -13,7 +13,7 @@ from __future__ import annotations
 from services.intake import domain
 from tongban import topics
 from tongban.events import derive_event_id
-from tongban.handling import Emit, Event, Outcome, Rejected
+from tongban.handling import Emit, Event, Handler, Outcome, Rejected
 from tongban.scrub import scrub
 
 RECEIVED = topics.APPLICATION_RECEIVED
@@ -125,7 +125,7 @@ def _advance(event: Event, state: dict | None, stage: str, detail: str = "", **f
     return Outcome(state=progress, finished=progress["terminal"])
 
 
-HANDLERS = {
+HANDLERS: dict[str, Handler] = {
     topics.APPLICATION_ROUTED_EVENT: on_routed,
     topics.APPLICATION_UNROUTABLE_EVENT: on_unroutable,
     topics.APPLICATION_VERIFIED_EVENT: on_verified,
@@ -135,4 +135,4 @@ HANDLERS = {
     topics.APPLICATION_DECIDED_EVENT: on_decided,
     topics.APPLICATION_DELIVERED_EVENT: on_delivered,
 }
-COMMANDS = {SUBMIT: submit, RATE: rate}
+COMMANDS: dict[str, Handler] = {SUBMIT: submit, RATE: rate}

@@ -55,7 +55,7 @@ async def test_a_crash_in_flight_delivers_exactly_once(stack, namespace, service
     request = samples(secrets.token_hex(4))[1].request  # licence by post: the carrier is a sink too
     application_id = await submit(stack, request)  # durable on intake's command topic
     await recover(stack, service)
-    progress = await wait_terminal(stack, application_id, timeout=90)
+    progress = await wait_terminal(stack, application_id, within=90)
     assert progress.stage == "DELIVERED"
     assert [h.stage for h in progress.history].count("DELIVERED") == 1
     await assert_exactly_once(stack, namespace, application_id)
@@ -72,7 +72,7 @@ async def test_a_crash_while_restoring_state_loses_nothing(stack, namespace, ser
         stack.log_dir / f"fresh-state-{secrets.token_hex(2)}")})  # an empty local store: a full restore
     await recover(stack, service)
     application_id = await submit(stack, samples(secrets.token_hex(4))[1].request)
-    assert (await wait_terminal(stack, application_id, timeout=90)).stage == "DELIVERED"
+    assert (await wait_terminal(stack, application_id, within=90)).stage == "DELIVERED"
     await assert_exactly_once(stack, namespace, application_id)
 
 

@@ -96,7 +96,9 @@ async def test_content_that_breaks_a_rule_is_dead_lettered_with_its_reason(stack
     invalid = dead_letters(seen, namespace, "feedback", bad_rating)[0]
     assert header(invalid, "tongban.dlq.error.class") == "Rejected"
     reason = header(invalid, "tongban.dlq.error.message")
-    assert "level" in reason and "张三" not in reason and "13800000000" not in reason
+    assert "level" in reason
+    assert "张三" not in reason
+    assert "13800000000" not in reason
 
 
 async def test_a_record_replayed_through_the_retry_topic_is_handled_as_from_its_origin(stack, namespace):
@@ -186,7 +188,8 @@ async def test_records_that_once_halted_services_are_dead_lettered_and_every_pro
             pytest.fail(f"dead letters seen: { {s: reasons(sink.seen, s) for s in ('routing', 'delivery')} }")
     assert all(p.poll() is None for p in stack.processes.values()), "a poison record stopped a process"
     tombstone = next(r for r in seen.records if "tombstone" in header(r, "tongban.dlq.error.message"))
-    assert tombstone.key is None and header(tombstone, "tongban.dlq.error.class") == "MalformedRecord"
+    assert tombstone.key is None
+    assert header(tombstone, "tongban.dlq.error.class") == "MalformedRecord"
 
 
 async def test_an_oversized_submit_is_refused_naming_the_field_and_nothing_is_written(stack, namespace):

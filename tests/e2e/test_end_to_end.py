@@ -93,7 +93,8 @@ async def test_one_application_is_delivered_rated_and_traced_through_every_servi
     assert (rating["level"], rating["party"], rating["matter_code"]) == (1, "440000", "KSTB-MKT-01")
     # Personal fields travel sealed for the carrier alone, which reads the address with its key.
     dispatch = seen.events("tongban.delivery.PostalDispatch", application_id)[0]
-    assert dispatch["address"].startswith("pii:v2:") and sealed_for(dispatch["address"]) == ["ems"]
+    assert dispatch["address"].startswith("pii:v2:")
+    assert sealed_for(dispatch["address"]) == ["ems"]
     assert stack_cipher("ems").open(dispatch["address"], record="tongban.delivery.PostalDispatch", path="address",
                                     subject=application_id) == request.postal_address
     raw = b"".join(r.value for r in seen.records if r.key == application_id.encode())

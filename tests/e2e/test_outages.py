@@ -49,8 +49,8 @@ def pauses(stack) -> int:
                for log in stack.log_dir.glob("*.log"))
 
 
-async def wait_until(condition, timeout: float = 90) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
+async def wait_until(condition, within: float = 90) -> None:
+    deadline = asyncio.get_running_loop().time() + within
     while not await condition():
         assert asyncio.get_running_loop().time() < deadline, "the condition never held"
         await asyncio.sleep(0.2)
@@ -73,7 +73,7 @@ async def test_a_store_outage_pauses_the_flow_and_it_resumes_without_loss(stack,
     assert not progress.terminal, "the application concluded although the store was down"
     assert all(p.poll() is None for p in stack.processes.values()), "a service died in the outage"
     platform("ferretdb.sh", "start")
-    assert (await wait_terminal(stack, application_id, timeout=120)).stage == "DELIVERED"
+    assert (await wait_terminal(stack, application_id, within=120)).stage == "DELIVERED"
     await assert_no_dead_letters(namespace, application_id)
 
 
@@ -100,5 +100,5 @@ async def test_a_broker_outage_pauses_the_flow_and_it_resumes_without_loss(stack
         stack.processes["sim"].send_signal(signal.SIGCONT)
     platform("kafka.sh", "start")
     assert all(p.poll() is None for p in stack.processes.values()), "a service died in the outage"
-    assert (await wait_terminal(stack, application_id, timeout=120)).stage == "DELIVERED"
+    assert (await wait_terminal(stack, application_id, within=120)).stage == "DELIVERED"
     await assert_no_dead_letters(namespace, application_id)

@@ -177,7 +177,7 @@ async def test_an_end_to_end_run_writes_no_personal_data_in_the_clear_anywhere(s
 
     answers = {}
     for expected, application_id in ids.items():
-        progress = await wait_terminal(stack, application_id, timeout=90)
+        progress = await wait_terminal(stack, application_id, within=90)
         assert progress.stage == expected.split(":")[0], (expected, [h.stage for h in progress.history])
     async with client_channel(stack.grpc_target("intake")) as channel:
         await intake_pb2_grpc.IntakeStub(channel).Rate(intake_pb2.RateRequest(
@@ -191,7 +191,8 @@ async def test_an_end_to_end_run_writes_no_personal_data_in_the_clear_anywhere(s
     # The free text was there to leak, and reached Track scrubbed.
     failed = await track(stack, ids["REJECTED"])
     detail = failed.history[-1].detail
-    assert "[NAME]（身份证[NAME]，电话" in detail and "is missing" in detail
+    assert "[NAME]（身份证[NAME]，电话" in detail
+    assert "is missing" in detail
     assert not [v for v in failing.values().values() if v in detail]
 
     # Personal data did travel, sealed for who may read it: the carrier opens the dispatch, the
@@ -234,7 +235,8 @@ async def test_an_end_to_end_run_writes_no_personal_data_in_the_clear_anywhere(s
     assert any(k.startswith(f"topic {namespace}tongban.dlq.") for k in written)
     assert any(k.startswith("store ") and k.endswith(".archive") and v for k, v in written.items())
     spans = [json.loads(line) for line in (stack.log_dir / "traces.jsonl").read_text().splitlines()]
-    assert spans and all("events" in s for s in spans)
+    assert spans
+    assert all("events" in s for s in spans)
     assert {"intake.log", "verification.log", "delivery.log", "sim.log"} <= {p.name for p in stack.log_dir.iterdir()}
 
     found = leaks(written, people)

@@ -58,10 +58,10 @@ class StoreCommands(monitoring.CommandListener):
     """Counts every command this process sends to the document store."""
 
     def __init__(self) -> None:
-        self.started = 0
+        self.sent = 0
 
-    def started(self, event) -> None:  # noqa: F811 (pymongo's listener method)
-        self.started += 1
+    def started(self, event) -> None:
+        self.sent += 1
 
     def succeeded(self, event) -> None:
         pass
@@ -88,8 +88,8 @@ async def started(settings, archive) -> ServiceRuntime:
     return runtime
 
 
-async def wait_state(runtime, key, predicate, timeout=30):
-    deadline = asyncio.get_running_loop().time() + timeout
+async def wait_state(runtime, key, predicate, within=30):
+    deadline = asyncio.get_running_loop().time() + within
     while not predicate(await runtime.state_of(key)):
         assert asyncio.get_running_loop().time() < deadline, f"{key} never reached the expected state"
         await asyncio.sleep(0.05)
@@ -120,7 +120,7 @@ async def test_a_durable_timer_fires_exactly_once(runtime, namespace):
     await runtime.submit("count", key, "marker-after-timer", {})  # then nothing more may follow
     await wait_state(runtime, key, lambda s: "count" in s)
     async with Sink(namespace, [ROUTED]) as sink:
-        seen = await sink.wait_for(lambda s: s.events(UNROUTABLE, key), timeout=30)
+        seen = await sink.wait_for(lambda s: s.events(UNROUTABLE, key), within=30)
     fired = seen.events(UNROUTABLE, key)
     assert len(fired) == 1, "exactly one record on the wire"
     assert fired[0]["reason"] == "reminder 7"
@@ -168,7 +168,7 @@ async def test_a_restarted_instance_restores_its_state_and_fires_an_earlier_time
         for chunk in range(0, len(keys), 500):
             await asyncio.gather(*(first.submit("count", k, f"restore-{k}", {}) for k in keys[chunk:chunk + 500]))
         await first.submit("schedule", "TBRESTORETIMER", "restore-timer", {"seconds": 4})
-        await wait_state(first, keys[-1], lambda s: s == {"count": 1}, timeout=120)
+        await wait_state(first, keys[-1], lambda s: s == {"count": 1}, within=120)
         await wait_state(first, "TBRESTORETIMER", lambda s: s == {"scheduled": True})
     finally:
         await first.stop()
@@ -179,10 +179,13 @@ async def test_a_restarted_instance_restores_its_state_and_fires_an_earlier_time
         assert second.restored_records >= 10_000
         for key in (keys[0], keys[4321], keys[-1]):
             assert await second.state_of(key) == {"count": 1}
-        await wait_state(second, "TBRESTORETIMER", lambda s: s.get("reminded"), timeout=30)
-        before = listener.started
+        await wait_state(second, "TBRESTORETIMER", lambda s: s.get("reminded"), within=30)
+        probe = listener.sent
+        await client[settings.database]["archive"].find_one({"_id": "probe"})
+        assert listener.sent > probe, "the listener sees this process's store commands"
+        before = listener.sent
         await asyncio.sleep(3)  # idle: nothing to handle, no timer due
-        assert listener.started == before, "an idle instance queried the store"
+        assert listener.sent == before, "an idle instance queried the store"
     finally:
         await second.stop()
 

@@ -43,7 +43,8 @@ def test_every_grant_is_allow_on_a_namespaced_name_and_nobody_gets_cluster_right
     for acl in granted:
         assert (acl.permission, acl.host) == ("ALLOW", "*")
         assert acl.resource_type != "CLUSTER"
-        assert acl.name.startswith(NS) and acls.in_scope(acl, NS), acl
+        assert acl.name.startswith(NS), acl
+        assert acls.in_scope(acl, NS), acl
         assert acl.principal != "User:admin"
 
 
@@ -116,7 +117,7 @@ def test_namespaces_keep_apart_and_only_tongbans_principals_are_revoked():
     plan = acls.compare(wanted, {keep, stray, foreign, elsewhere}, "")
     assert (plan.revoke, plan.foreign, plan.unchanged) == ([stray], [foreign], 1)
     assert len(plan.create) == len(wanted) - 1
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="would be mistaken for a Tongban resource name"):
         acls.generate("tongban-x-")
 
 
@@ -140,7 +141,9 @@ def test_the_secrets_file_gets_a_secret_per_principal_readable_by_its_owner_only
     assert added == [p.name for p in principals.declared()]
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     first = read_kafka_secrets(path)
-    assert len(set(first.values())) == len(first) and all(len(s) >= 40 for s in first.values())
-    assert principals.init(path) == [] and read_kafka_secrets(path) == first  # kept as they are
+    assert len(set(first.values())) == len(first)
+    assert all(len(s) >= 40 for s in first.values())
+    assert principals.init(path) == []
+    assert read_kafka_secrets(path) == first  # kept as they are
     args = principals.scram_args(path)
     assert args[0] == f"SCRAM-SHA-512=[name=admin,iterations=4096,password={first['admin']}]"

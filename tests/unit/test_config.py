@@ -24,7 +24,7 @@ def test_defaults_name_the_local_platform_and_namespace_everything(tmp_path):
     assert settings.grpc_port == 50052
 
 
-@pytest.mark.parametrize("env, variable", [
+@pytest.mark.parametrize(("env", "variable"), [
     ({"TONGBAN_CRASH_POINT": "after_lunch"}, "TONGBAN_CRASH_POINT"),
     ({"TONGBAN_NAMESPACE": "Bad.Name"}, "TONGBAN_NAMESPACE"),
     ({"TONGBAN_GRPC_PORT_INTAKE": "fifty"}, "TONGBAN_GRPC_PORT_INTAKE"),

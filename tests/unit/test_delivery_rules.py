@@ -145,7 +145,7 @@ def test_an_assignment_id_names_the_application_and_the_partner():
 # ---------------------------------------------------------------------------- decision rights
 
 async def test_a_decision_from_another_partner_is_refused_even_with_the_right_assignment_id():
-    with pytest.raises(Rejected, match="^partner 420000 is not the assigned authority for this application$"):
+    with pytest.raises(Rejected, match=r"^partner 420000 is not the assigned authority for this application$"):
         await feed(*ASSIGNED, ACCEPTED, decision("APPROVED", partner="420000", assignment_id=ASSIGNMENT_ID))
 
 
@@ -158,8 +158,8 @@ async def test_the_sender_is_the_topic_and_an_envelope_claiming_another_partner_
     state, _ = await feed(*ASSIGNED, ACCEPTED)
     topic_event = event(*decision("APPROVED"))
     claims = {**topic_event.envelope, "source_partner": "420000"}  # written on 440000's topic
-    with pytest.raises(Rejected, match="^the envelope names partner 420000, but the record came on partner "
-                                       "440000's topic$"):
+    with pytest.raises(Rejected, match=r"^the envelope names partner 420000, but the record came on partner "
+                                       r"440000's topic$"):
         await run(DECISION_EVENT)(Event(topic_event.event_id, DECISION_EVENT, APP, topic_event.payload, claims,
                                         topic_event.topic), state)
     agreeing = {**topic_event.envelope, "source_partner": "440000"}
@@ -174,9 +174,9 @@ async def test_the_sender_is_the_topic_and_an_envelope_claiming_another_partner_
 
 
 async def test_a_decision_for_an_application_with_no_assigned_work_is_refused():
-    with pytest.raises(Rejected, match="^no work is assigned for this application$"):
+    with pytest.raises(Rejected, match=r"^no work is assigned for this application$"):
         await feed(RECEIVED_STEP, decision("APPROVED"))
-    with pytest.raises(Rejected, match="^no work is assigned for this application$"):
+    with pytest.raises(Rejected, match=r"^no work is assigned for this application$"):
         await run(DECISION_EVENT)(event(*decision("APPROVED")), None)
 
 
@@ -197,13 +197,13 @@ async def test_an_acceptance_for_an_application_with_no_assigned_work_is_refused
 
 async def test_a_decision_after_the_authority_refused_to_accept_is_refused():
     state, _ = await feed(*ASSIGNED, acceptance("REFUSED", reason="材料无法读取"))
-    with pytest.raises(Rejected, match="^the authority refused to accept this application; it cannot decide it$"):
+    with pytest.raises(Rejected, match=r"^the authority refused to accept this application; it cannot decide it$"):
         await run(DECISION_EVENT)(event(*decision("APPROVED")), state)
 
 
 async def test_the_authority_decides_only_once():
     state, _ = await feed(*ASSIGNED, ACCEPTED, decision("DENIED"))
-    with pytest.raises(Rejected, match="^the authority already decided this application$"):
+    with pytest.raises(Rejected, match=r"^the authority already decided this application$"):
         await run(DECISION_EVENT)(event(*decision("APPROVED")), state)
 
 
@@ -242,7 +242,8 @@ async def test_an_acceptance_outcome_not_handled_yet_is_dead_lettered_by_name():
 async def test_an_acceptance_reason_with_personal_data_never_reaches_the_dead_letter_reason():
     with pytest.raises(Rejected) as rejected:
         await feed(*ASSIGNED, acceptance("SUPPLEMENT_REQUIRED", reason="请补正 张三 13800000000"))
-    assert "张三" not in str(rejected.value) and "13800000000" not in str(rejected.value)
+    assert "张三" not in str(rejected.value)
+    assert "13800000000" not in str(rejected.value)
 
 
 # ---------------------------------------------------------------------------- decisions and delivery
@@ -260,7 +261,8 @@ async def test_a_denial_delivers_nothing_and_ends_the_work():
     state, outcomes = await feed(*ASSIGNED, ACCEPTED, decision("DENIED"))
     assert [e.event_type for e in outcomes[-1].emits] == ["tongban.application.ApplicationDecided"]
     assert outcomes[-1].finished is True
-    assert state["decision"] == "DENIED" and "dispatch_id" not in state
+    assert state["decision"] == "DENIED"
+    assert "dispatch_id" not in state
 
 
 async def test_an_approved_paper_result_goes_to_the_carrier_and_waits_for_its_receipt():
@@ -273,7 +275,8 @@ async def test_an_approved_paper_result_goes_to_the_carrier_and_waits_for_its_re
     assert dispatch.payload == {"dispatch_id": dispatch_id_for(APP), "application_id": APP, "recipient_name": "示例",
                                 "address": "长沙", "phone": "13800000000", "item": "result LIC-1"}
     assert outcomes[-1].finished is False, "the work is done when the carrier confirms delivery"
-    assert state["dispatch_id"] == dispatch_id_for(APP) and not state.get("delivered")
+    assert state["dispatch_id"] == dispatch_id_for(APP)
+    assert not state.get("delivered")
 
 
 async def test_a_dispatch_without_a_result_reference_names_only_the_result():
@@ -306,20 +309,24 @@ async def test_the_carriers_delivery_receipt_delivers_the_result_and_ends_the_wo
     assert delivered.payload == {"application_id": APP, "method": "POST", "dispatch_id": dispatch_id_for(APP),
                                  "tracking_number": "EMS1", "delivered_at": T0}
     assert outcomes[-1].finished is True
-    assert state["delivered"] is True and state["postal_status"] == "DELIVERED"
+    assert state["delivered"] is True
+    assert state["postal_status"] == "DELIVERED"
 
 
 async def test_a_returned_parcel_is_not_delivered():
     state, outcomes = await feed(*ASSIGNED, ACCEPTED, decision("APPROVED"), receipt("RETURNED"))
     assert outcomes[-1].emits == []
     assert outcomes[-1].finished is False
-    assert not state.get("delivered") and state["postal_status"] == "RETURNED"
+    assert not state.get("delivered")
+    assert state["postal_status"] == "RETURNED"
 
 
 async def test_a_parcel_the_carrier_only_took_in_is_not_delivered_yet():
     state, outcomes = await feed(*ASSIGNED, ACCEPTED, decision("APPROVED"), receipt("ACCEPTED"))
-    assert outcomes[-1].emits == [] and outcomes[-1].finished is False
-    assert not state.get("delivered") and state["postal_status"] == "ACCEPTED"
+    assert outcomes[-1].emits == []
+    assert outcomes[-1].finished is False
+    assert not state.get("delivered")
+    assert state["postal_status"] == "ACCEPTED"
 
 
 async def test_a_repeated_delivery_receipt_delivers_nothing_more():
@@ -330,9 +337,9 @@ async def test_a_repeated_delivery_receipt_delivers_nothing_more():
 
 async def test_a_receipt_for_a_dispatch_delivery_did_not_make_is_refused():
     state, _ = await feed(*ASSIGNED, ACCEPTED, decision("APPROVED"))
-    with pytest.raises(Rejected, match="^receipt for a dispatch this service did not make$"):
+    with pytest.raises(Rejected, match=r"^receipt for a dispatch this service did not make$"):
         await run(RECEIPT_EVENT)(event(*receipt("DELIVERED", dispatch_id="DSPFORGED")), state)
-    with pytest.raises(Rejected, match="^receipt for a dispatch this service did not make$"):
+    with pytest.raises(Rejected, match=r"^receipt for a dispatch this service did not make$"):
         await run(RECEIPT_EVENT)(event(*receipt("DELIVERED")), None)
 
 
@@ -382,7 +389,7 @@ async def test_a_partners_refusal_reason_is_scrubbed_of_the_applicant_before_it_
 
 
 async def test_a_partners_decision_reason_and_result_item_are_scrubbed_of_the_applicant():
-    state, outcomes = await feed(*ASSIGNED, ACCEPTED)
+    state, _ = await feed(*ASSIGNED, ACCEPTED)
     step = decision("DENIED")
     outcome = await run(DECISION_EVENT)(event(step[0], {**step[1], "reason": PARTNER_TEXT}, step[2]), state)
     assert outcome.emits[0].payload["reason"] == "申请人[NAME]（[NAME]，电话[NAME]）不符合法定条件"
@@ -400,5 +407,6 @@ async def test_a_partners_decision_reason_and_result_item_are_scrubbed_of_the_ap
 async def test_a_finished_file_keeps_no_personal_data(ending):
     state, outcomes = await feed(*ASSIGNED, *ending)
     assert outcomes[-1].finished is True
-    assert "applicant" not in state["received"] and "postal_address" not in state["received"]
+    assert "applicant" not in state["received"]
+    assert "postal_address" not in state["received"]
     assert "pii:v" not in repr(state)

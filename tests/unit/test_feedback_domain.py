@@ -158,16 +158,16 @@ def test_custom_thresholds():
 
 
 @pytest.mark.parametrize(
-    "changes",
+    ("changes", "problem"),
     [
-        {"min_ratings": 0},
-        {"complaints": 0},
-        {"clear_bad_ratio": 0.3},  # no hysteresis
-        {"clear_bad_ratio": 0.4},
-        {"bad_ratio": 1.5},
-        {"clear_bad_ratio": -0.1},
+        ({"min_ratings": 0}, "min_ratings and complaints must be at least 1"),
+        ({"complaints": 0}, "min_ratings and complaints must be at least 1"),
+        ({"clear_bad_ratio": 0.3}, "need 0 <= clear_bad_ratio < bad_ratio <= 1"),  # no hysteresis
+        ({"clear_bad_ratio": 0.4}, "need 0 <= clear_bad_ratio < bad_ratio <= 1"),
+        ({"bad_ratio": 1.5}, "need 0 <= clear_bad_ratio < bad_ratio <= 1"),
+        ({"clear_bad_ratio": -0.1}, "need 0 <= clear_bad_ratio < bad_ratio <= 1"),
     ],
 )
-def test_invalid_thresholds_rejected(changes):
-    with pytest.raises(ValueError):
+def test_invalid_thresholds_rejected(changes, problem):
+    with pytest.raises(ValueError, match=problem):
         FlagThresholds(**changes)

@@ -57,7 +57,7 @@ def test_the_ca_certificate_is_not_a_caller(ca):
         caller_from_certificate(ca[0])
 
 
-@pytest.mark.parametrize("uris, problem", [
+@pytest.mark.parametrize(("uris", "problem"), [
     ([], "exactly one role"),
     ([ROLE_URI + "window", ROLE_URI + "operator"], "exactly one role"),
     ([ROLE_URI + "admin"], "unknown role"),
@@ -85,9 +85,12 @@ def test_unreadable_pem_is_not_a_caller():
         caller_from_pem(b"-----BEGIN CERTIFICATE-----\nnot a certificate\n-----END CERTIFICATE-----\n")
 
 
-@pytest.mark.parametrize("caller, role", [("Bad Id", "window"), ("changsha-window", "admin")])
-def test_issuing_refuses_a_bad_caller_id_or_role(ca, caller, role):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize(("caller", "role", "problem"), [
+    ("Bad Id", "window", "a caller id is"),
+    ("changsha-window", "admin", "role must be one of"),
+])
+def test_issuing_refuses_a_bad_caller_id_or_role(ca, caller, role, problem):
+    with pytest.raises(ValueError, match=problem):
         certs.make_client(*ca, caller, role)
 
 
@@ -96,7 +99,8 @@ def test_setup_makes_the_ca_server_and_caller_certificates_with_private_keys_for
     written = certs.setup(tmp_path, callers={"changsha-window": "window"})
     assert {"ca.pem", "server/intake.pem", "server/feedback.pem", "clients/changsha-window.pem"} <= set(written)
     keys = [tmp_path / "ca.key", *(p for p in tmp_path.rglob("*.key"))]
-    assert keys and all(stat.S_IMODE(k.stat().st_mode) == 0o600 for k in keys)
+    assert keys
+    assert all(stat.S_IMODE(k.stat().st_mode) == 0o600 for k in keys)
     assert stat.S_IMODE(tmp_path.stat().st_mode) == 0o700
     ca = x509.load_pem_x509_certificate((tmp_path / "ca.pem").read_bytes())
     server = x509.load_pem_x509_certificate(server_files(tmp_path, "intake")[0].read_bytes())
@@ -178,7 +182,7 @@ RECEIVED_BY_PORTAL = domain.new_progress("TB2", "KSTB-MED-01", now_utc(), "hunan
 RECEIVED_UNKNOWN = domain.new_progress("TB3", "KSTB-MED-01", now_utc())
 
 
-@pytest.mark.parametrize("progress, caller, role, sees", [
+@pytest.mark.parametrize(("progress", "caller", "role", "sees"), [
     (RECEIVED_BY_WINDOW, "changsha-window", "window", True),
     (RECEIVED_BY_WINDOW, "xiangxi-window", "window", False),
     (RECEIVED_BY_WINDOW, "hunan-portal", "portal", False),

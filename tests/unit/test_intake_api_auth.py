@@ -152,7 +152,8 @@ async def test_a_services_server_certificate_presented_as_a_client_certificate_i
 async def test_a_certificate_from_our_ca_that_names_no_role_is_unauthenticated(intake, tls):
     error = await refused(intake[0], "no-role", "Submit", request(), tls[0])
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
-    assert "exactly one role" in error.details() and ROLE_URI in error.details()
+    assert "exactly one role" in error.details()
+    assert ROLE_URI in error.details()
 
 
 @pytest.mark.parametrize("caller", ["tongban-monitor", "changsha-window", "no-role"])
@@ -168,7 +169,7 @@ async def test_the_channel_credentials_name_the_missing_file_and_how_to_make_it(
 
 
 # ------------------------------------------------------------------------------ roles
-@pytest.mark.parametrize("caller, method", [
+@pytest.mark.parametrize(("caller", "method"), [
     ("tongban-monitor", "Submit"), ("tongban-monitor", "Track"), ("tongban-monitor", "Rate"),
     ("tongban-operator", "Submit"), ("tongban-operator", "Rate"),
 ])

@@ -75,8 +75,10 @@ async def test_a_submission_is_received_and_published_as_submitted():
 
 async def test_a_new_application_starts_at_received():
     state = await submitted()
-    assert state["application_id"] == APP and state["matter_code"] == "KSTB-MED-01"
-    assert state["stage"] == "RECEIVED" and state["terminal"] is False
+    assert state["application_id"] == APP
+    assert state["matter_code"] == "KSTB-MED-01"
+    assert state["stage"] == "RECEIVED"
+    assert state["terminal"] is False
     assert state["history"] == [{"stage": "RECEIVED", "at": T0, "detail": ""}]
     assert state["receiving_division"] == "430102"
     assert state["ratings"] == []
@@ -103,7 +105,8 @@ async def test_routing_moves_the_view_to_routed_with_the_deciding_authority_and_
 
 async def test_routing_names_the_matter_even_when_it_arrives_before_the_submission_is_seen():
     state, _ = await feed(ROUTED)
-    assert state["matter_code"] == "KSTB-MED-01" and state["application_id"] == APP
+    assert state["matter_code"] == "KSTB-MED-01"
+    assert state["application_id"] == APP
 
 
 @pytest.mark.parametrize(("step", "stage", "detail"), [
@@ -113,7 +116,8 @@ async def test_routing_names_the_matter_even_when_it_arrives_before_the_submissi
 ])
 async def test_each_intermediate_step_moves_the_view_forward_and_the_work_goes_on(step, stage, detail):
     state, [outcome] = await feed(step, state=await submitted())
-    assert state["stage"] == stage and state["terminal"] is False
+    assert state["stage"] == stage
+    assert state["terminal"] is False
     assert state["history"][-1]["detail"] == detail
     assert outcome.finished is False
 
@@ -132,11 +136,13 @@ async def test_an_approval_records_the_result_reference():
 ])
 async def test_a_terminal_step_concludes_the_application_with_its_reason_and_ends_the_work(step, stage, detail):
     state, [outcome] = await feed(step, state=await submitted())
-    assert state["stage"] == stage and state["terminal"] is True
+    assert state["stage"] == stage
+    assert state["terminal"] is True
     assert state["history"][-1]["detail"] == detail
     assert outcome.finished is True
     assert [h["stage"] for h in state["history"]] == ["RECEIVED", stage], "the earlier steps are kept"
-    assert state["receiving_division"] == "430102" and state["matter_code"] == "KSTB-MED-01"
+    assert state["receiving_division"] == "430102"
+    assert state["matter_code"] == "KSTB-MED-01"
 
 
 async def test_a_delivery_records_the_tracking_number():
@@ -152,13 +158,15 @@ async def test_the_view_never_moves_backwards_when_events_arrive_out_of_order():
 
 async def test_a_concluded_application_stays_concluded():
     state, outcomes = await feed(DELIVERED, APPROVED, VERIFIED, state=await submitted())
-    assert state["stage"] == "DELIVERED" and state["terminal"] is True
+    assert state["stage"] == "DELIVERED"
+    assert state["terminal"] is True
     assert all(o.finished for o in outcomes)
 
 
 async def test_a_denial_is_not_a_delivery():
     state, _ = await feed(DENIED, state=await submitted())
-    assert state["stage"] == "DENIED" and "result_reference" not in state
+    assert state["stage"] == "DENIED"
+    assert "result_reference" not in state
 
 
 # ---------------------------------------------------------------------------- ratings
@@ -202,7 +210,7 @@ async def test_an_application_still_in_progress_cannot_be_rated():
 
 
 async def test_an_unknown_application_cannot_be_rated():
-    with pytest.raises(Rejected, match="^no such application$"):
+    with pytest.raises(Rejected, match=r"^no such application$"):
         await rate(None)
 
 
@@ -223,7 +231,8 @@ async def test_a_refused_ratings_reason_never_carries_the_comment():
     state, _ = await feed(DELIVERED, state=await submitted())
     with pytest.raises(Rejected) as rejected:
         await rate(state, level=9, channel="张三 13800000000", comment=f"{NAME} {PHONE} 太慢")
-    assert NAME not in str(rejected.value) and PHONE not in str(rejected.value)
+    assert NAME not in str(rejected.value)
+    assert PHONE not in str(rejected.value)
 
 
 async def test_a_comment_longer_than_the_limit_is_refused_without_being_echoed():
@@ -287,9 +296,11 @@ def test_post_delivery_needs_a_postal_address():
 
 def test_a_long_list_of_too_long_materials_is_one_problem_that_counts_the_rest():
     [one] = problems(materials=("X" * 65, "RESIDENT_ID"))
-    assert one.startswith("materials[0].code") and "more too long" not in one
+    assert one.startswith("materials[0].code")
+    assert "more too long" not in one
     [two] = problems(materials=("RESIDENT_ID", "X" * 65, "Y" * 70))
-    assert two.startswith("materials[1].code") and two.endswith("; 1 more too long)")
+    assert two.startswith("materials[1].code")
+    assert two.endswith("; 1 more too long)")
 
 
 def test_every_rating_problem_is_named_exactly():
@@ -329,4 +340,5 @@ async def test_details_shown_by_track_are_scrubbed_of_id_and_phone_numbers():
                                         "reason": f"证件{ID_NUMBER}与电话{PHONE}不符"})
     state, _ = await feed(leaky, state=state)
     assert state["history"][-1]["detail"] == "证件[ID]与电话[PHONE]不符"
-    assert ID_NUMBER not in repr(state) and PHONE not in repr(state)
+    assert ID_NUMBER not in repr(state)
+    assert PHONE not in repr(state)

@@ -52,7 +52,8 @@ def sealed_id(subject: str = "TB1", path: str = "applicant.id_number", record: s
 # ---------------------------------------------------------------------------- sealing and opening
 def test_a_value_opens_for_each_recipient_where_it_was_sealed():
     value = sealed_id()
-    assert value.startswith(V2 + "aes256gcm:") and ID_NUMBER not in value
+    assert value.startswith(V2 + "aes256gcm:")
+    assert ID_NUMBER not in value
     assert cipher("verification").open(value, **AT) == ID_NUMBER
     assert cipher("delivery").open(value, **AT) == ID_NUMBER
     assert sealed_id() != sealed_id(), "a fresh data key and nonces each time"
@@ -112,7 +113,7 @@ def test_an_edited_header_wrap_or_body_fails_the_tag_without_showing_the_value(f
 
 
 def test_plaintext_where_a_sealed_value_belongs_and_sealing_twice_are_refused():
-    with pytest.raises(PiiError, match="applicant.id_number of .* is not sealed"):
+    with pytest.raises(PiiError, match=r"applicant.id_number of .* is not sealed"):
         cipher("verification").open(ID_NUMBER, **AT)
     with pytest.raises(PiiError, match="already holds a sealed value"):
         cipher("intake", seals_for=["verification"]).seal(sealed_id(), **AT, recipients=["verification"])
@@ -137,7 +138,8 @@ def test_a_new_key_seals_old_keys_still_open_and_a_retired_key_opens_nothing():
     assert after.open(value, **where) == ADDRESS
     assert after.stale(value)
     resealed = after.reseal(value)
-    assert Sealed.parse(resealed).recipients[0][:2] == ("ems", "k2") and not after.stale(resealed)
+    assert Sealed.parse(resealed).recipients[0][:2] == ("ems", "k2")
+    assert not after.stale(resealed)
     retired = rotated("ems", {"k2": fresh})
     assert retired.open(resealed, **where) == ADDRESS
     with pytest.raises(PiiError, match="no key k1 of party ems"):
@@ -157,7 +159,8 @@ def test_v1_values_still_open_where_a_key_with_their_id_is_configured():
         cipher("420000").open(old, **AT)
     assert migrated.stale(old)
     fresh = migrated.reseal(old, record=RECEIVED, path="applicant.name", subject="TB1", recipients=["420000"])
-    assert fresh.startswith(V2) and migrated.open(fresh, record=RECEIVED, path="applicant.name", subject="TB1") == NAME
+    assert fresh.startswith(V2)
+    assert migrated.open(fresh, record=RECEIVED, path="applicant.name", subject="TB1") == NAME
 
 
 def test_keys_are_parsed_with_their_suite_and_checked():
@@ -165,9 +168,13 @@ def test_keys_are_parsed_with_their_suite_and_checked():
     keys = parse_keys(f"# a comment, with a comma\n{key_line(aes)},{key_line(sm4)}\n")
     assert [(k.key_id, k.suite) for k in keys.values()] == [("a1", "aes-256-gcm"), ("s1", "sm4-gcm")]
     assert key_line(sm4).startswith("s1=sm4:")
-    for bad in ("k1=" + base64.b64encode(b"short").decode(), "k1=sm4:" + base64.b64encode(bytes(32)).decode(),
-                "k-1=" + base64.b64encode(bytes(32)).decode(), f"{key_line(aes)}\n{key_line(aes)}", "# none"):
-        with pytest.raises(ValueError):
+    malformed = "each key must be"
+    for bad, problem in (("k1=" + base64.b64encode(b"short").decode(), malformed),
+                         ("k1=sm4:" + base64.b64encode(bytes(32)).decode(), malformed),
+                         ("k-1=" + base64.b64encode(bytes(32)).decode(), malformed),
+                         (f"{key_line(aes)}\n{key_line(aes)}", "key id a1 appears twice"),
+                         ("# none", "no key given")):
+        with pytest.raises(ValueError, match=problem):
             parse_keys(bad)
 
 
@@ -217,7 +224,9 @@ def test_routing_and_feedback_hold_no_key_and_a_keyed_service_fails_fast_without
     env = {"TONGBAN_PII_KEY_DIR": str(tmp_path), "TONGBAN_PII_KEYS": new_key_line("k9")}
     for service in ("routing", "feedback"):
         keyring = load_settings(service, env).pii_keys
-        assert keyring.party is None and not keyring.opening and not keyring.sealing
+        assert keyring.party is None
+        assert not keyring.opening
+        assert not keyring.sealing
     with pytest.raises(ConfigError, match="no personal-data key for party verification"):
         load_settings("verification", {"TONGBAN_PII_KEY_DIR": str(tmp_path)})
     with pytest.raises(ConfigError, match="TONGBAN_PII_KEY_FILE names"):
@@ -276,7 +285,8 @@ def test_the_schema_marks_decide_what_is_sealed_and_each_value_is_bound_to_its_p
         "applicant.name", "applicant.id_number", "applicant.phone"}
     assert record["materials"] == APPLICATION["materials"], "fields that are not personal stay as they are"
     opened = open_record(REGISTRY, RECEIVED, record, cipher("delivery"), "TB1")
-    assert opened["applicant"] == APPLICATION["applicant"] and opened["postal_address"] == ADDRESS
+    assert opened["applicant"] == APPLICATION["applicant"]
+    assert opened["postal_address"] == ADDRESS
 
 
 def test_an_event_is_bound_to_its_correlation_id():
@@ -290,15 +300,16 @@ def test_a_missing_value_stays_missing_and_needs_no_seal():
                "phone": None, "item": "result"}
     delivery = cipher("delivery", seals_for=["ems"])
     _, record = REGISTRY.decode(encode("tongban.delivery.PostalDispatch", payload, delivery, ("ems",)))
-    assert record["phone"] is None and is_sealed(record["address"])
+    assert record["phone"] is None
+    assert is_sealed(record["address"])
     rating = {"rating_id": "R1", "application_id": "TB1", "matter_code": "KSTB-MKT-01", "division_code": "430102",
               "party": "420000", "level": 5, "channel": "ONLINE", "comment": None, "rated_at": datetime.now(UTC)}
     assert encode("tongban.feedback.ServiceRating", rating, None)
 
 
 def test_an_event_with_personal_data_is_never_encoded_unsealed():
-    with pytest.raises(PiiError, match="applicant.name, applicant.id_number, applicant.phone, postal_address "
-                                       "would travel unsealed"):
+    with pytest.raises(PiiError, match=r"applicant.name, applicant.id_number, applicant.phone, postal_address "
+                                       r"would travel unsealed"):
         encode(RECEIVED, APPLICATION, None)
     with pytest.raises(PiiError, match="would travel unsealed"):
         encode(RECEIVED, APPLICATION, INTAKE, recipients=())
@@ -316,7 +327,8 @@ def test_a_raters_comment_and_a_callers_words_are_sealed_for_who_took_them_down(
             ("tongban.feedback.ServiceRating", rating, "tongban.feedback.ratings", "intake"),
             ("tongban.feedback.HotlineWorkOrder", order, "tongban.feedback.workorders", "12345")):
         data = encode(event_type, payload, cipher(party), pii_policy.recipients(topic))
-        assert PHONE.encode() not in data and NAME.encode() not in data
+        assert PHONE.encode() not in data
+        assert NAME.encode() not in data
         _, record = REGISTRY.decode(data)
         assert f"{NAME} {PHONE}" in open_record(REGISTRY, event_type, record, cipher(party), "TB1").values()
 
@@ -335,7 +347,8 @@ def test_setup_makes_one_private_key_file_per_party_and_adopts_the_v1_key(tmp_pa
         path = tmp_path / "pii" / f"{party}.keys"
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         keys = list(parse_keys(path.read_text()).values())
-        assert keys[1].secret == shared.secret and keys[0].key_id != "k1"
+        assert keys[1].secret == shared.secret
+        assert keys[0].key_id != "k1"
     assert stat.S_IMODE((tmp_path / "pii").stat().st_mode) == 0o700
     secrets = {parse_keys((tmp_path / "pii" / f"{p}.keys").read_text()) and
                next(iter(parse_keys((tmp_path / "pii" / f"{p}.keys").read_text()).values())).secret
@@ -380,7 +393,8 @@ def test_reseal_rewrites_an_archived_state_with_the_current_keys_v1_values_inclu
         assert not operator.stale(applicant[field])
         assert delivery.open(applicant[field], record=RECEIVED, path=f"applicant.{field}", subject="TB1") == value
         assert Sealed.parse(applicant[field]).parties == ["verification", "delivery"]
-    assert after["routed"] == state["routed"] and after["elsewhere"] == state["elsewhere"]
+    assert after["routed"] == state["routed"]
+    assert after["elsewhere"] == state["elsewhere"]
     again = ops.Counts()
     ops.reseal_state(after, operator, REGISTRY, service="delivery", subject="TB1", counts=again)
     assert (again.resealed, again.current) == (0, 3)

@@ -86,7 +86,8 @@ def test_logical_type_change_is_reported_although_avro_ignores_it():
 
 def test_transitive_break_between_non_adjacent_versions():
     v1, v2, v3 = family(FIXTURES / "transitive")
-    assert check_full_transitive([v1, v2]) == [] and check_full_transitive([v2, v3]) == []
+    assert check_full_transitive([v1, v2]) == []
+    assert check_full_transitive([v2, v3]) == []
     assert check_full_transitive([v1, v2, v3]) == [
         "v1 reading v3: reader_field_missing_default_value at /fields/1: weight_grams"]
 
@@ -110,7 +111,8 @@ def test_cli(capsys):
     assert main(["--schemas", str(FIXTURES / "compatible")]) == 0
     assert main(["--schemas", str(FIXTURES / "incompatible")]) == 1
     err = capsys.readouterr().err
-    assert "tongban.fixture.Parcel v2 reading v1" in err and "2 compatibility problem(s)" in err
+    assert "tongban.fixture.Parcel v2 reading v1" in err
+    assert "2 compatibility problem(s)" in err
 
 
 def test_cli_load_error(tmp_path, capsys):
@@ -146,7 +148,8 @@ def test_changing_a_released_type_changes_its_fingerprint(schemas_copy):
     _edit(schemas_copy / "tongban.application.ApplicationUnroutable.v1.avsc",
           lambda s: s["fields"].append({"name": "extra", "type": ["null", "string"], "default": None}))
     problems = lock_problems(schemas_copy)
-    assert len(problems) == 1 and "ApplicationUnroutable.v1.avsc: fingerprint changed" in problems[0]
+    assert len(problems) == 1
+    assert "ApplicationUnroutable.v1.avsc: fingerprint changed" in problems[0]
     with pytest.raises(ValueError, match="released files changed"):
         update_lock(schemas_copy)
 
@@ -179,7 +182,8 @@ def test_new_version_must_be_locked_and_update_lock_appends(schemas_copy):
         "run python -m tongban.schema_compat --update-lock when releasing it"]
     assert main(["--schemas", str(schemas_copy), "--update-lock"]) == 0
     after = (schemas_copy / LOCK_NAME).read_text(encoding="utf-8")
-    assert after.startswith(before) and after.count("\n") == before.count("\n") + 1
+    assert after.startswith(before)
+    assert after.count("\n") == before.count("\n") + 1
     assert lock_problems(schemas_copy) == []
     assert update_lock(schemas_copy) == []
     assert lock_entries(schemas_copy)[target.name] == read_lock(schemas_copy / LOCK_NAME)[target.name]

@@ -10,7 +10,7 @@ RESIDENT_ID = "42010619850612341" + ric.calc_check_digit("42010619850612341X")
 CREDIT = "91430100MA4L00000" + uscc.calc_check_digit("91430100MA4L00000")
 
 
-@pytest.mark.parametrize("text, expected", [
+@pytest.mark.parametrize(("text", "expected"), [
     (f"申请人身份证{RESIDENT_ID}不符合", f"申请人身份证{ID_NUMBER}不符合"),
     (f"ID {RESIDENT_ID[:-1]}x.", f"ID {ID_NUMBER}."),  # lower-case check character
     ("号码420106198502303417有误", f"号码{ID_NUMBER}有误"),  # a mistyped date is still an ID number

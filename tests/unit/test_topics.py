@@ -216,7 +216,7 @@ def test_every_writer_is_known():
         assert spec.writer in known, f"{spec.declared_name}: unknown writer {spec.writer!r}"
 
 
-@pytest.mark.parametrize("source, expected", [
+@pytest.mark.parametrize(("source", "expected"), [
     ("from tongban import topics\nX = topics.FEEDBACK_FLAGS\nEmit(X, topics.MATTER_FLAGGED_EVENT, k, b)",
      (topics.FEEDBACK_FLAGS, topics.MATTER_FLAGGED_EVENT)),
     ("from tongban.topics import partner_assignments as pa, MATTER_ASSIGNED_EVENT as E\n"

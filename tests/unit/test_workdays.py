@@ -55,7 +55,7 @@ def test_zero_days_is_due_on_the_start_date(calendar):
 
 
 def test_negative_days_rejected(calendar):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="n must not be negative"):
         calendar.add_working_days(date(2025, 9, 30), -1)
 
 
@@ -66,7 +66,7 @@ def test_datetime_start_uses_the_beijing_date(calendar):
 
 
 def test_naive_datetime_rejected(calendar):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="datetime must be timezone-aware"):
         calendar.add_working_days(datetime(2025, 9, 28, 12, 0), 1)
 
 
@@ -103,7 +103,7 @@ def test_overrides_win(fixture_calendar, calendar):
 def test_override_in_both_lists_rejected(tmp_path):
     path = tmp_path / "overrides.toml"
     path.write_text("working = [2027-10-09]\nnon_working = [2027-10-09]\n")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="dates declared both working and non-working"):
         WorkingCalendar.load(path)
 
 

@@ -185,7 +185,8 @@ def describe(admin) -> set[Acl]:
         ResourceType,
     )
 
-    everything = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, None, None,
+    # None matches any name, principal and host (AclBindingFilter's docstring); its annotations say str.
+    everything = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, None, None,  # type: ignore[arg-type]
                                   AclOperation.ANY, AclPermissionType.ANY)
     return {_from_binding(b) for b in admin.describe_acls(everything, request_timeout=TIMEOUT_S).result()}
 

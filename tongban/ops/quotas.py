@@ -173,7 +173,7 @@ async def _send(settings: Settings, request):
                                 **settings.kafka_client_options())
     await admin.start()
     try:
-        return await admin._send_request(request)  # noqa: SLF001 - aiokafka has no public call for these
+        return await admin._send_request(request)  # aiokafka has no public call for these
     finally:
         await admin.close()
 
@@ -210,7 +210,8 @@ async def apply(settings: Settings | None = None, path: str | Path | None = None
         if errors:
             raise RuntimeError("AlterClientQuotas: " + "; ".join(errors))
         deadline = asyncio.get_running_loop().time() + settle_s
-        while await plan(settings, path) and asyncio.get_running_loop().time() < deadline:
+        # Polls the broker until it shows the changes: there is nothing local to await.
+        while await plan(settings, path) and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.1)
     return changes
 

@@ -214,8 +214,8 @@ async def plan(
     return _compare(specs, partitions, configs)
 
 
-async def _wait_for_leaders(admin, names: list[str], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
+async def _wait_for_leaders(admin, names: list[str], within: float) -> None:
+    deadline = time.monotonic() + within
     pending = list(names)
     while pending:
         described = await admin.describe_topics(pending)
@@ -228,7 +228,7 @@ async def _wait_for_leaders(admin, names: list[str], timeout: float) -> None:
         if not pending:
             return
         if time.monotonic() > deadline:
-            raise TimeoutError(f"topics without leaders after {timeout}s: {pending}")
+            raise TimeoutError(f"topics without leaders after {within}s: {pending}")
         await asyncio.sleep(0.2)
 
 
@@ -271,7 +271,7 @@ async def apply(
                     errors.append(f"{err['topic']}: error {err['error_code']} {err['error_message']}")
             if errors:
                 raise RuntimeError("could not create topics: " + "; ".join(errors))
-        await _wait_for_leaders(admin, [s.name for s in specs], timeout=30)
+        await _wait_for_leaders(admin, [s.name for s in specs], within=30)
     finally:
         await admin.close()
     created.sort(key=[s.name for s in specs].index)

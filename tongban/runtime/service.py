@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -349,10 +350,8 @@ class ServiceRuntime:
                     await self._guarded(task, task.sweep(now_utc()))
             dues = [d for t in self.tasks.values() if t.active and (d := t.schedule.next_due()) is not None]
             wait = min([MAX_TIMER_WAIT_S, *((d - millis(now_utc())) / 1000 for d in dues)])
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._timer_wake.wait(), timeout=max(wait, 0.01))
-            except TimeoutError:
-                pass
 
     async def _guarded(self, task: Task, work: Any) -> None:
         try:
