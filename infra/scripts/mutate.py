@@ -1,16 +1,17 @@
 """`make mutate`: mutation testing of the rules and the runtime against the fast unit tests.
 
 Runs mutmut 3 (configured in pyproject.toml, [tool.mutmut]) over services/*/domain.py,
-services/*/handlers.py and tongban/runtime/ (mutated once it exists), with tests/unit only,
-then writes the kill rate per module and every survivor with its diff to
+services/*/handlers.py and the Kafka-free runtime (tongban/runtime/core.py, state.py, timers.py,
+memory.py; service.py and archive.py need the real broker and store, see docs/testing.md), with
+tests/unit only, then writes the kill rate per module and every survivor with its diff to
 var/mutate/latest.json. Not part of `make test`.
 
     .venv/bin/python infra/scripts/mutate.py            # fresh run (deletes mutants/ first)
     .venv/bin/python infra/scripts/mutate.py --keep     # reuse mutmut's cached results
     .venv/bin/python infra/scripts/mutate.py --report   # only rewrite the report
 
-Exit status: 0 when the domain modules (services/*/domain.py) and the runtime (tongban/runtime/,
-once it has mutants) each reach --target (85 % unless told), 1 when one does not, 2 when
+Exit status: 0 when the domain modules (services/*/domain.py) and the mutated runtime modules
+each reach --target (85 % unless told), 1 when one does not, 2 when
 mutmut itself failed.
 """
 
@@ -24,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -50,9 +52,66 @@ def _mutmut_main(max_children: int) -> None:
 
     if not hasattr(_pytest.nodes.Node, "_nodeid"):
         _pytest.nodes.Node._nodeid = property(lambda node: node.nodeid)  # type: ignore[attr-defined]
+    _keep_the_parent_free_of_rocksdb()
     from mutmut.__main__ import cli
 
     cli(["run", "--max-children", str(max_children)])
+
+
+def _keep_the_parent_free_of_rocksdb() -> None:
+    """mutmut runs its stats and clean-test runs inside its own process, then forks one child per
+    mutant. RocksDB is not fork-safe: in a child forked from a process whose RocksDB thread pool
+    has started, the flush on close waits forever for a thread that only exists in the parent
+    (every RocksStore mutant would time out). So those runs happen in a forked child that hands
+    the stats back, and the parent never starts RocksDB."""
+    import pickle
+
+    import mutmut
+    from mutmut.__main__ import PytestRunner
+    from mutmut.state import state
+
+    def in_child(run: Callable[[], int]) -> int:
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read)
+            code = 2
+            try:
+                code = run()
+            finally:
+                found = (code, dict(mutmut.duration_by_test), dict(mutmut.tests_by_mangled_function_name),
+                         dict(state().function_dependencies))
+                with os.fdopen(write, "wb") as out:
+                    pickle.dump(found, out)
+                os._exit(0)
+        os.close(write)
+        with os.fdopen(read, "rb") as received:
+            code, durations, tests, dependencies = pickle.load(received)
+        os.waitpid(pid, 0)
+        mutmut.duration_by_test.clear()
+        mutmut.duration_by_test.update(durations)
+        mutmut.tests_by_mangled_function_name.clear()
+        mutmut.tests_by_mangled_function_name.update(tests)
+        state().function_dependencies.clear()
+        state().function_dependencies.update(dependencies)
+        return code
+
+    run_stats, run_tests = PytestRunner.run_stats, PytestRunner.run_tests
+
+    def isolated_stats(self: PytestRunner, *, tests: Iterable[str]) -> int:
+        code = in_child(lambda: run_stats(self, tests=tests))
+        # Import what the tests import (collecting them runs none), as the in-process runs used
+        # to: otherwise every mutant's child imports it all again.
+        self.list_all_tests()
+        return code
+
+    def isolated_tests(self: PytestRunner, *, mutant_name: str | None, tests: Iterable[str]) -> int:
+        if mutant_name is not None:  # already in mutmut's child for that mutant
+            return run_tests(self, mutant_name=mutant_name, tests=tests)
+        return in_child(lambda: run_tests(self, mutant_name=None, tests=tests))  # clean and forced-fail runs
+
+    PytestRunner.run_stats = isolated_stats  # type: ignore[method-assign]
+    PytestRunner.run_tests = isolated_tests  # type: ignore[method-assign]
 
 
 def _mutated_modules() -> list[str]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
 from rocksdict import Options, Rdict, WriteBatch
 
@@ -84,12 +84,15 @@ class RocksStore:
                 batch.delete(key)
             else:
                 batch.put(key, value)
-        self._checkpoint = max(self._checkpoint, checkpoint)
-        batch.put(CHECKPOINT_KEY, str(self._checkpoint).encode())
+        reached = max(self._checkpoint, checkpoint)
+        batch.put(CHECKPOINT_KEY, str(reached).encode())
         self._db.write(batch)
+        self._checkpoint = reached  # only once written: a failed write leaves the store as it was
 
     def items(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
-        for key, value in self._db.items(from_key=prefix):
+        # raw_mode: keys and values are bytes, which rocksdict's annotations cannot say.
+        pairs = cast(Iterator[tuple[bytes, bytes]], self._db.items(from_key=prefix))
+        for key, value in pairs:
             if not key.startswith(prefix):
                 return
             yield key, value
