@@ -35,26 +35,27 @@ def test_bad_settings_are_refused_naming_the_variable(env, variable):
         load_settings("intake", {**KEY, **env})
 
 
+# feedback holds no personal-data key: these identity tests need no key files from make setup
 def test_a_kafka_identity_without_a_secret_is_refused_naming_the_variables():
     env = {**KEY, "TONGBAN_KAFKA_SECURITY": "SASL_SSL", "TONGBAN_KAFKA_SECRETS_FILE": "/nonexistent"}
     with pytest.raises(ConfigError, match="TONGBAN_KAFKA_PASSWORD"):
-        load_settings("intake", env).kafka_client_options()
+        load_settings("feedback", env).kafka_client_options()
 
 
 def test_each_process_has_its_own_kafka_identity_from_the_secrets_file(tmp_path):
     secrets = tmp_path / "principals.secrets"
-    secrets.write_text("# comment\nadmin=a1\ntongban-intake=s1\npartner-420000=p1\n")
+    secrets.write_text("# comment\nadmin=a1\ntongban-feedback=s1\npartner-420000=p1\n")
     env = {**KEY, "TONGBAN_KAFKA_SECURITY": "SASL_PLAINTEXT", "TONGBAN_KAFKA_SECRETS_FILE": str(secrets)}
-    options = load_settings("intake", env).kafka_client_options()
+    options = load_settings("feedback", env).kafka_client_options()
     assert (options["security_protocol"], options["sasl_mechanism"]) == ("SASL_PLAINTEXT", "SCRAM-SHA-512")
-    assert (options["sasl_plain_username"], options["sasl_plain_password"]) == ("tongban-intake", "s1")
+    assert (options["sasl_plain_username"], options["sasl_plain_password"]) == ("tongban-feedback", "s1")
     assert "ssl_context" not in options
     tool = load_settings("ops", env, local_defaults=True)
     assert (tool.kafka_bootstrap, tool.sasl_username, tool.sasl_password) == ("127.0.0.1:19092", "admin", "a1")
     partner = load_settings("partner-sim", env).as_principal("partner-420000")
     assert partner.kafka_client_options()["sasl_plain_username"] == "partner-420000"
     assert partner.kafka_client_options()["sasl_plain_password"] == "p1"
-    explicit = load_settings("intake", {**env, "TONGBAN_KAFKA_USERNAME": "u", "TONGBAN_KAFKA_PASSWORD": "pw"})
+    explicit = load_settings("feedback", {**env, "TONGBAN_KAFKA_USERNAME": "u", "TONGBAN_KAFKA_PASSWORD": "pw"})
     assert (explicit.sasl_username, explicit.sasl_password) == ("u", "pw")
     with pytest.raises(ConfigError, match="partner-999999"):
         load_settings("partner-sim", env).as_principal("partner-999999").kafka_client_options()
@@ -64,10 +65,10 @@ def test_each_process_has_its_own_kafka_identity_from_the_secrets_file(tmp_path)
 
 def test_operator_tools_use_the_brokers_admin_and_the_local_ca_but_services_do_not(tmp_path):
     secrets = tmp_path / "principals.secrets"
-    secrets.write_text("admin=a1\ntongban-intake=s1\n")
+    secrets.write_text("admin=a1\ntongban-feedback=s1\n")
     env = {**KEY, "TONGBAN_KAFKA_SECURITY": "SASL_SSL", "TONGBAN_KAFKA_SECRETS_FILE": str(secrets)}
     tool = load_settings("ops", env, local_defaults=True)
     assert (tool.kafka_bootstrap, tool.sasl_username) == ("127.0.0.1:19094", "admin")
     assert tool.ssl_cafile.endswith("var/kafka/tls/ca.pem")
-    service = load_settings("intake", env)
-    assert (service.sasl_username, service.ssl_cafile) == ("tongban-intake", None)
+    service = load_settings("feedback", env)
+    assert (service.sasl_username, service.ssl_cafile) == ("tongban-feedback", None)
