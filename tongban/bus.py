@@ -75,8 +75,10 @@ def make_consumer(settings: Settings, topics: list[str], group: str | None = Non
         partition_assignment_strategy=(RangePartitionAssignor,),
         session_timeout_ms=settings.session_timeout_ms,
         heartbeat_interval_ms=max(settings.session_timeout_ms // 3, 300),
-        max_poll_records=200,
-        fetch_max_wait_ms=200,
+        max_poll_records=500,
+        # A fetch returns as soon as a record is there; the wait only bounds how often an
+        # idle consumer asks again (idle CPU of every process and of the broker).
+        fetch_max_wait_ms=500,
         **settings.kafka_client_options(),
     )
 
