@@ -23,8 +23,9 @@ from aiokafka.errors import (
 )
 from aiokafka.partitioner import murmur2
 
-from tongban.codec import SchemaRegistry
+from tongban.codec import SchemaRegistry, schema_full_name
 from tongban.config import Settings
+from tongban.schema_compat import check_full_transitive
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ async def learn_schemas(settings: Settings, registry: SchemaRegistry) -> int:
                         continue
                     try:
                         known = registry.by_fingerprint(bytes.fromhex(record.key.decode()))
-                        if known is None:
+                        if known is None and compatible_with_local(registry, record.value.decode()):
                             registry.add_writer_schema(record.value.decode())
                             learned += 1
                     except Exception:
@@ -138,3 +139,16 @@ async def learn_schemas(settings: Settings, registry: SchemaRegistry) -> int:
     finally:
         await consumer.stop()
     return learned
+
+
+def compatible_with_local(registry: SchemaRegistry, schema_json: str) -> bool:
+    """A writer schema from the schema topic is learned only if it is FULL_TRANSITIVE with
+    every local version of its record name: anyone allowed to write the topic could otherwise
+    make our readers misread (or refuse) the events of that name. A new name is taken."""
+    name = schema_full_name(schema_json)
+    local = [version.schema_json for version in registry.versions(name)]
+    problems = check_full_transitive([*local, schema_json]) if local else []
+    if problems:
+        log.warning("refused a writer schema for %s that breaks FULL_TRANSITIVE: %s", name, problems[0])
+    return not problems
+

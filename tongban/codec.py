@@ -348,6 +348,15 @@ class SchemaRegistry:
 # -- schema helpers ---------------------------------------------------------------------
 
 
+def schema_full_name(schema_json: str) -> str:
+    """The full name of a record schema in JSON; CodecError if it is not one."""
+    try:
+        schema = json.loads(schema_json)
+        return _full_name(schema, "")
+    except (TypeError, ValueError, KeyError, AttributeError):
+        raise CodecError("writer schema is not a named record in JSON") from None
+
+
 def _full_name(schema: dict, namespace: str) -> str:
     name = schema["name"]
     if "." in name:
