@@ -2,6 +2,7 @@
 in-memory store, transactions and archive. The same rules run over the real broker in
 tests/integration/test_runtime.py and tests/e2e."""
 
+import asyncio
 import base64
 import dataclasses
 import hashlib
@@ -1359,3 +1360,18 @@ async def test_an_event_without_its_business_id_is_dead_lettered():
     assert header(h.dead_letters()[0], "tongban.dlq.error.message").startswith("KeyError at test_runtime_core.py:"), \
         "the reason names where the business id could not be read"
     assert h.state() is None
+
+
+async def test_a_finished_aggregate_revived_while_the_sweep_scans_is_kept(monkeypatch):
+    monkeypatch.setattr("tongban.runtime.core.SWEEP_CHUNK", 1)  # the scan yields after every entry
+
+    async def finish_or_revive(event, state):
+        return Outcome(state={"seen": event.payload["reason"]}, finished=event.payload["reason"] == "done")
+
+    h = Harness(handlers={UNROUTABLE: finish_or_revive})
+    await h.feed(h.rec(value_of(UNROUTABLE, unroutable(KEY, "done"), "c1")))
+    later = now_utc() + h.ctx.horizon + timedelta(minutes=1)
+    scan = h.task.sweep(later)
+    revived = h.task.process([h.rec(value_of(UNROUTABLE, unroutable(KEY, "late"), "c2"))])
+    await asyncio.gather(scan, revived)  # the scan yields; the late event lands in between
+    assert h.state() == {"seen": "late"}, "the sweep forgot an aggregate a late event had revived"

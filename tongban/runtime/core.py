@@ -63,6 +63,7 @@ MAX_RECORD_BYTES = 1_000_000
 MAX_KEY_BYTES = 1024
 MAX_KEPT_HEADER_BYTES = 16_384
 ENTRY, DEDUPE = b"a:", b"d:"
+SWEEP_CHUNK = 1000  # entries scanned between two yields to the event loop
 BSON_OPTIONS: CodecOptions = CodecOptions(tz_aware=True)
 
 
@@ -307,22 +308,40 @@ class Task:
             return len(due)
 
     async def sweep(self, now: datetime) -> int:
-        """Forget dedupe marks and finished markers older than the replay horizon."""
+        """Forget dedupe marks and finished markers older than the replay horizon.
+
+        The scan runs without the task's lock and yields every `SWEEP_CHUNK` entries, so it
+        never stops the task (or the heartbeats) for long; what it found is checked again
+        under the lock, since a late event may have revived a finished aggregate meanwhile."""
+        limit = now - self.ctx.horizon
+        candidates: list[bytes] = []
+        for scanned, (raw_key, raw) in enumerate(self.store.items(b"")):
+            if self._expired(raw_key, raw, limit):
+                candidates.append(raw_key)
+            if scanned % SWEEP_CHUNK == SWEEP_CHUNK - 1:
+                await asyncio.sleep(0)
+        if not candidates:
+            return 0
         async with self.lock:
             if not self.active:
                 return 0
-            limit = now - self.ctx.horizon
             batch = Batch()
-            for raw_key, raw in self.store.items(DEDUPE):
-                if unpack(raw)["at"] < limit:
-                    batch.changes[raw_key] = None
-            for raw_key, raw in self.store.items(ENTRY):
-                entry = Entry.unpack(raw)
-                if entry.finished and not entry.timers and entry.finished_at and entry.finished_at < limit:
+            for raw_key in candidates:
+                current = self.store.get(raw_key)
+                if current is not None and self._expired(raw_key, current, limit):
                     batch.changes[raw_key] = None
             if batch.changes:
                 await self._commit(batch, {})
             return len(batch.changes)
+
+    @staticmethod
+    def _expired(raw_key: bytes, raw: bytes, limit: datetime) -> bool:
+        if raw_key.startswith(DEDUPE):
+            return bool(unpack(raw)["at"] < limit)
+        if raw_key.startswith(ENTRY):
+            entry = Entry.unpack(raw)
+            return bool(entry.finished and not entry.timers and entry.finished_at and entry.finished_at < limit)
+        return False
 
     async def _commit(self, batch: Batch, offsets: dict[TopicPartition, int]) -> None:
         settings = self.ctx.settings
