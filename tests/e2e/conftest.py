@@ -2,14 +2,7 @@
 
 import pytest
 
-from tests.support import drop_namespace, new_namespace, start_stack
-
-
-@pytest.fixture(scope="module")
-def namespace():
-    namespace = new_namespace()
-    yield namespace
-    drop_namespace(namespace)
+from tests.support import start_stack
 
 
 @pytest.fixture(scope="module")

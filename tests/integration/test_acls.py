@@ -43,13 +43,6 @@ SCHEMAS = "tongban.schemas"
 
 
 @pytest.fixture(scope="module")
-def namespace():
-    namespace = new_namespace()
-    yield namespace
-    drop_namespace(namespace)
-
-
-@pytest.fixture(scope="module")
 def granted(namespace) -> set[acls.Acl]:
     return acls.generate(namespace)
 

@@ -16,7 +16,7 @@ import time
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from tests.support import KAFKA, KAFKA_ACLS, drop_namespace, new_namespace
+from tests.support import KAFKA, KAFKA_ACLS
 from tongban.ops import quotas
 from tongban.ops.kafka_admin import ops_settings
 
@@ -29,13 +29,6 @@ FLOODER, VICTIM = "partner-12345", "partner-370100"
 FLOOD_TOPIC, VICTIM_TOPIC = "tongban.feedback.workorders", "tongban.partner.370100.decisions"
 VALUE = os.urandom(64 * 1024)  # incompressible; no compression is configured anyway
 FLOOD_S = 8.0
-
-
-@pytest.fixture(scope="module")
-def namespace():
-    namespace = new_namespace()
-    yield namespace
-    drop_namespace(namespace)
 
 
 def producer_for(options: dict) -> AIOKafkaProducer:

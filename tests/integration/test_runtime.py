@@ -12,7 +12,7 @@ import pytest
 from aiokafka.structs import TopicPartition
 from pymongo import AsyncMongoClient, monitoring
 
-from tests.support import REGISTRY, Sink, drop_namespace, new_namespace
+from tests.support import REGISTRY, Sink
 from tongban.config import load_settings
 from tongban.events import now_utc
 from tongban.handling import Emit, Event, Outcome, Timer, Wiring
@@ -26,13 +26,6 @@ pytestmark = pytest.mark.integration
 
 ROUTED = "tongban.application.routed"
 UNROUTABLE = "tongban.application.ApplicationUnroutable"
-
-
-@pytest.fixture(scope="module")
-def namespace():
-    namespace = new_namespace()
-    yield namespace
-    drop_namespace(namespace)
 
 
 async def count(event: Event, state: dict | None) -> Outcome:
