@@ -63,6 +63,8 @@ MAX_RECORD_BYTES = 1_000_000
 MAX_KEY_BYTES = 1024
 MAX_KEPT_HEADER_BYTES = 16_384
 ENTRY, DEDUPE = b"a:", b"d:"
+EVICT = "evict:"  # the schedule's entries that take finished state out of the hot state
+KEEP_FINISHED = timedelta(minutes=10)
 SWEEP_CHUNK = 1000  # entries scanned between two yields to the event loop
 BSON_OPTIONS: CodecOptions = CodecOptions(tz_aware=True)
 
@@ -159,6 +161,12 @@ def unpack(raw: bytes) -> dict[str, Any]:
     return bson.decode(raw, codec_options=BSON_OPTIONS)
 
 
+def _eviction(entry: Entry) -> tuple[int, str]:
+    """When a finished entry's state leaves the hot state, and the id of that schedule entry."""
+    assert entry.finished_at is not None
+    return millis(entry.finished_at + KEEP_FINISHED), f"{EVICT}{entry.archived}"
+
+
 def clean_headers(headers: Any) -> list[tuple[str, bytes]]:
     """Headers as (str, bytes) pairs; a null value or a name that is not text is dropped."""
     clean = []
@@ -181,8 +189,9 @@ def crash_point(settings: Settings, point: str) -> None:
 # ------------------------------------------------------------------------------ entries
 @dataclass
 class Entry:
-    """One aggregate in the hot state. A finished one keeps no state here (it is archived as
-    version `archived`), only what recognises and revives it."""
+    """One aggregate in the hot state. A finished one is archived as version `archived`; it
+    keeps its state here for `KEEP_FINISHED` (events that arrive after the one that finished
+    it, from other topics, are common), then only what recognises and revives it."""
 
     state: dict[str, Any] | None = None
     timers: list[dict[str, Any]] = field(default_factory=list)
@@ -198,12 +207,10 @@ class Entry:
                    doc.get("archived", 0), doc.get("finished_at"))
 
     def pack(self) -> bytes:
-        doc: dict[str, Any] = {"timers": self.timers, "trace": self.trace}
+        doc: dict[str, Any] = {"state": self.state, "timers": self.timers, "trace": self.trace,
+                               "archived": self.archived}
         if self.finished:
-            doc.update(finished=True, archived=self.archived, finished_at=self.finished_at)
-        else:
-            doc["state"] = self.state
-            doc["archived"] = self.archived
+            doc.update(finished=True, finished_at=self.finished_at)
         return pack(doc)
 
 
@@ -258,17 +265,21 @@ class Task:
     def rebuild_schedule(self) -> None:
         self.schedule = Schedule()
         for raw_key, raw in self.store.items(ENTRY):
-            for timer in Entry.unpack(raw).timers:
-                self.schedule.add(millis(timer["due_at"]), timer["id"], raw_key[len(ENTRY):].decode())
+            entry, key = Entry.unpack(raw), raw_key[len(ENTRY):].decode()
+            for timer in entry.timers:
+                self.schedule.add(millis(timer["due_at"]), timer["id"], key)
+            if entry.finished and entry.state is not None and entry.finished_at is not None:
+                self.schedule.add(*_eviction(entry), key)
 
     # -------------------------------------------------------------- reads
     async def read(self, key: str) -> Entry | None:
-        """The committed entry of `key`, with its state loaded from the archive if finished."""
+        """The committed entry of `key`, with its state loaded from the archive if it was
+        finished long enough ago to have left the hot state."""
         raw = self.store.get(ENTRY + key.encode())
         if raw is None:
             return None
         entry = Entry.unpack(raw)
-        if entry.finished:
+        if entry.finished and entry.state is None:
             doc = await self.ctx.archive.load(archive_id(key, entry.archived))
             entry.state = doc["state"] if doc else None
         return entry
@@ -500,6 +511,7 @@ class Task:
             for mark in marks:
                 batch.changes[mark] = pack({"at": now_utc(), "key": key})
         if new.finished and new.archived > entry.archived:
+            batch.timers.append((*_eviction(new), key))
             batch.archive.append({"_id": archive_id(key, new.archived), "key": key, "version": new.archived,
                                   "service": self.ctx.settings.service, "state": new.state, "trace": new.trace,
                                   "finished_at": new.finished_at})
@@ -554,6 +566,13 @@ class Task:
     # -------------------------------------------------------------- timers
     async def _fire(self, batch: Batch, key: str, timer_id: str) -> None:
         entry = await self._entry(batch, key)
+        if timer_id.startswith(EVICT):
+            # Finished work leaves the hot state: the archive has it (this very version).
+            if entry.finished and entry.state is not None and timer_id == _eviction(entry)[1]:
+                evicted = Entry(None, entry.timers, entry.trace, True, entry.archived, entry.finished_at)
+                batch.entries[key] = evicted
+                batch.changes[ENTRY + key.encode()] = evicted.pack()
+            return
         timer = next((t for t in entry.timers if t["id"] == timer_id), None)
         if timer is None:
             return  # replaced or cancelled since it was scheduled
