@@ -41,7 +41,8 @@ from devtools.bench.profiling import summarise
 
 STEPS = ("codec", "chains", "pipeline")
 # Seconds the phases after history take at most (saturation again, restore, idle, clean-up).
-AFTER_HISTORY_S = {"full": 150.0, "quick": 90.0}
+AFTER_HISTORY_S = {"full": 170.0, "quick": 90.0}
+CLEAN_UP_S = 30.0  # stopping the stack, dropping the namespace, writing the results
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -69,14 +70,17 @@ def plan_for(args: argparse.Namespace, deadline: float) -> Plan:
     mode = "quick" if args.quick else "full"
     history = args.history if args.history is not None else (500 if args.quick else 50_000)
     history_deadline = deadline - AFTER_HISTORY_S[mode]
+    run_deadline = deadline - CLEAN_UP_S
     if args.quick:
         return Plan(levels=(128, 512), inflight=256, warmup_s=3, saturation_s=8, profile_s=5,
                     curve=(0.25, 0.5, 0.9), curve_s=8, drain_s=30, history=history,
                     history_deadline=history_deadline, probes=5, restore_timeout_s=60, idle_s=5,
+                    run_deadline=run_deadline,
                     profile=not args.no_profile)
     return Plan(levels=(256, 512, 1024), inflight=256, warmup_s=5, saturation_s=15, profile_s=10,
-                curve=(0.25, 0.5, 0.75, 0.9), curve_s=15, drain_s=45, history=history,
+                curve=(0.25, 0.5, 0.75, 0.9), curve_s=15, drain_s=30, history=history,
                 history_deadline=history_deadline, probes=20, restore_timeout_s=120, idle_s=10,
+                run_deadline=run_deadline,
                 profile=not args.no_profile)
 
 
@@ -108,7 +112,11 @@ async def run_chains(n: int, profile: bool, result: dict[str, Any], errors: dict
             continue
         say(f"{kind} chain: {n:,} records through five hops")
         try:
-            chains[kind] = await chain.run_chain(kind, n)
+            if kind == "raw":  # its windows are short (1-3 s), so the median of three runs
+                runs = sorted([await chain.run_chain(kind, n) for _ in range(3)], key=lambda r: r["msgs_per_s"])
+                chains[kind] = {**runs[1], "runs_msgs_per_s": [r["msgs_per_s"] for r in runs]}
+            else:
+                chains[kind] = await chain.run_chain(kind, n)
             say(f"{kind} chain: {chains[kind]['msgs_per_s']:,} msgs/s")
         except Exception as exc:
             errors[f"{kind} chain"] = f"{type(exc).__name__}: {exc}"

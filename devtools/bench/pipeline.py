@@ -27,7 +27,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,6 +75,7 @@ class Plan:
     history_deadline: float = 0.0  # monotonic time the history phase must end by (0: none)
     probes: int = 20
     restore_timeout_s: float = 120.0
+    run_deadline: float = 0.0  # monotonic time every wait must end by, clean-up aside (0: none)
     idle_s: float = 10.0
     profile: bool = True
 
@@ -433,6 +434,12 @@ class Pipeline:
         await self._phase("restore", self._restore())
         await self._phase("idle", self._idle())
 
+    def _left(self, cap: float) -> float:
+        """`cap` seconds, or less when the run's deadline is nearer (never under 1 s)."""
+        if not self.plan.run_deadline:
+            return cap
+        return max(1.0, min(cap, self.plan.run_deadline - time.monotonic()))
+
     def _cpu_window(self) -> CpuWindow:
         """CPU of every process of the system and of the bench itself."""
         return CpuWindow({**self.service_pids(with_sim=True), **platform_pids(), "bench": os.getpid()})
@@ -440,9 +447,14 @@ class Pipeline:
     async def _settle(self, before: str) -> None:
         """Wait until every service has caught up with its inputs (intake, the slowest, keeps
         a backlog of lifecycle events after a saturation run), so a phase starts clean."""
-        self.result.setdefault("settle_s", {})[before] = await self.lag.wait_caught_up(self.plan.drain_s)
+        self.result.setdefault("settle_s", {})[before] = await self.lag.wait_caught_up(self._left(self.plan.drain_s))
 
-    async def _phase(self, name: str, work: Awaitable[Any]) -> Any:
+    async def _phase(self, name: str, work: Coroutine[Any, Any, Any]) -> Any:
+        if self.plan.run_deadline and time.monotonic() > self.plan.run_deadline - 10:
+            work.close()
+            self.result.setdefault("errors", {})[name] = "skipped: the run's time budget is spent"
+            say(f"pipeline: {name} skipped: the run's time budget is spent")
+            return None
         try:
             value = await work
         except Exception as exc:
@@ -494,7 +506,7 @@ class Pipeline:
         if profiles:
             result["profiles"] = profiles
         await loop.stop()
-        result["drained"] = await self.tracker.wait_drained(plan.drain_s)
+        result["drained"] = await self.tracker.wait_drained(self._left(plan.drain_s))
         loop.cancel()
         say(f"pipeline: {label} {best['apps_per_s']} apps/s with {best['inflight']} open "
             f"(after {before:,} applications)")
@@ -529,7 +541,7 @@ class Pipeline:
         futures = [f for f in await asyncio.gather(*tasks) if f is not None]
         drained = True
         if futures:
-            _, pending = await asyncio.wait(futures, timeout=self.plan.drain_s)
+            _, pending = await asyncio.wait(futures, timeout=self._left(self.plan.drain_s))
             drained = not pending
         apps = list(self.tracker.apps.values())[ids_before:]
         given_up = time.time()
@@ -590,7 +602,7 @@ class Pipeline:
         window.stop()
         await asyncio.gather(*profiling, return_exceptions=True)
         await loop.stop()
-        await self.tracker.wait_drained(plan.drain_s)
+        await self.tracker.wait_drained(self._left(plan.drain_s))
         loop.cancel()
         elapsed = time.monotonic() - started
         history = {
@@ -613,7 +625,7 @@ class Pipeline:
         probe_ids = list(self.tracker.apps)[-len(probes):] if probes else []
         queued_at = time.monotonic()
         while any("verified" not in self.tracker.apps[a].stages for a in probe_ids):
-            if time.monotonic() - queued_at > plan.restore_timeout_s:
+            if time.monotonic() - queued_at > self._left(plan.restore_timeout_s):
                 break
             await asyncio.sleep(0.2)
         queued = sum("verified" in self.tracker.apps[a].stages for a in probe_ids)
@@ -626,7 +638,8 @@ class Pipeline:
         self.stack.start("delivery")
         await self.stack.wait_healthy(("delivery",), timeout=plan.restore_timeout_s)
         healthy = time.monotonic() - t0
-        _, pending = await asyncio.wait(probes, timeout=plan.restore_timeout_s) if probes else (set(), set())
+        _, pending = (await asyncio.wait(probes, timeout=self._left(plan.restore_timeout_s)) if probes
+                      else (set(), set()))
         caught_up = time.monotonic() - t0
         restored = restored_records(self.log_dir / "delivery.log")
         say(f"pipeline: delivery restored in {healthy:.1f}s, caught up in {caught_up:.1f}s")
@@ -640,7 +653,7 @@ class Pipeline:
     async def _idle(self) -> dict[str, Any]:
         """CPU of every process of the system (services, simulator, broker, store) with no
         traffic; the bench's own consumer is paused meanwhile, so it adds no fetches."""
-        await self.tracker.wait_drained(self.plan.drain_s)
+        await self.tracker.wait_drained(self._left(self.plan.drain_s))
         await self._settle("idle")
         await asyncio.sleep(3.0)
         pids = {**self.service_pids(with_sim=True), **platform_pids()}

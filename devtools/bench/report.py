@@ -278,11 +278,18 @@ def _evidence(result: dict[str, Any]) -> list[str]:
     profiles = details.get("profiles") or {}
     out = ["### Where targets are missed: profiler evidence", ""]
     missed = [name for name, ok in met.items() if ok is False]
+    saturation = (pipeline.get("saturation") or {}).get("apps_per_s") or 0
+    stalls = [t for t in (pipeline.get("history") or {}).get("timeline") or []
+              if t["apps_per_s"] < 0.5 * saturation]
+    if stalls:  # not a target of its own, but what the history phase went through
+        missed.append("stalls")
+        out += [f"During the history phase throughput fell below half of saturation {len(stalls)} time(s) "
+                "(30 s intervals); the evidence is under the pipeline below.", ""]
     if not missed:
         return [*out, "Every measured target is met.", ""]
-    out += ["Missed: " + ", ".join(f"`{m}`" for m in missed) + ".", ""]
+    out += ["Missed: " + ", ".join(f"`{m}`" for m in missed if m != "stalls") + ".", ""]
     sections: list[tuple[set[str], str, Callable[[], list[str]]]] = [
-        ({"pipeline_apps_per_s", "history_ratio", "p99_ms"}, "Pipeline throughput and latency",
+        ({"pipeline_apps_per_s", "history_ratio", "p99_ms", "stalls"}, "Pipeline throughput, latency and stalls",
          lambda: _pipeline_evidence(pipeline)),
         ({"ratio_runtime_vs_raw", "ratio_runtime_vs_faust"}, "Runtime chain against raw aiokafka and faust",
          lambda: _cprofile_block(profiles.get("runtime_chain")) + _cprofile_block(profiles.get("raw_chain"), 8)),
