@@ -154,7 +154,7 @@ def figures_of(result: dict[str, Any]) -> None:
     runtime, raw, faust = rate("runtime"), rate("raw"), rate("faust")
     sat = (pipeline.get("saturation") or {}).get("apps_per_s")
     sat_history = (pipeline.get("saturation_with_history") or {}).get("apps_per_s")
-    half = next((p for p in pipeline.get("curve", []) if p.get("fraction_of_saturation") == 0.5), {})
+    half: dict[str, Any] = next((p for p in pipeline.get("curve", []) if p.get("fraction_of_saturation") == 0.5), {})
     result.update({
         "pipeline_apps_per_s": sat,
         "pipeline_apps_per_s_with_history": sat_history,

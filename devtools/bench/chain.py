@@ -28,7 +28,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +134,7 @@ async def runtime_hop(prefix: str, index: int, stop: asyncio.Event) -> None:
         return Outcome(emits=[Emit(out, event.event_type, event.key, event.payload)])
 
     wiring = Wiring(f"bench{index}", inputs=[f"bench.hop{index - 1}"], handlers={CHAIN_EVENT: forward})
-    runtime = ServiceRuntime(settings, SchemaRegistry.load(), wiring, archive=None)  # type: ignore[call-arg]
+    runtime = ServiceRuntime(settings, SchemaRegistry.load(), wiring, archive=None)  # type: ignore[arg-type]
     await runtime.start()
     try:
         await stop.wait()
@@ -142,8 +142,8 @@ async def runtime_hop(prefix: str, index: int, stop: asyncio.Event) -> None:
         await runtime.stop()
 
 
-HOP_MAINS: dict[str, Callable[[str, int, asyncio.Event], Awaitable[None]]] = {"raw": raw_hop,
-                                                                             "runtime": runtime_hop}
+HOP_MAINS: dict[str, Callable[[str, int, asyncio.Event], Coroutine[Any, Any, None]]] = {
+    "raw": raw_hop, "runtime": runtime_hop}
 
 
 # ------------------------------------------------------------------------------- sink

@@ -54,7 +54,7 @@ def make_app(prefix: str, index: int) -> faust.App:
             await target.send(key=event.key, value=event.value)
             yield None
 
-    app.agent(source, name=f"hop{index}")(forward)
+    app.agent(source, name=f"hop{index}")(forward)  # type: ignore[arg-type]
     return app
 
 

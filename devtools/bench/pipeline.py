@@ -27,7 +27,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -487,8 +487,9 @@ class Pipeline:
             window.start()
             await asyncio.sleep(plan.saturation_s)
             t1 = time.time()
-            step = {"inflight": level, "apps_per_s": rounded(self.tracker.completed_between(t0, t1) / (t1 - t0), 1),
-                    "cpu_pct": window.stop(), "backlog_at_end": await self.lag.measure()}
+            rate = self.tracker.completed_between(t0, t1) / (t1 - t0)
+            step: dict[str, Any] = {"inflight": level, "apps_per_s": rounded(rate, 1), "cpu_pct": window.stop(),
+                                    "backlog_at_end": await self.lag.measure()}
             steps.append(step)
             say(f"pipeline: {label}: {level} open -> {step['apps_per_s']} apps/s "
                 f"(machine {sum(step['cpu_pct'].values()):.0f} % of 200 %)")
@@ -527,7 +528,6 @@ class Pipeline:
     async def _open_loop(self, rate: float, seconds: float) -> dict[str, Any]:
         """Poisson arrivals at `rate` for `seconds`; latencies of those applications."""
         arrivals = random.Random(int(rate * 1000))
-        futures: list[Awaitable[asyncio.Future[None] | None]] = []
         ids_before = len(self.tracker.apps)
         t0 = time.monotonic()
         next_at = t0
