@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from tongban import topics
 from tongban.pii import Keyring, PiiCipher
 from tongban.pii_policy import load_keyring
 
@@ -86,31 +87,36 @@ class Settings:
 
     @property
     def group(self) -> str:
-        return f"{self.namespace}tongban-{self.service}"
+        return f"{self.namespace}{self.group_name}"
 
     @property
     def database(self) -> str:
         return f"{self.namespace.replace('-', '_')}tongban_{self.service}"
 
     @property
+    def group_name(self) -> str:
+        """The consumer group without the namespace, as topics.toml names it."""
+        return f"tongban-{self.service}"
+
+    @property
     def dlq_topic(self) -> str:
-        return self.topic(f"tongban.dlq.tongban-{self.service}")
+        return self.topic(topics.dlq(self.group_name))
 
     @property
     def retry_topic(self) -> str:
-        return self.topic(f"tongban.retry.tongban-{self.service}")
+        return self.topic(topics.retry(self.group_name))
 
     @property
     def changelog_topic(self) -> str:
-        return self.topic(f"tongban.changelog.tongban-{self.service}")
+        return self.topic(topics.changelog(self.group_name))
 
     @property
     def commands_topic(self) -> str:
-        return self.topic(f"tongban.commands.tongban-{self.service}")
+        return self.topic(topics.commands(self.group_name))
 
     @property
     def repartition_topic(self) -> str:
-        return self.topic(f"tongban.repartition.tongban-{self.service}")
+        return self.topic(topics.repartition(self.group_name))
 
     def kafka_client_options(self) -> dict:
         """Bootstrap and security options shared by every aiokafka client of this process.
