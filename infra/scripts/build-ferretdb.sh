@@ -37,4 +37,6 @@ echo "ferretdb $VERSION: building (CGO_ENABLED=0)"
 (cd "$src" && CGO_ENABLED=0 GOFLAGS=-buildvcs=false go build -trimpath -o "$OLDPWD/$BIN.tmp" ./cmd/ferretdb)
 mv "$BIN.tmp" "$BIN"
 printf '%s\n' "$VERSION" > "$STAMP"
-"$BIN" --version | head -3
+# Capture first: `| head` closes the pipe early and pipefail turns that SIGPIPE into a failure.
+version_text="$("$BIN" --version)"
+printf '%s\n' "$version_text" | sed -n 1,3p
