@@ -203,6 +203,12 @@ class SchemaRegistry:
             raise UnknownSchema(f"no local schema named {full_name}", full_name=full_name)
         return versions[-1]
 
+    def _local_version(self, full_name: str, version: int) -> SchemaVersion:
+        for sv in self._local.get(full_name, ()):
+            if sv.version == version:
+                return sv
+        raise UnknownSchema(f"no local schema {full_name} v{version}", full_name=full_name)
+
     def versions(self, full_name: str) -> list[SchemaVersion]:
         """Local versions of ``full_name``, oldest first (empty if unknown)."""
         return list(self._local.get(full_name, ()))
@@ -217,14 +223,15 @@ class SchemaRegistry:
 
     # -- encoding ----------------------------------------------------------------------
 
-    def encode(self, full_name: str, record: dict) -> bytes:
-        """Frame ``record`` with the latest local version of ``full_name``.
+    def encode(self, full_name: str, record: dict, *, version: int | None = None) -> bytes:
+        """Frame ``record`` with the latest local version of ``full_name`` (or ``version``,
+        as a writer that has not moved to the newest schema yet would).
 
         Raises MalformedRecord naming the first offending field. For events (records whose
         first field is ``envelope``) ``envelope.event_type`` must be ``full_name`` and
         ``envelope.schema_version`` the version used.
         """
-        sv = self.latest(full_name)
+        sv = self.latest(full_name) if version is None else self._local_version(full_name, version)
         parsed = sv.parsed
         named = parsed["__named_schemas"]
         fits = self._validators.get(sv.fingerprint)

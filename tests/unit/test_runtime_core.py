@@ -724,7 +724,8 @@ async def test_personal_data_arriving_in_the_clear_is_dead_lettered_not_handled(
     h = Harness()
     h = Harness(handlers={RECEIVED: h.count})
     plain = REGISTRY.encode(RECEIVED, {"envelope": {
-        "event_id": "e1", "event_type": RECEIVED, "schema_version": 1, "occurred_at": now_utc(), "source_system": "x",
+        "event_id": "e1", "event_type": RECEIVED, "schema_version": REGISTRY.latest(RECEIVED).version,
+        "occurred_at": now_utc(), "source_system": "x",
         "source_partner": None, "correlation_id": KEY, "causation_id": None}, **application()})
     await h.feed(h.rec(plain))
     assert h.calls == []

@@ -54,7 +54,8 @@ def test_all_pairs_of_all_families_both_ways():
         for name in {sv.full_name for sv in registry.all_versions()}:
             versions = [sv.schema_json for sv in registry.versions(name)]
             problems = check_full_transitive(versions)
-            pairs += len(versions) * (len(versions) - 1)
+            if label != "schemas":  # the released families grow; the fixtures are fixed
+                pairs += len(versions) * (len(versions) - 1)
             assert bool(problems) == (label in expected_bad), (label, name, problems)
     assert pairs == 2 + 2 + 2 + 6  # compatible, incompatible, logical (2 versions), transitive (3)
 
@@ -168,6 +169,7 @@ def test_changing_a_component_changes_every_event_using_it(schemas_copy):
     changed = {p.split(":")[0] for p in lock_problems(schemas_copy)}
     assert changed == {"tongban.application.Applicant.v1.avsc",
                        "tongban.application.ApplicationReceived.v1.avsc",
+                       "tongban.application.ApplicationReceived.v2.avsc",
                        "tongban.partner.MatterAssigned.v1.avsc"}
 
 
