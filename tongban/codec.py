@@ -501,20 +501,39 @@ def _compile(schema: Any, named: Mapping[str, Any], compiled: dict[str, Validato
     node, kind = _kind(schema, named)
     if kind == "union":
         branches = [_compile(b, named, compiled) for b in node]
+        if len(branches) == 2:  # the common ["null", T]: no generator per datum
+            first, second = branches
+            return lambda datum: first(datum) or second(datum)
         return lambda datum: any(fits(datum) for fits in branches)
     if kind in ("record", "error"):
-        fields = [(f["name"], _compile(f["type"], named, compiled), "default" in f) for f in node["fields"]]
-        names = frozenset(name for name, _, _ in fields)
+        # Per field: the Python type a plain string, bytes or boolean must have (checked
+        # inline), or the compiled check. Calls cost as much as the checks themselves here.
+        fields = [(f["name"], _PLAIN_TYPES.get(_plain_kind(f["type"], named)),
+                   _compile(f["type"], named, compiled), "default" in f) for f in node["fields"]]
+        names = frozenset(name for name, _, _, _ in fields)
 
         def record(datum: Any) -> bool:
-            if not isinstance(datum, Mapping) or not names.issuperset(datum):
+            # `type(...) is dict` first: an ABC isinstance check costs more than the record.
+            if (type(datum) is not dict and not isinstance(datum, Mapping)) or not names.issuperset(datum):
                 return False
-            return all(fits(datum[name]) if name in datum else has_default for name, fits, has_default in fields)
+            for name, plain, fits, has_default in fields:
+                if name in datum:
+                    value = datum[name]
+                    if plain is not None:
+                        if type(value) is not plain and not isinstance(value, plain):
+                            return False
+                    elif not fits(value):
+                        return False
+                elif not has_default:
+                    return False
+            return True
 
         return record
     if kind == "array":
         items = _compile(node["items"], named, compiled)
-        return lambda datum: isinstance(datum, (list, tuple)) and all(items(item) for item in datum)
+
+        # all(map(...)): no generator frame per item
+        return lambda datum: isinstance(datum, (list, tuple)) and all(map(items, datum))
     if kind == "map":
         values = _compile(node["values"], named, compiled)
         return lambda datum: isinstance(datum, Mapping) and all(
@@ -539,6 +558,18 @@ def _compile(schema: Any, named: Mapping[str, Any], compiled: dict[str, Validato
         return simple[kind]
     # enums, fixed and other logical types: fastavro's own check, and _check's timestamp rule
     return lambda datum: _fits_slowly(node, datum, named)
+
+
+_PLAIN_TYPES: dict[str, type] = {"string": str, "boolean": bool}
+
+
+def _plain_kind(schema: Any, named: Mapping[str, Any]) -> str | None:
+    """``string`` or ``boolean`` when ``schema`` is just that type, else None."""
+    if isinstance(schema, dict):
+        if schema.get("logicalType") is not None:
+            return None
+        schema = schema.get("type")
+    return schema if isinstance(schema, str) and schema in _PLAIN_TYPES else None
 
 
 def _fits_slowly(node: Any, datum: Any, named: Mapping[str, Any]) -> bool:
