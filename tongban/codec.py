@@ -506,9 +506,9 @@ def _compile(schema: Any, named: Mapping[str, Any], compiled: dict[str, Validato
             return lambda datum: first(datum) or second(datum)
         return lambda datum: any(fits(datum) for fits in branches)
     if kind in ("record", "error"):
-        # Per field: the Python type a plain string, bytes or boolean must have (checked
-        # inline), or the compiled check. Calls cost as much as the checks themselves here.
-        fields = [(f["name"], _PLAIN_TYPES.get(_plain_kind(f["type"], named)),
+        # Per field: the Python type a plain string or boolean must have (checked inline),
+        # or the compiled check. Calls cost as much as the checks themselves here.
+        fields = [(f["name"], _PLAIN_TYPES.get(_plain_kind(f["type"], named) or ""),
                    _compile(f["type"], named, compiled), "default" in f) for f in node["fields"]]
         names = frozenset(name for name, _, _, _ in fields)
 
