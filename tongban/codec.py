@@ -508,7 +508,7 @@ def _compile(schema: Any, named: Mapping[str, Any], compiled: dict[str, Validato
     if kind in ("record", "error"):
         # Per field: the Python type a plain string or boolean must have (checked inline),
         # or the compiled check. Calls cost as much as the checks themselves here.
-        fields = [(f["name"], _PLAIN_TYPES.get(_plain_kind(f["type"], named) or ""),
+        fields = [(f["name"], _PLAIN_TYPES.get(_plain_kind(f["type"]) or ""),
                    _compile(f["type"], named, compiled), "default" in f) for f in node["fields"]]
         names = frozenset(name for name, _, _, _ in fields)
 
@@ -563,7 +563,7 @@ def _compile(schema: Any, named: Mapping[str, Any], compiled: dict[str, Validato
 _PLAIN_TYPES: dict[str, type] = {"string": str, "boolean": bool}
 
 
-def _plain_kind(schema: Any, named: Mapping[str, Any]) -> str | None:
+def _plain_kind(schema: Any) -> str | None:
     """``string`` or ``boolean`` when ``schema`` is just that type, else None."""
     if isinstance(schema, dict):
         if schema.get("logicalType") is not None:
