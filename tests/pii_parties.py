@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from tongban.pii import Key, Keyring, PiiCipher, new_key
 
-PARTIES = ("intake", "verification", "delivery", "420000", "440000", "ems", "12345")
+PARTIES = ("intake", "verification", "delivery", "420000", "440000", "ems", "wallet", "12345")
 KEYS: dict[str, dict[str, Key]] = {party: {key.key_id: key} for party in PARTIES for key in [new_key()]}
 RECEIVED = "tongban.application.ApplicationReceived"
 

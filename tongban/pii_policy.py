@@ -9,6 +9,7 @@ must read personal data. Routing and feedback never do and hold no key.
 | `tongban.application.received`           | verification, delivery    | intake               |
 | `tongban.partner.<P>.assignments`        | P                         | delivery (re-seals)  |
 | `tongban.partner.ems.dispatches`         | ems                       | delivery (re-seals)  |
+| `tongban.partner.wallet.dispatches`      | wallet                    | delivery (re-seals)  |
 | `tongban.commands.tongban-<service>`     | that service              | the service's API    |
 | `tongban.feedback.ratings` (comment)     | intake                    | intake               |
 | `tongban.feedback.workorders` (content)  | 12345                     | the 12345 hotline    |
@@ -68,7 +69,7 @@ def seals_for(service: str) -> tuple[str, ...]:
     if service == "delivery":
         from tongban.partners import authorities  # reads infra/topics.toml (imports config: not at load)
 
-        return (*authorities(), topics.CARRIER)
+        return (*authorities(), topics.CARRIER, topics.WALLET)
     return ()
 
 

@@ -23,12 +23,18 @@ APPLICATION_VERIFIED = "tongban.application.verified"  # writer: verification
 APPLICATION_ACCEPTED = "tongban.application.accepted"  # writer: delivery
 APPLICATION_DECIDED = "tongban.application.decided"  # writer: delivery
 APPLICATION_DELIVERED = "tongban.application.delivered"  # writer: delivery
+APPLICATION_NOTICES = "tongban.application.notices"  # writer: intake; the notices an applicant is served
 
 # ---------------------------------------------------------------- feedback and catalogue
 FEEDBACK_RATINGS = "tongban.feedback.ratings"  # writer: intake; key: application id (一事一评)
 FEEDBACK_WORKORDERS = "tongban.feedback.workorders"  # writer: the 12345 hotline; key: work-order id
-FEEDBACK_FLAGS = "tongban.feedback.flags"  # writer: feedback; key: matter code
+FEEDBACK_FLAGS = "tongban.feedback.flags"  # writer: flags (the faust app); key: matter code
+FEEDBACK_FACTS = "tongban.feedback.facts"  # writer: feedback; key: matter|division|party
+FEEDBACK_CASEWORK = "tongban.feedback.casework"  # writer: the operator (the supervision desk); key: application id
 CATALOGUE_CHANGES = "tongban.catalogue.changes"  # writer: routing; compacted; key: matter code
+SLA_BREACHED = "tongban.sla.breached"  # writer: routing (the SLA ledger); key: application id
+DATASHARING_ANCHORS = "tongban.datasharing.anchors"  # writer: the data-sharing providers; compacted; key: chain
+DATASHARING_DISPUTES = "tongban.datasharing.disputes"  # writer: the data-sharing providers; key: application id
 
 # ---------------------------------------------------------------- schemas
 SCHEMAS = "tongban.schemas"  # every writer publishes its schemas here; compacted
@@ -40,10 +46,16 @@ TOPICS = (
     APPLICATION_ACCEPTED,
     APPLICATION_DECIDED,
     APPLICATION_DELIVERED,
+    APPLICATION_NOTICES,
     FEEDBACK_RATINGS,
     FEEDBACK_WORKORDERS,
     FEEDBACK_FLAGS,
+    FEEDBACK_FACTS,
+    FEEDBACK_CASEWORK,
     CATALOGUE_CHANGES,
+    SLA_BREACHED,
+    DATASHARING_ANCHORS,
+    DATASHARING_DISPUTES,
     SCHEMAS,
 )
 
@@ -75,6 +87,9 @@ PARTNER_STREAMS = (partner_assignments, partner_decisions, partner_dispatches, p
 CARRIER = "ems"  # the postal carrier's partner id
 POSTAL_DISPATCHES = partner_dispatches(CARRIER)
 POSTAL_RECEIPTS = partner_receipts(CARRIER)
+WALLET = "wallet"  # the e-licence wallet's partner id
+WALLET_ENTRIES = partner_dispatches(WALLET)
+WALLET_RECEIPTS = partner_receipts(WALLET)
 
 
 # ---------------------------------------------------------------- per consumer group
@@ -118,16 +133,42 @@ APPLICATION_ACCEPTED_EVENT = "tongban.application.ApplicationAccepted"  # on APP
 APPLICATION_REFUSED_EVENT = "tongban.application.ApplicationRefused"  # on APPLICATION_ACCEPTED (不予受理)
 APPLICATION_DECIDED_EVENT = "tongban.application.ApplicationDecided"  # on APPLICATION_DECIDED
 APPLICATION_DELIVERED_EVENT = "tongban.application.ApplicationDelivered"  # on APPLICATION_DELIVERED
+# Intake's part of the acceptance lifecycle: 撤回, 补正 materials, notices.
+APPLICATION_WITHDRAWN_EVENT = "tongban.application.ApplicationWithdrawn"  # on APPLICATION_RECEIVED (撤回)
+SUPPLEMENT_SUBMITTED_EVENT = "tongban.application.SupplementSubmitted"  # on APPLICATION_RECEIVED (补正 materials)
+NOTICE_SERVED_EVENT = "tongban.application.NoticeServed"  # on APPLICATION_NOTICES
 MATTER_ASSIGNED_EVENT = "tongban.partner.MatterAssigned"  # on partner_assignments
+# The acceptance lifecycle (delivery): 补正, withdrawal, the authority's clock.
+SUPPLEMENT_REQUESTED_EVENT = "tongban.application.SupplementRequested"  # on APPLICATION_ACCEPTED (补正告知)
+MATERIALS_SUPPLEMENTED_EVENT = "tongban.application.MaterialsSupplemented"  # on APPLICATION_ACCEPTED and assignments
+APPLICATION_CLOSED_EVENT = "tongban.application.ApplicationClosed"  # on APPLICATION_ACCEPTED (撤回, 补正 expired)
+APPLICATION_CLOCK_CHANGED_EVENT = "tongban.application.ApplicationClockChanged"  # on APPLICATION_ACCEPTED (延期)
+ASSIGNMENT_CANCELLED_EVENT = "tongban.partner.AssignmentCancelled"  # on partner_assignments
+AUTHORITY_CLOCK_CHANGE_EVENT = "tongban.partner.AuthorityClockChange"  # on partner_decisions
+COMMITMENT_CHECK_REQUESTED_EVENT = "tongban.partner.CommitmentCheckRequested"  # on partner_assignments (告知承诺)
+COMMITMENT_CHECK_RESULT_EVENT = "tongban.partner.CommitmentCheckResult"  # on partner_decisions
+RESULT_REVOKED_EVENT = "tongban.application.ResultRevoked"  # on APPLICATION_DECIDED (a failed 告知承诺 check)
 AUTHORITY_ACCEPTANCE_EVENT = "tongban.partner.AuthorityAcceptance"  # on partner_decisions
 AUTHORITY_DECISION_EVENT = "tongban.partner.AuthorityDecision"  # on partner_decisions
 POSTAL_DISPATCH_EVENT = "tongban.delivery.PostalDispatch"  # on POSTAL_DISPATCHES
 POSTAL_RECEIPT_EVENT = "tongban.delivery.PostalReceipt"  # on POSTAL_RECEIPTS
+WALLET_ENTRY_EVENT = "tongban.delivery.WalletEntry"  # on WALLET_ENTRIES
+WALLET_RECEIPT_EVENT = "tongban.delivery.WalletReceipt"  # on WALLET_RECEIPTS
+DELIVERY_PROGRESS_EVENT = "tongban.application.DeliveryProgress"  # on APPLICATION_DELIVERED
 SERVICE_RATING_EVENT = "tongban.feedback.ServiceRating"  # on FEEDBACK_RATINGS
 HOTLINE_WORK_ORDER_EVENT = "tongban.feedback.HotlineWorkOrder"  # on FEEDBACK_WORKORDERS
 MATTER_FLAGGED_EVENT = "tongban.feedback.MatterFlagged"  # on FEEDBACK_FLAGS
 MATTER_FLAG_CLEARED_EVENT = "tongban.feedback.MatterFlagCleared"  # on FEEDBACK_FLAGS
+SUPERVISION_FACT_EVENT = "tongban.feedback.SupervisionFact"  # on FEEDBACK_FACTS
+RECTIFICATION_OVERDUE_EVENT = "tongban.feedback.RectificationOverdue"  # on FEEDBACK_FACTS
+APPEAL_DECIDED_EVENT = "tongban.feedback.AppealDecided"  # on FEEDBACK_CASEWORK (申诉复核)
+RECTIFICATION_STEP_EVENT = "tongban.feedback.RectificationStepRecorded"  # on FEEDBACK_CASEWORK
 MATTER_CHANGED_EVENT = "tongban.catalogue.MatterChanged"  # on CATALOGUE_CHANGES
+SLA_BREACHED_EVENT = "tongban.sla.SlaBreached"  # on SLA_BREACHED
+SLA_WARNING_EVENT = "tongban.sla.SlaWarning"  # on SLA_BREACHED (红黄牌)
+EVIDENCE_AWAITED_EVENT = "tongban.application.EvidenceAwaited"  # on APPLICATION_VERIFIED: a provider is down
+CHAIN_ANCHORED_EVENT = "tongban.datasharing.ChainAnchored"  # on DATASHARING_ANCHORS
+EVIDENCE_DISPUTED_EVENT = "tongban.datasharing.EvidenceDisputed"  # on DATASHARING_DISPUTES (校核纠错)
 COMMAND_EVENT = "tongban.runtime.Command"  # on commands(group): a request a service's API accepted
 TIMER_FIRED_EVENT = "tongban.runtime.TimerFired"  # never on a topic: the runtime stores it
 
@@ -141,16 +182,40 @@ EVENT_TYPES = (
     APPLICATION_REFUSED_EVENT,
     APPLICATION_DECIDED_EVENT,
     APPLICATION_DELIVERED_EVENT,
+    APPLICATION_WITHDRAWN_EVENT,
+    SUPPLEMENT_SUBMITTED_EVENT,
+    NOTICE_SERVED_EVENT,
     MATTER_ASSIGNED_EVENT,
+    SUPPLEMENT_REQUESTED_EVENT,
+    MATERIALS_SUPPLEMENTED_EVENT,
+    APPLICATION_CLOSED_EVENT,
+    APPLICATION_CLOCK_CHANGED_EVENT,
+    ASSIGNMENT_CANCELLED_EVENT,
+    AUTHORITY_CLOCK_CHANGE_EVENT,
+    COMMITMENT_CHECK_REQUESTED_EVENT,
+    COMMITMENT_CHECK_RESULT_EVENT,
+    RESULT_REVOKED_EVENT,
     AUTHORITY_ACCEPTANCE_EVENT,
     AUTHORITY_DECISION_EVENT,
     POSTAL_DISPATCH_EVENT,
     POSTAL_RECEIPT_EVENT,
+    WALLET_ENTRY_EVENT,
+    WALLET_RECEIPT_EVENT,
+    DELIVERY_PROGRESS_EVENT,
     SERVICE_RATING_EVENT,
     HOTLINE_WORK_ORDER_EVENT,
     MATTER_FLAGGED_EVENT,
     MATTER_FLAG_CLEARED_EVENT,
+    SUPERVISION_FACT_EVENT,
+    RECTIFICATION_OVERDUE_EVENT,
+    APPEAL_DECIDED_EVENT,
+    RECTIFICATION_STEP_EVENT,
     MATTER_CHANGED_EVENT,
+    SLA_BREACHED_EVENT,
+    SLA_WARNING_EVENT,
+    EVIDENCE_AWAITED_EVENT,
+    CHAIN_ANCHORED_EVENT,
+    EVIDENCE_DISPUTED_EVENT,
     COMMAND_EVENT,
     TIMER_FIRED_EVENT,
 )

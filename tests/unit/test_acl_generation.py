@@ -64,11 +64,14 @@ def test_a_partner_writes_only_its_inbound_topics_and_reads_only_its_outbound_on
 
 def test_a_service_has_its_topics_group_and_transactional_ids_only(granted):
     assert topic_rights(granted, "tongban-routing", "WRITE") == {
-        "tongban.application.routed", "tongban.catalogue.changes", "tongban.schemas", "tongban.dlq.tongban-routing",
-        "tongban.changelog.tongban-routing", "tongban.commands.tongban-routing", "tongban.repartition.tongban-routing"}
+        "tongban.application.routed", "tongban.catalogue.changes", "tongban.sla.breached", "tongban.schemas",
+        "tongban.dlq.tongban-routing", "tongban.changelog.tongban-routing", "tongban.commands.tongban-routing",
+        "tongban.repartition.tongban-routing"}
     assert topic_rights(granted, "tongban-routing", "READ") == {
-        "tongban.application.received", "tongban.schemas", "tongban.retry.tongban-routing",
-        "tongban.changelog.tongban-routing", "tongban.commands.tongban-routing", "tongban.repartition.tongban-routing"}
+        "tongban.application.received", "tongban.application.accepted", "tongban.application.decided",
+        "tongban.application.delivered", "tongban.schemas", "tongban.retry.tongban-routing",
+        "tongban.changelog.tongban-routing", "tongban.commands.tongban-routing", "tongban.repartition.tongban-routing",
+        "tongban.catalogue.changes"}  # what it published, read back at start
     rest = {(a.resource_type, a.pattern, a.name) for a in of(granted, "tongban-routing") if a.resource_type != "TOPIC"}
     assert rest == {("GROUP", "LITERAL", f"{NS}tongban-routing"),
                     ("TRANSACTIONAL_ID", "PREFIXED", f"{NS}tongban-routing-")}
@@ -83,8 +86,10 @@ def test_only_the_operator_writes_retry_topics_and_reads_dead_letters(granted):
             assert acl.principal == "User:tongban-operator"
         if topic.startswith("tongban.dlq.") and acl.operation == "READ":
             assert acl.principal == "User:tongban-operator"
+    # besides retries, the operators' one topic: the supervision desk's casework (申诉复核, rectification steps)
     assert topic_rights(granted, "tongban-operator", "WRITE") == {s.declared_name for s in load_declared("")
-                                                                   if s.declared_name.startswith("tongban.retry.")}
+                                                                   if s.declared_name.startswith("tongban.retry.")} | {
+        "tongban.feedback.casework"}
 
 
 def test_every_declared_topic_has_its_writer_and_readers(granted):
