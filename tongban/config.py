@@ -75,6 +75,9 @@ class Settings:
     kafka_secrets_file: Path = DEFAULT_KAFKA_SECRETS_FILE  # TONGBAN_KAFKA_SECRETS_FILE
     grpc_host: str = "127.0.0.1"  # TONGBAN_GRPC_HOST: the address the gRPC server listens on
     grpc_tls_dir: Path = ROOT / "var" / "tls" / "grpc"  # TONGBAN_GRPC_TLS_DIR: CA, server and client certificates
+    # TONGBAN_SLA_CLOCK_AHEAD_DAYS: the SLA ledger's clock runs this many days ahead of the wall
+    # clock, so deadlines fall due that much sooner (tests and demos; 0 in production).
+    sla_clock_ahead_days: int = 0
 
     def pii_cipher(self) -> PiiCipher:
         return PiiCipher(self.pii_keys)
@@ -226,4 +229,5 @@ def load_settings(service: str, env: dict[str, str] | None = None, *, local_defa
         kafka_secrets_file=secrets_file,
         grpc_host=_grpc_host(env),
         grpc_tls_dir=Path(env.get("TONGBAN_GRPC_TLS_DIR") or ROOT / "var" / "tls" / "grpc"),
+        sla_clock_ahead_days=_int(env, "TONGBAN_SLA_CLOCK_AHEAD_DAYS", 0),
     )

@@ -32,13 +32,17 @@ class Event:
 
 @dataclass(frozen=True)
 class Emit:
-    """An outgoing event; `qualifier` tells apart several events of one type from one cause."""
+    """An outgoing event; `qualifier` tells apart several events of one type from one cause.
+    `correlation_id` names the application it is about when that is not the cause's (an event
+    one aggregate publishes for another, e.g. intake's numbering counter for an application):
+    personal fields are sealed for it."""
 
     topic: str
     event_type: str
     key: str
     payload: dict[str, Any]
     qualifier: str = ""
+    correlation_id: str = ""
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,26 @@ class WorkingCalendar:
                 n -= 1
         return d
 
+    def first_working_day(self, moment: datetime | date) -> date:
+        """The day a submission counts from: its Beijing date, or the next working day
+        when it was made on a day off (an online submission on a Saturday counts from
+        Monday, or from a make-up Sunday before it)."""
+        d = _local_date(moment)
+        while not self.is_working_day(d):
+            d += timedelta(days=1)
+        return d
+
+    def working_days_before(self, d: date, n: int) -> date:
+        """The working day n working days before `d`: the inverse of add_working_days
+        for a working day `d` (used to warn ahead of a deadline)."""
+        if n < 0:
+            raise ValueError("n must not be negative")
+        while n:
+            d -= timedelta(days=1)
+            if self.is_working_day(d):
+                n -= 1
+        return d
+
     def working_days_between(self, a: datetime | date, b: datetime | date) -> int:
         """Working days d with a < d <= b (negative when b is before a), so that
         working_days_between(a, add_working_days(a, n)) == n."""

@@ -58,6 +58,11 @@ tracer = trace.get_tracer("tongban.runtime")
 
 COMMAND = "tongban.runtime.Command"
 ORIGIN_TOPIC_HEADER = "tongban.origin.topic"
+# How often an operator has replayed a dead letter (`tongban dlq replay`): a record on the
+# retry topic that was replayed more often than MAX_REPLAYS is dead-lettered again instead of
+# handled, so a record that keeps failing cannot loop between the retry and dead-letter topics.
+REPLAY_COUNT_HEADER = "tongban.replay.count"
+MAX_REPLAYS = 5
 # The broker's default record limit is 1 MiB; stay clear of it with headers and batch overhead.
 MAX_RECORD_BYTES = 1_000_000
 MAX_KEY_BYTES = 1024
@@ -178,6 +183,21 @@ def clean_headers(headers: Any) -> list[tuple[str, bytes]]:
         if isinstance(name, str) and isinstance(value, bytes | bytearray):
             clean.append((name, bytes(value)))
     return clean
+
+
+def replay_count(headers: list[tuple[str, bytes]]) -> int:
+    """How often the record was replayed from a dead-letter topic (0 if never); a count that
+    is not a non-negative number is malformed."""
+    raw = dict(headers).get(REPLAY_COUNT_HEADER)
+    if raw is None:
+        return 0
+    try:
+        count = int(raw.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        raise MalformedRecord(f"{REPLAY_COUNT_HEADER} is not a number") from None
+    if count < 0:
+        raise MalformedRecord(f"{REPLAY_COUNT_HEADER} is negative")
+    return count
 
 
 def crash_point(settings: Settings, point: str) -> None:
@@ -397,6 +417,10 @@ class Task:
                 topic = settings.logical_topic(origin.decode("utf-8"))
             except UnicodeDecodeError:
                 raise MalformedRecord(f"{ORIGIN_TOPIC_HEADER} is not UTF-8") from None
+        if record.topic == settings.retry_topic:
+            replays = replay_count(headers)
+            if replays > MAX_REPLAYS:
+                raise MalformedRecord(f"replayed {replays} times; at most {MAX_REPLAYS} replays are handled")
         if record.value is None:
             raise MalformedRecord("record has no value (tombstone) where an event was expected")
         full_name, body = await self._decode_value(record.value)
@@ -549,7 +573,7 @@ class Task:
             # Personal fields are sealed for the parties the output topic names, and only them.
             _, value = encode_event(
                 self.ctx.registry, emit.event_type, emit.payload, cause_id=cause.event_id, qualifier=emit.qualifier,
-                correlation_id=cause.envelope.get("correlation_id") or cause.key,
+                correlation_id=emit.correlation_id or cause.envelope.get("correlation_id") or cause.key,
                 source_system=f"tongban-{settings.service}", cipher=self.ctx.cipher,
                 recipients=pii_policy.recipients(emit.topic),
             )
