@@ -1,26 +1,71 @@
 """Routing service.
 
-Inputs:  ApplicationReceived on tongban.application.received.
-Outputs: ApplicationRouted or ApplicationUnroutable on tongban.application.routed.
-State:   the routing decision per application.
-Rules:   services.routing.domain (catalogue, partner registry, modes, deciding authority,
-         SLA due date in working days).
+Inputs:  ApplicationReceived and ApplicationWithdrawn on tongban.application.received; the
+         acceptance lifecycle on tongban.application.accepted (accepted, refused, 补正,
+         materials supplemented, clock changes, closed), ApplicationDecided on .decided,
+         ApplicationDelivered on .delivered.
+Outputs: ApplicationRouted or ApplicationUnroutable on tongban.application.routed;
+         SlaWarning and SlaBreached on tongban.sla.breached.
+State:   the routing decision per application and its SLA ledger (services.routing.ledger),
+         kept until the application ends; one durable timer at the ledger's next alert.
+Rules:   services.routing.domain (catalogue, partner registry, modes, deciding authority),
+         services.routing.ledger (a clock per party and leg, in working days).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from services.routing.domain import ApplicationFacts, Catalogue, PartnerRegistry, Unroutable, decide_route
-from services.routing.workdays import WorkingCalendar
+from services.routing.domain import (
+    RECEIVE_HERE_HANDLE_THERE,
+    ApplicationFacts,
+    Catalogue,
+    PartnerRegistry,
+    Unroutable,
+    decide_route,
+)
+from services.routing.ledger import (
+    BREACHED,
+    REFUSED,
+    Alert,
+    ClockError,
+    DecisionLeg,
+    Ledger,
+    SlaPolicy,
+    end_of,
+)
 from tongban import topics
-from tongban.handling import Emit, Event, Handler, Outcome
+from tongban.events import millis
+from tongban.handling import Emit, Event, Handler, Outcome, Rejected, Timer
+from tongban.workdays import WorkingCalendar
 
 ROUTED = topics.APPLICATION_ROUTED
-INPUTS = [topics.APPLICATION_RECEIVED]
+SLA = topics.SLA_BREACHED
+INPUTS = [topics.APPLICATION_RECEIVED, topics.APPLICATION_ACCEPTED, topics.APPLICATION_DECIDED,
+          topics.APPLICATION_DELIVERED]
+SLA_TIMER = "sla"  # one timer per application, at the ledger's next alert
 
 
-def make_handlers(catalogue: Catalogue, partners: PartnerRegistry, calendar: WorkingCalendar) -> dict[str, Handler]:
+@dataclass(frozen=True)
+class SlaClock:
+    """Where the ledger's clock stands against the wall clock the runtime fires timers by.
+    Running it `ahead` makes every deadline fall due that much sooner (tests and demos)."""
+
+    ahead: timedelta = timedelta(0)
+
+    def timer_due(self, ledger_instant: datetime) -> datetime:
+        return ledger_instant - self.ahead
+
+
+POLICY = SlaPolicy()
+WALL_CLOCK = SlaClock()
+
+
+def make_handlers(catalogue: Catalogue, partners: PartnerRegistry, calendar: WorkingCalendar,
+                  policy: SlaPolicy = POLICY, clock: SlaClock = WALL_CLOCK) -> dict[str, Handler]:
     async def on_received(event: Event, state: dict | None) -> Outcome:
         p = event.payload
         facts = ApplicationFacts(
@@ -30,6 +75,7 @@ def make_handlers(catalogue: Catalogue, partners: PartnerRegistry, calendar: Wor
             receiving_division=p["receiving_division"],
             home_division=p["home_division"],
             received_at=p["submitted_at"],
+            places=p.get("places") or {},
         )
         try:
             decision = decide_route(facts, catalogue, partners, calendar)
@@ -48,7 +94,96 @@ def make_handlers(catalogue: Catalogue, partners: PartnerRegistry, calendar: Wor
             "promised_working_days": decision.promised_working_days,
             "due_at": decision.due_at,
         }
-        return Outcome(state={"decision": routed}, finished=True,
-                       emits=[Emit(ROUTED, topics.APPLICATION_ROUTED_EVENT, event.key, routed)])
+        # Parties by id only: the window (or, online, the receiving division), the deciding
+        # authorities, and who serves the result.
+        window = p.get("window_id") or facts.receiving_division
+        serves = {"POST": topics.CARRIER, "WINDOW": window}.get(p["delivery_method"], decision.deciding_partner)
+        ledger = Ledger.open(
+            facts.received_at, window=window, deciding_party=decision.deciding_partner,
+            decision_legs=[DecisionLeg(leg.partner_id, leg.step, leg.working_days) for leg in decision.legs],
+            delivery_party=serves, originals_posted=decision.mode == RECEIVE_HERE_HANDLE_THERE,
+            policy=policy, calendar=calendar)
+        outcome = _settled({"decision": routed}, ledger, calendar, policy, clock)
+        outcome.emits.insert(0, Emit(ROUTED, topics.APPLICATION_ROUTED_EVENT, event.key, routed))
+        return outcome
 
-    return {topics.APPLICATION_RECEIVED_EVENT: on_received}
+    def lifecycle(apply: Callable[[Ledger, dict[str, Any]], None]) -> Handler:
+        async def handle(event: Event, state: dict | None) -> Outcome:
+            if not state or "ledger" not in state:
+                return Outcome()  # never routed (unroutable, or not ours): no clock runs
+            ledger = Ledger.from_state(state["ledger"])
+            if ledger.ended:
+                return Outcome()
+            try:
+                apply(ledger, event.payload)
+            except ClockError as exc:
+                raise Rejected(str(exc)) from None
+            return _settled(state, ledger, calendar, policy, clock)
+
+        return handle
+
+    def clock_changed(ledger: Ledger, p: dict[str, Any]) -> None:
+        if p["kind"] == "EXTENDED":
+            ledger.extended(p["working_days"], policy)
+        elif p["kind"] == "EXCLUSION_STARTED":
+            ledger.exclusion_started(p["changed_at"])
+        elif p["kind"] == "EXCLUSION_ENDED":
+            ledger.exclusion_ended(p["changed_at"])
+        else:
+            raise ClockError("clock change kind is not one of EXTENDED, EXCLUSION_STARTED, EXCLUSION_ENDED")
+
+    return {
+        topics.APPLICATION_RECEIVED_EVENT: on_received,
+        topics.APPLICATION_ACCEPTED_EVENT: lifecycle(lambda ledger, p: ledger.accepted(p["accepted_at"])),
+        topics.APPLICATION_REFUSED_EVENT: lifecycle(lambda ledger, p: ledger.end(REFUSED)),
+        topics.SUPPLEMENT_REQUESTED_EVENT: lifecycle(lambda ledger, p: ledger.supplement_requested(
+            p["requested_at"], by_authority=p["cause"] == "AUTHORITY")),
+        topics.MATERIALS_SUPPLEMENTED_EVENT: lifecycle(
+            lambda ledger, p: ledger.materials_arrived(p["supplemented_at"])),
+        topics.APPLICATION_CLOCK_CHANGED_EVENT: lifecycle(clock_changed),
+        topics.APPLICATION_CLOSED_EVENT: lifecycle(lambda ledger, p: ledger.end(p["status"], p["closed_at"])),
+        # Intake's record of a withdrawal (delivery's ApplicationClosed follows): the earlier fact ends the clocks.
+        topics.APPLICATION_WITHDRAWN_EVENT: lifecycle(lambda ledger, p: ledger.end("WITHDRAWN", p["withdrawn_at"])),
+        topics.APPLICATION_DECIDED_EVENT: lifecycle(lambda ledger, p: ledger.decided(p["outcome"], p["decided_at"])),
+        topics.APPLICATION_DELIVERED_EVENT: lifecycle(lambda ledger, p: ledger.delivered(p["delivered_at"])),
+    }
+
+
+def make_timers(calendar: WorkingCalendar, policy: SlaPolicy = POLICY,
+                clock: SlaClock = WALL_CLOCK) -> dict[str, Handler]:
+    async def on_sla_timer(event: Event, state: dict | None) -> Outcome:
+        if not state or "ledger" not in state:
+            return Outcome()
+        ledger = Ledger.from_state(state["ledger"])
+        # The ledger's own instant the timer was set for: under a clock running ahead the
+        # wall clock says less, and a replayed timer must give the same alerts.
+        now = datetime.fromtimestamp(event.payload["payload"]["at_ms"] / 1000, UTC)
+        alerts = ledger.advance(now, calendar, policy)
+        outcome = _settled(state, ledger, calendar, policy, clock)
+        outcome.emits = [_alert_emit(event.key, state["decision"], alert) for alert in alerts]
+        return outcome
+
+    return {SLA_TIMER: on_sla_timer}
+
+
+def _settled(state: dict[str, Any], ledger: Ledger, calendar: WorkingCalendar, policy: SlaPolicy,
+             clock: SlaClock) -> Outcome:
+    """The state with the ledger as it now stands, and its timer at the next alert (the
+    deadlines are recomputed from the clocks every time). An ended ledger ends the work."""
+    new_state = {**state, "ledger": ledger.to_state()}
+    if ledger.ended:
+        return Outcome(state=new_state, cancel_timers=[SLA_TIMER], finished=True)
+    next_at = ledger.next_alert_at(calendar, policy)
+    if next_at is None:  # every clock stands still (补正, an excluded period) or waits
+        return Outcome(state=new_state, cancel_timers=[SLA_TIMER])
+    return Outcome(state=new_state, timers=[Timer(SLA_TIMER, clock.timer_due(next_at), {"at_ms": millis(next_at)})])
+
+
+def _alert_emit(key: str, decision: dict[str, Any], alert: Alert) -> Emit:
+    payload: dict[str, Any] = {"application_id": decision["application_id"], "matter_code": decision["matter_code"],
+                               "party": alert.party, "leg": alert.leg, "step": alert.step,
+                               "deadline": end_of(alert.deadline)}
+    if alert.level == BREACHED:
+        return Emit(SLA, topics.SLA_BREACHED_EVENT, key, {**payload, "consequence": alert.consequence},
+                    qualifier=alert.key)
+    return Emit(SLA, topics.SLA_WARNING_EVENT, key, {**payload, "level": alert.level}, qualifier=alert.key)

@@ -19,31 +19,48 @@ from services.routing.domain import (
     Unroutable,
     decide_route,
 )
-from services.routing.workdays import WorkingCalendar
+from tongban import divisions
+from tongban.workdays import WorkingCalendar
 
 # Monday 2025-09-22, 10:00 in Beijing
 MONDAY = datetime(2025, 9, 22, 2, 0, tzinfo=UTC)
 
-FIXTURE_CATALOGUE = """
+ENTRY = """
+invented = true
+source = "测试清单"
+department = "测试部门"
+level = "COUNTY"
+legal_basis = ["《测试条例》"]
+acceptance_conditions = []
+fee = "不收费"
+result_type = "REGISTRATION"
+guide = "测试指南"
+"""
+
+FIXTURE_CATALOGUE = f"""
 [[matter]]
 code = "T-ONLINE"
 name = "只能网办的事项"
 subject = "PERSON"
 modes = ["FULLY_ONLINE"]
+place = "HOUSEHOLD"
 promised_working_days = 2
 statutory_working_days = 5
 postal_delivery = false
-required_materials = [{ code = "RESIDENT_ID", name = "居民身份证", essential = true }]
-
+required_materials = [{{ code = "RESIDENT_ID", name = "居民身份证", essential = true }}]
+{ENTRY}
 [[matter]]
 code = "T-JOINT"
 name = "两段联办的事项"
 subject = "COMPANY"
 modes = ["JOINT"]
+place = "HOUSEHOLD"
 promised_working_days = 7
 statutory_working_days = 10
 postal_delivery = true
-legs = [{ step = "FIRST", working_days = 3 }, { step = "SECOND", working_days = 4 }]
+required_materials = []
+legs = [{{ step = "FIRST", working_days = 3 }}, {{ step = "SECOND", working_days = 4, place = "RESIDENCE" }}]
+{ENTRY}
 """
 
 FIXTURE_PARTNERS = """
@@ -58,14 +75,11 @@ division_code = "110000"
 name = "北京市"
 
 [[partner]]
-partner_id = "110100"
-division_code = "110100"
-name = "北京市市辖区"
+partner_id = "110101"
+division_code = "110101"
+name = "北京市东城区"
+kind = "COUNTY"
 received_in = ["430100"]
-
-[divisions]
-"110000" = "北京市"
-"430000" = "湖南省"
 """
 
 
@@ -104,8 +118,9 @@ def facts(
     receiving="430102",
     home="420102",
     received_at=MONDAY,
+    places=None,
 ) -> ApplicationFacts:
-    return ApplicationFacts("A-1", matter_code, channel, receiving, home, received_at)
+    return ApplicationFacts("A-1", matter_code, channel, receiving, home, received_at, places or {})
 
 
 VALID_MATTER = Matter(
@@ -126,12 +141,14 @@ VALID_MATTER = Matter(
 
 def test_catalogue_has_the_named_matters(catalogue):
     names = {m.name for m in catalogue.all()}
-    assert len(names) >= 10
+    assert len(names) >= 30
     assert {
-        "公司设立登记",
-        "养老保险关系转移接续",
+        "内资企业及分支机构设立登记",
+        "企业职工基本养老保险关系转移接续",
         "结婚登记",
         "跨省异地就医备案",
+        "不动产抵押登记",
+        "排污许可",
     } <= names
 
 
@@ -148,10 +165,11 @@ def test_catalogue_matter_fields(catalogue):
 def test_pension_transfer_has_three_legs_of_fifteen_days(catalogue):
     pension = catalogue.get("KSTB-SOC-01")
     assert pension.modes == (JOINT,)
+    assert pension.place == "INSURED_AFTER"
     assert pension.legs == (
-        LegTemplate("CONTACT_LETTER", 15),
-        LegTemplate("FUND_TRANSFER", 15),
-        LegTemplate("COMPLETION", 15),
+        LegTemplate("CONTACT_LETTER", 15, "INSURED_AFTER"),
+        LegTemplate("FUND_TRANSFER", 15, "INSURED_BEFORE"),
+        LegTemplate("COMPLETION", 15, "INSURED_AFTER"),
     )
 
 
@@ -219,7 +237,10 @@ def test_partners_are_their_division_codes(partners):
         ("433101", True),
         ("650102", True),
         ("430102001001", True),  # village-level statistical code in Hunan
-        ("710000", False),  # Taiwan is outside the table
+        ("110101", True),
+        ("439999", False),  # shaped like a Hunan code, but no such division
+        ("110100", False),  # 北京市市辖区 is no longer listed
+        ("710000", True),  # in GB/T 2260; no partner agreement covers it (routing says so)
         ("990000", False),
         ("43010", False),
         ("4301020010", False),
@@ -227,8 +248,8 @@ def test_partners_are_their_division_codes(partners):
         ("４３０１０２", False),  # noqa: RUF001 - full-width digits are the point of this case
     ],
 )
-def test_known_divisions(partners, code, known):
-    assert partners.is_known_division(code) is known
+def test_known_divisions(code, known):
+    assert divisions.is_known(code) is known
 
 
 def test_home_in_hunan_is_decided_locally(partners):
@@ -254,20 +275,21 @@ def test_no_agreement_with_other_provinces(partners):
 
 
 def test_most_specific_partner_wins(fixture_partners):
-    assert fixture_partners.deciding_partner("110101", "430102").partner_id == "110100"
+    assert fixture_partners.deciding_partner("110101", "430102").partner_id == "110101"
     assert fixture_partners.deciding_partner("110101", "433101").partner_id == "110000"
-    assert fixture_partners.partner_for_division("110101").partner_id == "110100"
+    assert fixture_partners.partner_for_division("110101").partner_id == "110101"
+    assert fixture_partners.partner_for_division("110102").partner_id == "110000"
 
 
 def test_registry_rejects_unknown_partner_division():
     with pytest.raises(ValueError, match="partner 990000: unknown division 990000"):
-        PartnerRegistry([PartnerAgreement(Partner("990000", "990000", "?"))], {})
+        PartnerRegistry([PartnerAgreement(Partner("990000", "990000", "?"))])
 
 
 def test_registry_rejects_duplicate_partner():
     hunan = PartnerAgreement(Partner("430000", "430000", "湖南省"))
     with pytest.raises(ValueError, match="partner 430000 appears twice"):
-        PartnerRegistry([hunan, hunan], {"430000": "湖南省"})
+        PartnerRegistry([hunan, hunan])
 
 
 # --- decide_route ----------------------------------------------------------
@@ -453,3 +475,122 @@ def test_on_the_spot_matter_is_due_the_same_day(catalogue, partners, calendar):
 def test_received_at_must_be_aware():
     with pytest.raises(ValueError, match="received_at must be timezone-aware"):
         facts(received_at=datetime(2025, 9, 22, 10, 0))
+
+
+# --- places of handling ----------------------------------------------------
+
+# one division per kind, each decided by a different partner; the home division (Beijing)
+# has no agreement, so a decision there would be unroutable
+PLACES = {
+    "HOUSEHOLD": "420102",
+    "RESIDENCE": "440103",
+    "INSURED_BEFORE": "360102",
+    "INSURED_AFTER": "450103",
+    "ENTERPRISE": "500103",
+    "PROPERTY": "520102",
+}
+
+
+def matter_at(place: str, legs: tuple[LegTemplate, ...] = ()) -> Matter:
+    days = sum(leg.working_days for leg in legs) or 1
+    modes = (JOINT,) if legs else (FULLY_ONLINE, RECEIVE_HERE_HANDLE_THERE)
+    return replace(VALID_MATTER, code="T-PLACE", place=place, modes=modes, legs=legs,
+                   promised_working_days=days, statutory_working_days=days)
+
+
+def route_at(place, partners, calendar, legs=(), **changes):
+    catalogue = Catalogue([matter_at(place, legs)])
+    return decide_route(facts("T-PLACE", **{"home": "110101", "places": PLACES, **changes}),
+                        catalogue, partners, calendar)
+
+
+@pytest.mark.parametrize(
+    ("place", "division", "partner"),
+    [
+        ("HOUSEHOLD", "420102", "420000"),
+        ("RESIDENCE", "440103", "440000"),
+        ("INSURED_BEFORE", "360102", "360000"),
+        ("INSURED_AFTER", "450103", "450000"),
+        ("ENTERPRISE", "500103", "500000"),
+        ("PROPERTY", "520102", "520000"),
+        ("ANYWHERE", "430102", "430000"),  # 全国通办: where the file was received
+    ],
+)
+def test_the_place_rule_names_the_deciding_division(partners, calendar, place, division, partner):
+    decision = route_at(place, partners, calendar)
+    assert (decision.deciding_division, decision.deciding_partner) == (division, partner)
+    assert decision.legs == (RoutingLeg(partner, division, "DECIDE", 1),)
+
+
+@pytest.mark.parametrize("place", [p for p in PLACES])
+def test_a_v1_application_has_its_home_division_stand_for_the_place(partners, calendar, place):
+    decision = route_at(place, partners, calendar, home="420102", places={})
+    assert decision.deciding_division == "420102"
+
+
+def test_anywhere_ignores_the_home_division_of_a_v1_application(partners, calendar):
+    decision = route_at("ANYWHERE", partners, calendar, home="110101", places={}, receiving="433101")
+    assert (decision.deciding_division, decision.deciding_partner) == ("433101", "430000")
+
+
+@pytest.mark.parametrize("place", [p for p in PLACES])
+def test_a_missing_place_is_unroutable_with_the_kind_it_needs(partners, calendar, place):
+    others = {kind: code for kind, code in PLACES.items() if kind != place}
+    with pytest.raises(Unroutable) as caught:
+        route_at(place, partners, calendar, places=others)
+    assert caught.value.reason == (f"the matter is handled at the {place} place; "
+                                   f"the application names no {place} division")
+
+
+def test_an_unknown_place_division_is_unroutable_without_echoing_it(partners, calendar):
+    with pytest.raises(Unroutable) as caught:
+        route_at("PROPERTY", partners, calendar, places={**PLACES, "PROPERTY": "439999"})
+    assert caught.value.reason == "PROPERTY division is not a known GB/T 2260 code"
+
+
+def test_a_place_without_an_agreement_is_unroutable_naming_the_kind(partners, calendar):
+    with pytest.raises(Unroutable) as caught:
+        route_at("HOUSEHOLD", partners, calendar, places={**PLACES, "HOUSEHOLD": "110101"})
+    assert caught.value.reason == "no partner agreement covers HOUSEHOLD division 110101 for files received in 430102"
+
+
+def test_a_twelve_digit_place_is_decided_at_county_level(partners, calendar):
+    decision = route_at("RESIDENCE", partners, calendar, places={**PLACES, "RESIDENCE": "440103001002"})
+    assert decision.deciding_division == "440103"
+
+
+def test_joint_legs_run_at_their_own_places_whoever_received_the_file(catalogue, partners, calendar):
+    # received in Hubei, a third place: the legs are still the old and new insured places'
+    decision = decide_route(
+        facts("KSTB-SOC-01", receiving="420102", home="110101",
+              places={"INSURED_BEFORE": "440103", "INSURED_AFTER": "430102"}),
+        catalogue, partners, calendar)
+    assert (decision.deciding_partner, decision.deciding_division) == ("430000", "430102")
+    assert decision.legs == (
+        RoutingLeg("430000", "430102", "CONTACT_LETTER", 15),
+        RoutingLeg("440000", "440103", "FUND_TRANSFER", 15),
+        RoutingLeg("430000", "430102", "COMPLETION", 15),
+    )
+
+
+def test_a_joint_leg_without_its_place_is_unroutable(catalogue, partners, calendar):
+    with pytest.raises(Unroutable, match="names no INSURED_BEFORE division"):
+        decide_route(facts("KSTB-SOC-01", places={"INSURED_AFTER": "430102"}), catalogue, partners, calendar)
+
+
+def test_marriage_registration_is_decided_where_the_couple_appears(catalogue, partners, calendar):
+    decision = decide_route(facts("KSTB-CIV-01", receiving="440103", home="420102"), catalogue, partners, calendar)
+    assert (decision.deciding_partner, decision.deciding_division) == ("440000", "440103")
+
+
+def test_a_division_no_partner_covers_is_unroutable(catalogue, partners, calendar):
+    with pytest.raises(Unroutable, match="no partner agreement covers home division 710000"):
+        decide_route(facts(home="710000"), catalogue, partners, calendar)
+
+
+@pytest.mark.parametrize("channel", ["WINDOW", "PORTAL"])
+def test_every_catalogue_matter_routes_when_its_places_are_given(catalogue, partners, calendar, channel):
+    for matter in catalogue.all():
+        decision = decide_route(facts(matter.code, channel, places=PLACES), catalogue, partners, calendar)
+        assert decision.mode in matter.modes
+        assert sum(leg.working_days for leg in decision.legs) == matter.promised_working_days
