@@ -4,24 +4,44 @@ Who may call (the caller and its role come from its client certificate, tongban.
 
 - Submit: window, portal and partner systems. `source_system` is the caller's own: left
   empty it is filled in from the certificate, another one is PERMISSION_DENIED.
-- Track: those and operators, for an application the caller may see (`domain.may_see`).
-- Rate: window, portal and partner systems, for an application they may see.
+- Track, Watch: those and operators, for an application the caller may see (`domain.may_see`).
+- Rate, Withdraw, SupplementMaterials: window, portal and partner systems, for an
+  application they may see.
+
+A request that fails the formal check is INVALID_ARGUMENT with a google.rpc.BadRequest
+naming each field; a retried Submit with another payload is ALREADY_EXISTS naming the
+fields that differ (never their values).
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+
 import grpc
+from google.protobuf import any_pb2
+
+# No type information in these two (googleapis-common-protos, grpcio-status).
+from google.rpc import code_pb2, error_details_pb2, status_pb2  # type: ignore[import-untyped]
+from grpc_status import rpc_status  # type: ignore[import-untyped]
 
 from services.intake import domain, handlers, intake_pb2, intake_pb2_grpc
 from tongban.app import grpc_call
 from tongban.events import millis, now_utc
 from tongban.grpc_tls import Caller, authorize, deny
+from tongban.pii import looks_sealed
 from tongban.runtime import ServiceRuntime
 
 SUBMITTERS = ("window", "portal", "partner")
 TRACKERS = (*SUBMITTERS, "operator")
 RATERS = SUBMITTERS
 NOT_YOURS = "the caller may not see this application (another system received it)"
+# How long Submit waits for its own commands to be applied before it says UNAVAILABLE (the
+# application is then recorded all the same: a retry with the same key answers with it).
+APPLIED_WITHIN = 15.0
+# How often Watch looks at the committed view (a local read, no database query).
+WATCH_EVERY = 0.1
 
 
 def _submission(request: intake_pb2.SubmitRequest) -> domain.Submission:
@@ -40,11 +60,15 @@ def _submission(request: intake_pb2.SubmitRequest) -> domain.Submission:
         applicant_phone=request.applicant.phone,
         client_reference=request.client_reference,
         source_system=request.source_system,
+        window_id=request.window_id,
+        provided=tuple(m.provided for m in request.materials),
+        commitments=tuple(request.commitments),
+        deferred_materials=dict(request.deferred_materials),
     )
 
 
 def received_body(application_id: str, request: intake_pb2.SubmitRequest) -> dict:
-    """The ApplicationReceived body (without envelope) for a checked submission."""
+    """The ApplicationReceived body (without envelope and number) for a checked submission."""
     return {
         "application_id": application_id,
         "matter_code": request.matter_code,
@@ -64,12 +88,49 @@ def received_body(application_id: str, request: intake_pb2.SubmitRequest) -> dic
         "delivery_method": request.delivery_method,
         "postal_address": request.postal_address or None,
         "submitted_at": now_utc(),
+        "window_id": request.window_id,
+        "places": {},
+        "bundle_id": "",
+        "commitments": list(request.commitments),
+        "deferred_materials": dict(request.deferred_materials),
     }
 
 
+def compared_fields(request: intake_pb2.SubmitRequest) -> dict[str, object]:
+    """What makes two submissions under one key the same application, by the API's names."""
+    return {
+        "matter_code": request.matter_code, "channel": request.channel,
+        "receiving_division": request.receiving_division, "home_division": request.home_division,
+        "applicant.kind": request.applicant.kind, "applicant.name": request.applicant.name,
+        "applicant.id_number": request.applicant.id_number, "applicant.phone": request.applicant.phone,
+        "materials": [(m.code, m.name, m.provided, m.original_checked) for m in request.materials],
+        "delivery_method": request.delivery_method, "postal_address": request.postal_address,
+        "window_id": request.window_id, "commitments": sorted(request.commitments),
+        "deferred_materials": sorted(request.deferred_materials.items()),
+    }
+
+
+def bad_request(problems: list[str]) -> grpc.Status:
+    """INVALID_ARGUMENT with a google.rpc.BadRequest: one field violation per problem."""
+    details = error_details_pb2.BadRequest(field_violations=[
+        error_details_pb2.BadRequest.FieldViolation(field=domain.field_of(p), description=p) for p in problems])
+    packed = any_pb2.Any()
+    packed.Pack(details)
+    return rpc_status.to_status(status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message="; ".join(problems),
+                                                  details=[packed]))
+
+
+async def refuse(context, problems: list[str]) -> None:
+    status = bad_request(problems)
+    await context.abort(status.code, status.details, status.trailing_metadata)
+
+
 class IntakeServicer(intake_pb2_grpc.IntakeServicer):
-    def __init__(self, runtime: ServiceRuntime) -> None:
+    def __init__(self, runtime: ServiceRuntime, catalogue: domain.Catalogue | None = None,
+                 windows: domain.WindowRegistry | None = None) -> None:
         self.runtime = runtime
+        self.catalogue = catalogue
+        self.windows = windows
 
     async def Submit(self, request, context):  # noqa: N802 (gRPC method name)
         caller = await authorize(context, "intake.Submit", SUBMITTERS)
@@ -79,37 +140,126 @@ class IntakeServicer(intake_pb2_grpc.IntakeServicer):
                            f"source_system must be the caller's own ({caller.source_system}, from its certificate)")
             request.source_system = caller.source_system
             if not request.client_reference:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "client_reference is required")
+                await refuse(context, ["client_reference is required"])
             try:
-                domain.check_submission(_submission(request))
+                domain.check_submission(_submission(request), self.catalogue, self.windows)
             except domain.InvalidSubmission as exc:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                await refuse(context, exc.problems)
             application_id = domain.application_id_for(request.source_system, request.client_reference)
             span.set_attribute("tongban.application_id", application_id)
-            # Durably on intake's command topic: the partition's owner records it (a retry
-            # is the same command and is dropped), so the caller has its id at once.
-            received_by = {"source_system": caller.source_system, "role": caller.role}
-            await self.runtime.submit(handlers.SUBMIT, application_id, f"submit:{application_id}",
-                                      {**received_body(application_id, request), "received_by": received_by})
-            return intake_pb2.SubmitReply(application_id=application_id, stage="RECEIVED")
+            fingerprints = domain.fingerprints(application_id, compared_fields(request))
+            body = received_body(application_id, request)
+            view = await self.runtime.state_of(application_id)
+            if view is None:
+                # Durably on intake's command topic: the partition's owner records it (a retry
+                # is the same command and is dropped).
+                received_by = {"source_system": caller.source_system, "role": caller.role}
+                await self.runtime.submit(handlers.SUBMIT, application_id, f"submit:{application_id}",
+                                          {**body, "received_by": received_by, "fingerprints": fingerprints})
+                view = await self._applied(context, application_id, lambda v: v is not None)
+            # A view without fingerprints was received before they were kept: nothing to compare.
+            kept = {f["field"]: f["digest"] for f in view.get("fingerprints") or []}
+            if kept and (changed := domain.differing(kept, fingerprints)):
+                await context.abort(grpc.StatusCode.ALREADY_EXISTS,
+                                    f"client_reference was used for another submission; it differs in: "
+                                    f"{', '.join(changed)}")
+            if domain.awaits_number(view):
+                await self.runtime.submit(handlers.NUMBER, domain.numbering_key(application_id),
+                                          f"number:{application_id}", body)
+                view = await self._applied(context, application_id, lambda v: bool(v and v.get("application_number")))
+            return intake_pb2.SubmitReply(application_id=application_id, stage="RECEIVED",
+                                          application_number=view.get("application_number", ""))
+
+    async def _applied(self, context, application_id: str, done: Callable[[dict | None], bool]) -> dict:
+        """The view once the owner has applied our command (a read of the committed entry)."""
+        deadline = time.monotonic() + APPLIED_WITHIN
+        pause = 0.005
+        while not done(view := await self.runtime.state_of(application_id)):
+            if time.monotonic() > deadline:
+                await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                    "the application is recorded but not yet numbered; retry with the same key")
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.02)  # local reads: a short pause keeps the answer close to the commit
+        assert view is not None, "done() saw it"
+        return view
 
     async def Track(self, request, context):  # noqa: N802
         caller = await authorize(context, "intake.Track", TRACKERS)
         async with grpc_call(context, "intake.Track"):
             state = await self._visible(context, "intake.Track", caller, request.application_id)
+            deadline = domain.deadline(state)
             return intake_pb2.Progress(
                 application_id=state["application_id"],
                 matter_code=state["matter_code"],
                 stage=state["stage"],
                 terminal=state["terminal"],
-                history=[intake_pb2.ProgressStep(stage=h["stage"], at_millis=millis(h["at"]), detail=h["detail"])
-                         for h in state["history"]],
+                history=[_step(h) for h in domain.timeline(state)],
                 deciding_partner=state.get("deciding_partner", ""),
                 due_at_millis=millis(state["due_at"]) if state.get("due_at") else 0,
                 result_reference=state.get("result_reference", ""),
                 tracking_number=state.get("tracking_number", ""),
                 ratings=[r["level"] for r in state["ratings"]],
+                application_number=state.get("application_number", ""),
+                responsible=domain.responsible_for(state["stage"], state.get("deciding_partner", "")),
+                next_step=domain.next_step(state),
+                deadline_millis=millis(deadline) if deadline else 0,
+                notices=[intake_pb2.Notice(notice_id=n["notice_id"], kind=n["kind"],
+                                           served_at_millis=millis(n["served_at"]), reasons=n["reasons"],
+                                           remedy=n["remedy"]) for n in state.get("notices", [])],
             )
+
+    async def Watch(self, request, context) -> AsyncIterator[intake_pb2.ProgressStep]:  # noqa: N802
+        """Every step after `after_sequence`, in the order intake learned them, as they come;
+        the stream ends once the application has concluded and every step is sent."""
+        caller = await authorize(context, "intake.Watch", TRACKERS)
+        sent = request.after_sequence
+        async with grpc_call(context, "intake.Watch"):
+            state = await self._visible(context, "intake.Watch", caller, request.application_id)
+            while True:
+                for step in domain.steps_after(state, sent):
+                    yield _step(step)
+                    sent = step["sequence"]
+                if state["terminal"]:
+                    return
+                await asyncio.sleep(WATCH_EVERY)
+                state = await self.runtime.state_of(request.application_id) or state
+
+    async def Withdraw(self, request, context):  # noqa: N802
+        caller = await authorize(context, "intake.Withdraw", RATERS)
+        async with grpc_call(context, "intake.Withdraw", lambda: self.runtime.trace_of(request.application_id)):
+            state = await self._visible(context, "intake.Withdraw", caller, request.application_id)
+            problem = domain.too_long("reason", request.reason, domain.MAX_COMMENT_LENGTH)
+            if problem or looks_sealed(request.reason):
+                await refuse(context, [problem or f"reason: {domain.SEALED_INPUT}"])
+            try:
+                domain.check_withdrawal(state)
+            except domain.InvalidSubmission as exc:
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            await self.runtime.submit(handlers.WITHDRAW, request.application_id,
+                                      f"withdraw:{request.application_id}",
+                                      {"reason": request.reason, "withdrawn_at": now_utc()})
+            return intake_pb2.WithdrawReply(stage="WITHDRAWN")
+
+    async def SupplementMaterials(self, request, context):  # noqa: N802
+        caller = await authorize(context, "intake.SupplementMaterials", RATERS)
+        async with grpc_call(context, "intake.SupplementMaterials",
+                             lambda: self.runtime.trace_of(request.application_id)):
+            state = await self._visible(context, "intake.SupplementMaterials", caller, request.application_id)
+            codes = tuple(m.code for m in request.materials)
+            problems = [p for i, code in enumerate(codes)
+                        if (p := domain.too_long(f"materials[{i}].code", code, domain.MAX_CODE_LENGTH))]
+            if problems or len(codes) > domain.MAX_MATERIALS:
+                await refuse(context, problems or [f"materials: at most {domain.MAX_MATERIALS} items"])
+            try:
+                domain.check_supplement(state, codes)
+            except domain.InvalidSubmission as exc:
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            # One supplement per 补正 round: a retry of this round is the same command.
+            round_ = sum(1 for h in state["history"] if h["stage"] == "SUPPLEMENT_REQUESTED")
+            await self.runtime.submit(handlers.SUPPLEMENT, request.application_id,
+                                      f"supplement:{request.application_id}:{round_}",
+                                      {"materials": list(codes), "submitted_at": now_utc()})
+            return intake_pb2.SupplementReply(stage="SUPPLEMENTED")
 
     async def Rate(self, request, context):  # noqa: N802
         caller = await authorize(context, "intake.Rate", RATERS)
@@ -134,10 +284,16 @@ class IntakeServicer(intake_pb2_grpc.IntakeServicer):
     async def _visible(self, context, method: str, caller: Caller, application_id: str) -> dict:
         """The application's progress view, if it exists (NOT_FOUND) and the caller may see
         it (PERMISSION_DENIED)."""
-        state = await self.runtime.state_of(application_id)
+        state = None if domain.is_numbering_key(application_id) else await self.runtime.state_of(application_id)
         if state is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, "no such application")
         assert state is not None, "abort raises"
         if not domain.may_see(state, caller.source_system, caller.role):
             await deny(context, method, caller, NOT_YOURS)
         return state
+
+
+def _step(step: dict) -> intake_pb2.ProgressStep:
+    return intake_pb2.ProgressStep(stage=step["stage"], at_millis=millis(step["at"]), detail=step["detail"],
+                                   sequence=step.get("sequence", 0), responsible=step.get("responsible", ""),
+                                   notice=step.get("notice", ""))

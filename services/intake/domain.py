@@ -8,9 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Protocol
+from zoneinfo import ZoneInfo
 
+from stdnum.cn import ric, uscc
+from stdnum.iso7064 import mod_37_36
+
+from tongban import divisions
 from tongban.pii import looks_sealed
 
 CHANNELS = ("WINDOW", "PORTAL", "MOBILE", "TERMINAL", "PARTNER")
@@ -41,10 +48,16 @@ _STRING_LIMITS = (
     ("postal_address", "postal_address", MAX_ADDRESS_LENGTH),
 )
 
-# Stages in the order an application moves through them; the view never moves backwards.
-STAGES = ("RECEIVED", "ROUTED", "VERIFIED", "ACCEPTED", "DECIDED", "DELIVERED")
-TERMINAL = ("DELIVERED", "DENIED", "REJECTED", "WITHDRAWN")
-RATEABLE = ("DELIVERED", "DENIED", "REJECTED")
+# Stages in the order an application moves through them; the view never moves backwards,
+# except between the two stages of a 补正 round (the authority may ask again).
+STAGES = ("RECEIVED", "ROUTED", "VERIFIED", "SUPPLEMENT_REQUESTED", "SUPPLEMENTED", "ACCEPTED", "DECIDED",
+          "DELIVERED")
+SUPPLEMENT_ROUND = ("SUPPLEMENT_REQUESTED", "SUPPLEMENTED")
+# CLOSED: ended without a decision for another reason than withdrawal (a missed 补正 deadline).
+TERMINAL = ("DELIVERED", "DENIED", "REJECTED", "WITHDRAWN", "CLOSED")
+RATEABLE = ("DELIVERED", "DENIED", "REJECTED", "CLOSED")
+# 撤回 is possible until the authority decides.
+DECIDED_OR_LATER = ("DECIDED", "DELIVERED")
 
 
 class InvalidSubmission(ValueError):
@@ -72,6 +85,11 @@ class Submission:
     applicant_phone: str = ""
     client_reference: str = ""
     source_system: str = ""
+    window_id: str = ""
+    # Parallel to `materials`: whether each was handed in.
+    provided: tuple[bool, ...] = ()
+    commitments: tuple[str, ...] = ()
+    deferred_materials: Mapping[str, str] = field(default_factory=dict)
 
 
 def too_long(field: str, value: str | None, limit: int) -> str | None:
@@ -91,7 +109,8 @@ def _item_problems(field: str, part: str, values: tuple[str, ...], limit: int) -
     return [f"{field}[{over[0]}].{part}: at most {limit} characters (got {len(values[over[0]])}{more})"]
 
 
-def check_submission(submission: Submission) -> None:
+def check_submission(submission: Submission, catalogue: Catalogue | None = None,
+                     windows: WindowRegistry | None = None) -> None:
     """Raise InvalidSubmission listing every formal problem at once (补正 asks once)."""
     problems = [p for field, attribute, limit in _STRING_LIMITS
                 if (p := too_long(field, getattr(submission, attribute), limit))]
@@ -107,20 +126,128 @@ def check_submission(submission: Submission) -> None:
     for name in ("receiving_division", "home_division"):
         if not _DIVISION.match(getattr(submission, name)):
             problems.append(f"{name} must be a 6- or 12-digit division code")
+        elif not divisions.is_known(getattr(submission, name)):
+            problems.append(f"{name} is not a division in GB/T 2260 ({divisions.EDITION})")
     if submission.applicant_kind not in APPLICANT_KINDS:
         problems.append(f"applicant.kind must be one of {', '.join(APPLICANT_KINDS)}")
     if not submission.applicant_name.strip():
         problems.append("applicant.name is required")
     if not submission.applicant_id_number.strip():
         problems.append("applicant.id_number is required")
+    elif len(submission.applicant_id_number) <= MAX_ID_NUMBER_LENGTH and (
+            problem := identity_problem(submission.applicant_kind, submission.applicant_id_number)):
+        problems.append(problem)
     if not submission.materials:
-        problems.append("at least one material must be listed")
+        problems.append("materials: at least one must be listed")
     if submission.delivery_method not in DELIVERY_METHODS:
         problems.append(f"delivery_method must be one of {', '.join(DELIVERY_METHODS)}")
     elif submission.delivery_method == "POST" and not (submission.postal_address or "").strip():
         problems.append("postal_address is required for POST delivery")
+    # Commitments and deferred materials name material codes: bounded like them.
+    deferred = tuple(submission.deferred_materials)
+    for name, codes in (("commitments", submission.commitments), ("deferred_materials", deferred)):
+        if len(codes) > MAX_MATERIALS:
+            problems.append(f"{name}: at most {MAX_MATERIALS} items (got {len(codes)})")
+        problems += _item_problems(name, "code", codes, MAX_CODE_LENGTH)
+    for code, promised in submission.deferred_materials.items():
+        if len(code) <= MAX_CODE_LENGTH and not looks_sealed(code) and not _is_date(promised):
+            problems.append(f"deferred_materials[{code}]: the promised date must be YYYY-MM-DD")
+    problems += form_problems(submission, catalogue, windows)
     if problems:
         raise InvalidSubmission(problems)
+
+
+def _is_date(text: str) -> bool:
+    try:
+        date.fromisoformat(text)
+    except ValueError:
+        return False
+    return len(text) == 10
+
+
+def identity_problem(kind: str, id_number: str) -> str | None:
+    """A resident ID (GB 11643) or unified social credit code (GB 32100) whose form or check
+    character is wrong: a typing error the window corrects on the spot, not a later 补正.
+    Foreign documents are not numbers of these standards; they are checked by verification."""
+    if kind == "PERSON" and not ric.is_valid(id_number):
+        return "applicant.id_number: not a valid resident ID number (GB 11643: form, birth date or check digit)"
+    if kind == "COMPANY" and not uscc.is_valid(id_number):
+        return "applicant.id_number: not a valid unified social credit code (GB 32100: form or check character)"
+    return None
+
+
+def field_of(problem: str) -> str:
+    """The field a problem names: every problem starts with it (`materials[1].code: ...`,
+    `channel must be ...`)."""
+    match = re.match(r"[\w.\[\]-]+", problem)
+    return match.group().rstrip(":") if match else ""
+
+
+# ---------------------------------------------------------------- catalogue and authorisation
+# What the formal check needs of the catalogue (routing's, published on tongban.catalogue.
+# changes) and of the window authorisation registry. Both come in through these small
+# interfaces so the check stays pure and testable with stand-ins.
+ONLINE_CHANNELS = ("PORTAL", "MOBILE")
+ONLINE_MODES = ("FULLY_ONLINE", "JOINT")
+
+
+@dataclass(frozen=True)
+class MatterForm:
+    """The parts of a catalogue entry the formal check uses."""
+
+    subject: str  # PERSON or COMPANY
+    modes: tuple[str, ...]
+    essential: frozenset[str]  # material codes that must be handed in (or committed to)
+    optional: frozenset[str] = frozenset()  # may follow later (容缺)
+    committable: frozenset[str] | None = None  # may be replaced by a commitment (告知承诺); None: any
+    checks_materials: bool = True  # False where the catalogue entry lists no materials
+
+
+class Catalogue(Protocol):
+    def matter(self, code: str) -> MatterForm | None: ...
+
+
+class WindowRegistry(Protocol):
+    def may_receive(self, window_id: str, matter_code: str, division: str) -> bool: ...
+
+
+def form_problems(submission: Submission, catalogue: Catalogue | None, windows: WindowRegistry | None) -> list[str]:
+    """The catalogue's and the registry's part of the formal check (each skipped when intake
+    runs without it): a matter the catalogue lists suits the applicant and the channel, every
+    essential material is there or replaced by an allowed commitment, only optional ones are
+    deferred; the window is authorised to receive the matter. A matter intake's copy of the
+    catalogue does not list is left to routing, which refuses it (Unroutable) with the
+    catalogue itself: intake's copy is learned from a topic and may lag it."""
+    problems: list[str] = []
+    form = catalogue.matter(submission.matter_code) if catalogue is not None else None
+    if form is not None:
+        if form.subject and submission.applicant_kind in APPLICANT_KINDS and submission.applicant_kind != form.subject:
+            problems.append(f"applicant.kind: the matter is for a {form.subject}")
+        if submission.channel in ONLINE_CHANNELS and not set(form.modes) & set(ONLINE_MODES):
+            problems.append("channel: the matter cannot be handled fully online; apply at a window")
+        if form.checks_materials:
+            problems += _material_problems(submission, form)
+    if windows is not None and submission.channel == "WINDOW" and not submission.window_id:
+        problems.append("window_id is required for the WINDOW channel")
+    elif windows is not None and submission.window_id and not windows.may_receive(
+            submission.window_id, submission.matter_code, submission.receiving_division):
+        problems.append("window_id: the window is not authorised to receive this matter for this division")
+    return problems
+
+
+def _material_problems(submission: Submission, form: MatterForm) -> list[str]:
+    problems = []
+    provided = {code for code, given in zip(submission.materials, submission.provided or
+                                             (True,) * len(submission.materials), strict=True) if given}
+    missing = sorted(form.essential - provided - set(submission.commitments))
+    if missing:
+        problems.append(f"materials: essential material(s) missing: {', '.join(missing)}")
+    if form.committable is not None and (refused := sorted(set(submission.commitments) - form.committable)):
+        problems.append(f"commitments: no written commitment may replace: {', '.join(refused)}")
+    unknown = sorted(set(submission.deferred_materials) - form.optional)
+    if unknown:
+        problems.append(f"deferred_materials: only non-essential materials may follow later: {', '.join(unknown)}")
+    return problems
 
 
 SEALED_INPUT = "looks sealed (starts with pii:v); send the plaintext: Tongban seals personal data itself"
@@ -135,6 +262,8 @@ def sealed_problems(submission: Submission) -> list[str]:
                ("delivery_method", submission.delivery_method)]
     for part, values in (("code", submission.materials), ("name", submission.material_names)):
         fields += [(f"materials[{i}].{part}", value) for i, value in enumerate(values)]
+    fields += [(f"commitments[{i}]", value) for i, value in enumerate(submission.commitments)]
+    fields += [(f"deferred_materials[{i}]", value) for i, value in enumerate(submission.deferred_materials)]
     return [f"{field}: {SEALED_INPUT}" for field, value in fields if looks_sealed(value)]
 
 
@@ -155,24 +284,179 @@ def new_progress(application_id: str, matter_code: str, at: datetime, source_sys
         "source_role": source_role,
         "stage": "RECEIVED",
         "terminal": False,
-        "history": [{"stage": "RECEIVED", "at": at, "detail": ""}],
+        "history": [{"stage": "RECEIVED", "at": at, "detail": "", "sequence": 1,
+                     "responsible": RECEIVING_WINDOW}],
         "ratings": [],
+        "notices": [],
     }
 
 
+def _step(view: dict, stage: str, at: datetime, detail: str, notice: str = "") -> dict:
+    """A history step: `sequence` counts the steps in the order intake learned them (what
+    Watch resumes after); `at` is when it happened (what Track orders by); `notice`, the kind
+    of notice the step served, if any."""
+    sequence = max((h.get("sequence", 0) for h in view["history"]), default=0) + 1
+    step = {"stage": stage, "at": at, "detail": detail, "sequence": sequence,
+            "responsible": responsible_for(stage, view.get("deciding_partner", ""))}
+    return {**step, "notice": notice} if notice else step
+
+
+def timeline(view: dict) -> list[dict]:
+    """The history in the order things happened (events from different topics arrive in any
+    order: a delivery can be learned before the decision it follows)."""
+    return sorted(view["history"], key=lambda h: (h["at"], h.get("sequence", 0)))
+
+
+def steps_after(view: dict, sequence: int) -> list[dict]:
+    """The steps Watch has not sent yet, in the order intake learned them."""
+    return [h for h in view["history"] if h.get("sequence", 0) > sequence]
+
+
+# Who acts next, and on what, at each stage (the applicant's "what happens now").
+APPLICANT = "APPLICANT"
+RECEIVING_WINDOW = "RECEIVING_WINDOW"
+DECIDING_AUTHORITY = "DECIDING_AUTHORITY"
+NO_ONE = ""
+_NEXT = {
+    "RECEIVED": (RECEIVING_WINDOW, "the application is handed to the deciding authority"),
+    "ROUTED": (DECIDING_AUTHORITY, "the materials are checked"),
+    "VERIFIED": (DECIDING_AUTHORITY, "the deciding authority accepts (受理) or asks for 补正"),
+    "SUPPLEMENT_REQUESTED": (APPLICANT, "hand in the materials of the 补正告知书 before its deadline"),
+    "SUPPLEMENTED": (DECIDING_AUTHORITY, "the deciding authority checks the supplemented materials"),
+    "ACCEPTED": (DECIDING_AUTHORITY, "the deciding authority decides"),
+    "DECIDED": (DECIDING_AUTHORITY, "the result is delivered"),
+}
+
+
+def responsible_for(stage: str, deciding_partner: str) -> str:
+    party = _NEXT.get(stage, (NO_ONE, ""))[0]
+    return f"{party}:{deciding_partner}" if party == DECIDING_AUTHORITY and deciding_partner else party
+
+
+def next_step(view: dict) -> str:
+    return "" if view["terminal"] else _NEXT.get(view["stage"], (NO_ONE, ""))[1]
+
+
+def deadline(view: dict) -> datetime | None:
+    """The deadline of the next step: the 补正 deadline while one is open, else the
+    authority's due date."""
+    if view["stage"] == "SUPPLEMENT_REQUESTED" and view.get("supplement_by"):
+        return view["supplement_by"]
+    return None if view["terminal"] else view.get("due_at")
+
+
+def check_withdrawal(view: dict) -> None:
+    if view["terminal"] or view["stage"] in DECIDED_OR_LATER:
+        raise InvalidSubmission([f"application: cannot be withdrawn at stage {view['stage']} "
+                                 "(撤回 is possible until the decision)"])
+
+
+def check_supplement(view: dict, materials: tuple[str, ...]) -> None:
+    problems = []
+    if view["stage"] != "SUPPLEMENT_REQUESTED":
+        problems.append(f"application: no 补正 is open (stage {view['stage']})")
+    if not materials:
+        problems.append("materials: at least one must be listed")
+    if problems:
+        raise InvalidSubmission(problems)
+
+
+# ---------------------------------------------------------------- notices
+# The notices an applicant must receive (行政许可法 §32, §38). They carry no personal data:
+# the application number identifies the application to its applicant.
+RECEIPT, ACCEPTANCE, SUPPLEMENT, NON_ACCEPTANCE, DENIAL = (
+    "RECEIPT", "ACCEPTANCE", "SUPPLEMENT", "NON_ACCEPTANCE", "DENIAL")
+# 行政复议法 (2023) §20: 60 days to apply for reconsideration; 行政诉讼法 §46: six months to sue.
+REMEDY = ("如不服，可自收到本通知之日起六十日内依法申请行政复议，或者六个月内依法提起行政诉讼。"
+          " (Administrative reconsideration within 60 days or litigation within six months.)")
+
+
+def notice(notice_id: str, view: dict, kind: str, at: datetime, reasons: list[str] | None = None,
+           remedy: str = "", deadline: datetime | None = None) -> dict:
+    """A NoticeServed body."""
+    return {"notice_id": notice_id, "application_id": view["application_id"],
+            "application_number": view.get("application_number", ""), "kind": kind, "reasons": reasons or [],
+            "remedy": remedy, "deadline": deadline, "served_at": at}
+
+
+def record_notice(view: dict, served: dict) -> dict:
+    """The notice as Track lists it."""
+    kept = {k: served[k] for k in ("notice_id", "kind", "reasons", "remedy", "served_at")}
+    return {**view, "notices": [*view.get("notices", []), kept]}
+
+
+# ---------------------------------------------------------------- idempotency
+def fingerprints(application_id: str, fields: Mapping[str, object]) -> dict[str, str]:
+    """A short salted digest per field, to name the fields a retry changed. Six hex digits
+    tell a change apart with odds of 1 in 16 million of missing it, and are too short to
+    recover a value from (the personal fields count too, so none is kept in the clear)."""
+    return {name: hashlib.sha256(f"{application_id}\x1f{name}\x1f{value!r}".encode()).hexdigest()[:6]
+            for name, value in fields.items()}
+
+
+def differing(kept: Mapping[str, str], fresh: Mapping[str, str]) -> list[str]:
+    return sorted(name for name in kept.keys() | fresh.keys() if kept.get(name) != fresh.get(name))
+
+
+# ---------------------------------------------------------------- application numbers
+# <county division>-<date of receipt, Beijing time>-<shard><sequence>-<check character>,
+# e.g. 430102-20261204-0700042-K. The check character is ISO 7064 MOD 37,36 (0-9, A-Z) over
+# the digits, as in GB 32100's code. Sequences come from NUMBER_SHARDS counters, each one
+# aggregate in intake's state: the shard is fixed by the application id, so a retried
+# submission always meets the counter (and dedupe mark) that numbered it, and each counter
+# is advanced by its one owner in the same transaction as the ApplicationReceived it numbers.
+NUMBER_SHARDS = 16
+BEIJING = ZoneInfo("Asia/Shanghai")
+_NUMBERING = "numbering:"
+
+
+def awaits_number(view: dict) -> bool:
+    """Recorded by Submit and not numbered yet. A view from before numbering (no such field)
+    is never numbered: its ApplicationReceived was published long ago."""
+    return view.get("application_number") == ""
+
+
+def numbering_key(application_id: str) -> str:
+    shard = int(hashlib.sha256(application_id.encode()).hexdigest()[:8], 16) % NUMBER_SHARDS
+    return f"{_NUMBERING}{shard:02d}"
+
+
+def is_numbering_key(key: str) -> bool:
+    return key.startswith(_NUMBERING)
+
+
+def assign_number(counter: dict | None, key: str, division: str, at: datetime) -> tuple[str, dict]:
+    """The next number of the counter `key`, and the counter after it. The sequence starts
+    again each day; a submission stamped before the counter's day (API instances' clocks
+    around midnight) takes the counter's day, so a number never repeats."""
+    today = at.astimezone(BEIJING).strftime("%Y%m%d")
+    if counter is None or today > counter["day"]:
+        counter = {"day": today, "next": 1}
+    day, sequence = counter["day"], counter["next"]
+    digits = f"{divisions.county(division)}{day}{key[len(_NUMBERING):]}{sequence:05d}"
+    number = f"{digits[:6]}-{day}-{digits[14:]}-{mod_37_36.calc_check_digit(digits)}"
+    return number, {"day": day, "next": sequence + 1}
+
+
+def is_valid_number(number: str) -> bool:
+    parts = number.split("-")
+    return len(parts) == 4 and mod_37_36.is_valid("".join(parts[:3]) + parts[3])
+
+
 def advance(progress: dict | None, application_id: str, stage: str, at: datetime, detail: str = "",
-            **facts: object) -> dict:
+            notice: str = "", **facts: object) -> dict:
     """Record a step. Events from different topics may arrive out of order, so the stage
     only moves forward and a terminal stage is final; the history keeps every step."""
     view = dict(progress or {"application_id": application_id, "matter_code": "", "stage": "",
-                             "terminal": False, "history": [], "ratings": []})
-    view["history"] = [*view["history"], {"stage": stage, "at": at, "detail": detail}]
+                             "terminal": False, "history": [], "ratings": [], "notices": []})
     view.update({k: v for k, v in facts.items() if v is not None})
-    if view["terminal"]:
+    view["history"] = [*view["history"], _step(view, stage, at, detail, notice)]
+    if view["terminal"] or stage not in (*STAGES, *TERMINAL):  # a fact on the way, not a stage
         return view
     if stage in TERMINAL:
         view["stage"], view["terminal"] = stage, True
-    elif view["stage"] not in STAGES or STAGES.index(stage) > STAGES.index(view["stage"]):
+    elif view["stage"] not in STAGES or STAGES.index(stage) > STAGES.index(view["stage"]) \
+            or {stage, view["stage"]} <= set(SUPPLEMENT_ROUND):
         view["stage"] = stage
     return view
 

@@ -203,9 +203,13 @@ def test_an_application_is_seen_by_its_receiver_portals_for_portal_ones_and_oper
 
 async def test_the_progress_view_records_the_receiver_and_the_received_event_does_not_carry_it():
     body = {"application_id": "TB1", "matter_code": "KSTB-MED-01", "receiving_division": "430102",
-            "submitted_at": now_utc(), "received_by": {"source_system": "changsha-window", "role": "window"}}
+            "submitted_at": now_utc(), "received_by": {"source_system": "changsha-window", "role": "window"},
+            "fingerprints": {}, "materials": []}
     event = Event("submit:TB1", handlers.SUBMIT, "TB1", body, {"occurred_at": now_utc()}, "command")
     outcome = await handlers.submit(event, None)
     assert (outcome.state["source_system"], outcome.state["source_role"]) == ("changsha-window", "window")
-    assert "received_by" not in outcome.emits[0].payload
+    # The received event is published by the numbering command, from the same body.
+    numbering = Event("number:TB1", handlers.NUMBER, domain.numbering_key("TB1"), body, {"occurred_at": now_utc()},
+                      "command")
+    assert "received_by" not in (await handlers.number(numbering, None)).emits[0].payload
     assert "received_by" in body, "the command itself is left as it was"

@@ -21,7 +21,7 @@ from services.intake.api import IntakeServicer
 from sim.samples import samples
 from tongban.events import now_utc
 from tongban.grpc_tls import ROLE_URI, channel_credentials, client_channel, server_credentials
-from tongban.handling import Event
+from tongban.handling import Emit, Event
 from tongban.ops import certs
 
 PERSONAL = ("id_number", "name", "phone")
@@ -33,12 +33,30 @@ class InstantRuntime:
     def __init__(self) -> None:
         self.states: dict[str, dict] = {}
         self.commands: list[tuple[str, str]] = []
+        self.command_ids: list[tuple[str, str]] = []
+        self.published: list[Emit] = []
 
     async def submit(self, command_type: str, key: str, command_id: str, payload: dict) -> None:
         self.commands.append((command_type, key))
+        self.command_ids.append((command_type, command_id))
+        if any(done == command_id for _, done in self.command_ids[:-1]):
+            return  # the runtime drops a command it has applied (dedupe)
         event = Event(command_id, command_type, key, payload, {"occurred_at": now_utc(), "correlation_id": key},
                       "command")
-        self.states[key] = (await handlers.COMMANDS[command_type](event, self.states.get(key))).state
+        await self._apply(handlers.COMMANDS[command_type], event)
+
+    async def _apply(self, handler, event: Event) -> None:
+        """Apply, then hand what intake publishes on its own inputs back to it (the numbered
+        application returns to the view)."""
+        outcome = await handler(event, self.states.get(event.key))
+        if outcome.state is not None:
+            self.states[event.key] = outcome.state
+        self.published += outcome.emits
+        for n, emit in enumerate(outcome.emits):
+            if emit.topic in handlers.INPUTS and emit.event_type in handlers.HANDLERS:
+                await self._apply(handlers.HANDLERS[emit.event_type],
+                                  Event(f"{event.event_id}/{n}", emit.event_type, emit.key, emit.payload,
+                                        {"occurred_at": now_utc(), "correlation_id": emit.key}, emit.topic))
 
     async def state_of(self, key: str) -> dict | None:
         return self.states.get(key)

@@ -22,7 +22,7 @@ T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 def submission(**changes) -> Submission:
     fields = dict(matter_code="KSTB-MED-01", channel="PORTAL", receiving_division="430102",
                   home_division="420106", applicant_kind="PERSON", applicant_name="示例",
-                  applicant_id_number="420106198506123417", materials=("RESIDENT_ID",),
+                  applicant_id_number="420106198506123410", materials=("RESIDENT_ID",),
                   delivery_method="ELECTRONIC", postal_address=None)
     return Submission(**{**fields, **changes})
 
@@ -37,8 +37,8 @@ def test_every_problem_is_reported_at_once_and_names_fields_not_values():
         check_submission(submission(channel="FAX", home_division="42", applicant_name=" ", materials=(),
                                     delivery_method="POST", applicant_id_number="secret-123"))
     text = str(problems.value)
-    assert len(problems.value.problems) == 5
-    for field in ("channel", "home_division", "applicant.name", "material", "postal_address"):
+    assert len(problems.value.problems) == 6
+    for field in ("channel", "home_division", "applicant.name", "applicant.id_number", "material", "postal_address"):
         assert field in text
     assert "secret-123" not in text
 
@@ -62,7 +62,8 @@ def test_the_limits_are_the_agreed_ones():
 
 
 def test_a_submission_exactly_at_every_limit_passes():
-    at_limit = {attribute: "办" * limit for _, attribute, limit in STRING_LIMITS}
+    # The ID number has its own form (GB 11643), checked on its own.
+    at_limit = {attribute: "办" * limit for _, attribute, limit in STRING_LIMITS if attribute != "applicant_id_number"}
     check_submission(submission(**at_limit, materials=tuple("M" * domain.MAX_CODE_LENGTH for _ in range(MAX_MATERIALS)),
                                 material_names=tuple("材" * domain.MAX_NAME_LENGTH for _ in range(MAX_MATERIALS))))
 
@@ -181,3 +182,15 @@ def test_a_rating_comment_that_looks_sealed_is_refused():
     progress = {**new_progress("TB1", "KSTB-MED-01", T0), "stage": "DELIVERED"}
     with pytest.raises(InvalidSubmission, match="comment: looks sealed"):
         check_rating(progress, 1, "ONLINE", "pii:v2:x")
+
+
+def test_commitments_and_deferred_materials_are_bounded_and_never_echoed():
+    long_code = "秘" * (domain.MAX_CODE_LENGTH + 1)
+    with pytest.raises(InvalidSubmission) as problems:
+        check_submission(submission(commitments=(long_code,), deferred_materials={long_code: "soon"}))
+    assert problems.value.problems == [
+        f"commitments[0].code: at most {domain.MAX_CODE_LENGTH} characters (got {domain.MAX_CODE_LENGTH + 1})",
+        f"deferred_materials[0].code: at most {domain.MAX_CODE_LENGTH} characters (got {domain.MAX_CODE_LENGTH + 1})"]
+    with pytest.raises(InvalidSubmission) as sealed:
+        check_submission(submission(commitments=("pii:v2:x",)))
+    assert sealed.value.problems == [f"commitments[0]: {domain.SEALED_INPUT}"]

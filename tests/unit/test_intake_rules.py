@@ -12,7 +12,7 @@ from tongban.handling import Event, Outcome, Rejected
 
 APP = "TBUNIT"
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
-NAME, ID_NUMBER, PHONE = "张三", "420106198506123417", "13800000000"
+NAME, ID_NUMBER, PHONE = "张三", "420106198506123410", "13800000000"
 P = "tongban.application."
 
 SUBMITTED = {"application_id": APP, "matter_code": "KSTB-MED-01", "channel": "PORTAL",
@@ -44,8 +44,12 @@ def event(event_type: str, payload: dict, n: int = 0) -> Event:
                  {"occurred_at": T0 + timedelta(minutes=n), "correlation_id": APP}, "command")
 
 
+SUBMIT_COMMAND = {**SUBMITTED, "received_by": {"source_system": "hunan-portal", "role": "portal"},
+                  "fingerprints": {"matter_code": "a1b2c3"}}
+
+
 async def submitted() -> dict:
-    return (await handlers.submit(event(handlers.SUBMIT, SUBMITTED), None)).state
+    return (await handlers.submit(event(handlers.SUBMIT, SUBMIT_COMMAND), None)).state
 
 
 async def feed(*steps, state: dict | None = None) -> tuple[dict | None, list[Outcome]]:
@@ -65,12 +69,21 @@ async def rate(state: dict | None, level: int = 2, channel: str = "ONLINE", comm
 
 # ---------------------------------------------------------------------------- submit
 
-async def test_a_submission_is_received_and_published_as_submitted():
-    outcome = await handlers.submit(event(handlers.SUBMIT, SUBMITTED), None)
-    [emit] = outcome.emits
+async def test_a_submission_is_recorded_with_its_fingerprints_and_published_once_numbered():
+    outcome = await handlers.submit(event(handlers.SUBMIT, SUBMIT_COMMAND), None)
+    assert outcome.emits == []
+    assert outcome.finished is False
+    assert outcome.state["fingerprints"] == [{"field": "matter_code", "digest": "a1b2c3"}]
+    counter = domain.numbering_key(APP)
+    numbered = await handlers.number(Event("number-1", handlers.NUMBER, counter, SUBMIT_COMMAND,
+                                           {"occurred_at": T0}, "command"), None)
+    [emit] = numbered.emits
+    number = emit.payload.pop("application_number")
     assert (emit.topic, emit.event_type, emit.key, emit.payload) == (
         "tongban.application.received", P + "ApplicationReceived", APP, SUBMITTED)
-    assert outcome.finished is False
+    assert number == f"430102-20261102-{counter[-2:]}00001-{number[-1]}"
+    assert domain.is_valid_number(number)
+    assert numbered.state == {"day": "20261102", "next": 2}
 
 
 async def test_a_new_application_starts_at_received():
@@ -79,7 +92,8 @@ async def test_a_new_application_starts_at_received():
     assert state["matter_code"] == "KSTB-MED-01"
     assert state["stage"] == "RECEIVED"
     assert state["terminal"] is False
-    assert state["history"] == [{"stage": "RECEIVED", "at": T0, "detail": ""}]
+    assert state["history"] == [{"stage": "RECEIVED", "at": T0, "detail": "", "sequence": 1,
+                                 "responsible": "RECEIVING_WINDOW"}]
     assert state["receiving_division"] == "430102"
     assert state["ratings"] == []
 
@@ -99,7 +113,8 @@ async def test_routing_moves_the_view_to_routed_with_the_deciding_authority_and_
     assert state["stage"] == "ROUTED"
     assert state["deciding_partner"] == "420000"
     assert state["due_at"] == T0 + timedelta(days=3)
-    assert state["history"][-1] == {"stage": "ROUTED", "at": T0 + timedelta(minutes=1), "detail": "FULLY_ONLINE"}
+    assert state["history"][-1] == {"stage": "ROUTED", "at": T0 + timedelta(minutes=1), "detail": "FULLY_ONLINE",
+                                    "sequence": 2, "responsible": "DECIDING_AUTHORITY:420000"}
     assert outcome.finished is False
 
 
@@ -285,7 +300,7 @@ def test_every_formal_problem_is_named_exactly_and_all_at_once():
         "applicant.kind must be one of PERSON, COMPANY",
         "applicant.name is required",
         "applicant.id_number is required",
-        "at least one material must be listed",
+        "materials: at least one must be listed",
         "delivery_method must be one of ELECTRONIC, POST, WINDOW",
     ]
 
@@ -320,7 +335,8 @@ def test_an_application_id_is_tb_and_twenty_capital_hex_digits_fixed_by_source_a
 def test_a_step_seen_before_the_submission_starts_an_empty_view():
     view = domain.advance(None, APP, "VERIFIED", T0)
     assert view == {"application_id": APP, "matter_code": "", "stage": "VERIFIED", "terminal": False,
-                    "history": [{"stage": "VERIFIED", "at": T0, "detail": ""}], "ratings": []}
+                    "history": [{"stage": "VERIFIED", "at": T0, "detail": "", "sequence": 1,
+                                 "responsible": "DECIDING_AUTHORITY"}], "ratings": [], "notices": []}
 
 
 # ---------------------------------------------------------------------------- personal data in free text
@@ -328,7 +344,7 @@ def test_a_step_seen_before_the_submission_starts_an_empty_view():
 async def test_material_names_that_repeat_the_applicant_are_scrubbed_before_they_travel():
     careless = {"code": "POWER", "name": f"{NAME}的委托书 {ID_NUMBER} 电话{PHONE}", "provided": True,
                 "original_checked": False}
-    outcome = await handlers.submit(event(handlers.SUBMIT, {**SUBMITTED, "materials": [careless]}), None)
+    outcome = await handlers.number(event(handlers.NUMBER, {**SUBMITTED, "materials": [careless]}), None)
     [emit] = outcome.emits
     assert emit.payload["materials"] == [{**careless, "name": "[NAME]的委托书 [NAME] 电话[NAME]"}]
     assert emit.payload["applicant"] == SUBMITTED["applicant"], "sealed by the runtime, not here"
