@@ -1,22 +1,28 @@
-"""python -m sim [--deny-matters CODE,...]: every declared authority partner and the carrier."""
+"""python -m sim [--deny-matters CODE,...] [--supplement-matters CODE,...] [--supplement-share F]
+[--refuse-matters CODE,...] [--broken-commitment-matters CODE,...] [--carrier-ledger FILE]
+[--carrier-delay S] [--windows ID,...]: every declared authority partner, the carrier, the
+e-licence wallet and the windows (sim/carrier.py)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 from pathlib import Path
 
-from sim.partners import authority, carrier, run_partner
+from sim.carrier import carrier, run_windows, wallet
+from sim.partners import Answers, authority, run_partner
 from tongban import telemetry
 from tongban.codec import SchemaRegistry
-from tongban.config import ConfigError, load_settings
+from tongban.config import SERVICE_PORTS, ConfigError, load_settings
+from tongban.grpc_tls import listen_address
 from tongban.partners import authorities
 from tongban.pii import PiiCipher
 from tongban.pii_policy import party_keyring
 
 
-async def run(deny_matters: frozenset[str], carrier_ledger: Path | None) -> None:
+async def run(answers: Answers, carrier_ledger: Path | None, carrier_delay: float, windows: str) -> None:
     settings = load_settings("partner-sim")
     telemetry.setup(settings)
     registry = SchemaRegistry.load()
@@ -26,26 +32,54 @@ async def run(deny_matters: frozenset[str], carrier_ledger: Path | None) -> None
         loop.add_signal_handler(sig, stopping.set)
     # Each partner holds its own personal-data key only (var/pii/<id>.keys), as it would at home.
     try:
-        ciphers = {pid: PiiCipher(party_keyring(pid)) for pid in [*authorities(), "ems"]}
+        ciphers = {pid: PiiCipher(party_keyring(pid)) for pid in [*authorities(), "ems", "wallet"]}
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     tasks = [
         run_partner(settings, registry, pid, f"tongban.partner.{pid}.assignments",
-                    authority(pid, deny_matters, ciphers[pid]), stopping)
+                    authority(pid, answers, ciphers[pid]), stopping)
         for pid in authorities()
     ]
-    tasks.append(run_partner(settings, registry, "ems", "tongban.partner.ems.dispatches",
-                             carrier(ciphers["ems"], carrier_ledger), stopping))
+    # Results the carrier hands to a window (结果转送); the windows the simulator operates record them.
+    handed: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+    operated = set(filter(None, windows.split(",")))
+    delivery = listen_address("127.0.0.1", int(os.environ.get("TONGBAN_GRPC_PORT_DELIVERY")
+                                               or SERVICE_PORTS["delivery"]))
+    tasks += [
+        run_partner(settings, registry, "ems", "tongban.partner.ems.dispatches",
+                    carrier(ciphers["ems"], carrier_ledger, lambda a, w: handed.put_nowait((a, w)), carrier_delay),
+                    stopping),
+        run_partner(settings, registry, "wallet", "tongban.partner.wallet.dispatches", wallet(ciphers["wallet"]),
+                    stopping),
+        run_windows(delivery, handed, lambda w: windows == "*" or w in operated, stopping),
+    ]
     await asyncio.gather(*tasks)
+
+
+def codes(listed: str) -> frozenset[str]:
+    return frozenset(filter(None, listed.split(",")))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--deny-matters", default="", help="matter codes the simulated authorities deny")
+    parser.add_argument("--supplement-matters", default="",
+                        help="matter codes the simulated authorities first answer with a 补正 notice")
+    parser.add_argument("--supplement-share", type=float, default=0.0,
+                        help="share (0..1) of the other assignments answered with a 补正 notice first")
+    parser.add_argument("--refuse-matters", default="", help="matter codes the simulated authorities do not accept")
+    parser.add_argument("--broken-commitment-matters", default="",
+                        help="matter codes whose 告知承诺 the simulated authorities find broken when checking")
     parser.add_argument("--carrier-ledger", type=Path, help="a file where the carrier notes every parcel")
+    parser.add_argument("--carrier-delay", type=float, default=0.0,
+                        help="seconds the carrier takes to report a parcel delivered or returned")
+    parser.add_argument("--windows", default="*",
+                        help="window ids whose arrivals and pick-ups the simulator records ('*' every one, '' none)")
     args = parser.parse_args()
+    answers = Answers(codes(args.deny_matters), codes(args.supplement_matters), args.supplement_share,
+                      codes(args.refuse_matters), codes(args.broken_commitment_matters))
     try:
-        asyncio.run(run(frozenset(filter(None, args.deny_matters.split(","))), args.carrier_ledger))
+        asyncio.run(run(answers, args.carrier_ledger, args.carrier_delay, args.windows))
     except ConfigError as exc:
         raise SystemExit(f"partner simulator: configuration error: {exc}") from None
 

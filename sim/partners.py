@@ -2,9 +2,14 @@
 
 - An **authority** (another province, a city under a point-to-point agreement, or Hunan's own
   departments) reads `tongban.partner.<id>.assignments`, accepts (受理) and decides: it approves
-  unless the matter is on its deny list (the demo's stand-in for a substantive review).
-- The **carrier** (EMS) reads `tongban.partner.ems.dispatches` and reports delivery on
-  `tongban.partner.ems.receipts`.
+  unless the matter is on its deny list (the demo's stand-in for a substantive review). It
+  answers a 补正 notice instead for the matters of its supplement list and a share of the
+  rest (`Answers`), then accepts and decides once the materials come back
+  (MaterialsSupplemented); it does not accept (不予受理, with the remedy) the matters of its
+  refuse list; a cancelled assignment (AssignmentCancelled) gets no answer. Asked to check a
+  告知承诺 (CommitmentCheckRequested), it finds the promise broken for the matters of its
+  failed-commitment list and holding otherwise.
+- The **carrier**, the **wallet** and the **windows**: sim/carrier.py.
 Replies derive their event ids from the record they answer, so a redelivered assignment gives
 the same replies, which Tongban recognises as duplicates.
 """
@@ -13,16 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from opentelemetry import trace
 
+from services.delivery.channels.electronic import licence_id
 from tongban import bus
 from tongban.codec import CodecError, SchemaRegistry
 from tongban.config import Settings
@@ -40,17 +44,70 @@ class Reply:
     topic: str
     event_type: str
     payload: dict
+    qualifier: str = ""  # tells apart several replies of one type to one record (a parcel's receipts)
+    delay: float = 0.0  # seconds the partner takes before sending it
+
+
+class PartnerFault(Exception):
+    """The partner's own system failed mid-batch: it answers the batch again (sim/carrier.py)."""
 
 
 Respond = Callable[[str, dict], list[Reply]]
 
 
-def authority(partner_id: str, deny_matters: frozenset[str], cipher: PiiCipher) -> Respond:
+@dataclass(frozen=True)
+class Answers:
+    """How the simulated authorities answer besides approving."""
+
+    deny_matters: frozenset[str] = frozenset()
+    supplement_matters: frozenset[str] = frozenset()  # always a 补正 notice first
+    supplement_share: float = 0.0  # of the other assignments, chosen by assignment id (a redelivery answers alike)
+    refuse_matters: frozenset[str] = frozenset()  # 不予受理
+    broken_commitment_matters: frozenset[str] = frozenset()  # a 告知承诺 check fails
+
+    def supplements(self, assigned: dict) -> bool:
+        if assigned["matter_code"] in self.supplement_matters:
+            return True
+        draw = int(hashlib.sha256(assigned["assignment_id"].encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+        return draw < self.supplement_share
+
+
+SUPPLEMENT_REASON = "材料不齐全或者不符合法定形式，请补正 (simulated)"
+REFUSAL = ("申请事项依法不属于本机关职权范围 (simulated)",
+           "请向有权机关申请；对本决定不服的，可依法申请行政复议或者提起行政诉讼 (simulated)")
+
+
+def authority(partner_id: str, answers: Answers, cipher: PiiCipher) -> Respond:
     decisions = f"tongban.partner.{partner_id}.decisions"
 
+    def accept_and_decide(base: dict, matter_code: str | None) -> list[Reply]:
+        accepted = {**base, "outcome": "ACCEPTED", "reason": None, "accepted_at": now_utc()}
+        if matter_code in answers.deny_matters:
+            decided = {**base, "outcome": "DENIED", "result_reference": None,
+                       "reason": "不符合法定条件 (simulated substantive review)", "decided_at": now_utc()}
+        else:
+            # Signed into the authority's e-licence library under its own division.
+            reference = licence_id(partner_id, hashlib.sha256(base["assignment_id"].encode()).hexdigest()[:12].upper())
+            decided = {**base, "outcome": "APPROVED", "result_reference": reference, "reason": None,
+                       "decided_at": now_utc()}
+        return [Reply(decisions, "tongban.partner.AuthorityAcceptance", accepted),
+                Reply(decisions, "tongban.partner.AuthorityDecision", decided)]
+
     def respond(event_type: str, assigned: dict) -> list[Reply]:
+        if event_type == "tongban.application.MaterialsSupplemented":
+            # The file is back complete; the supplement list never holds a denied matter.
+            base = {"assignment_id": assigned["assignment_id"], "application_id": assigned["application_id"]}
+            return accept_and_decide(base, None)
+        if event_type == "tongban.partner.CommitmentCheckRequested":
+            broken = assigned["matter_code"] in answers.broken_commitment_matters
+            result = {"assignment_id": assigned["assignment_id"], "application_id": assigned["application_id"],
+                      "passed": not broken, "checked_at": now_utc(),
+                      "failed_commitments": {c: "承诺内容与实际情况不符 (simulated)" for c in assigned["commitments"]}
+                      if broken else {},
+                      "reason": "核查发现承诺不实，依法撤销 (simulated)" if broken else ""}
+            return [Reply(decisions, "tongban.partner.CommitmentCheckResult", result)]
         if event_type != "tongban.partner.MatterAssigned":
-            return []
+            return []  # an AssignmentCancelled: the work simply stops
         base = {"assignment_id": assigned["assignment_id"], "application_id": assigned["application_id"]}
         try:
             # The authority looks the applicant up in its own records: it must be able to read
@@ -61,41 +118,17 @@ def authority(partner_id: str, deny_matters: frozenset[str], cipher: PiiCipher) 
             refused = {**base, "outcome": "REFUSED", "reason": "申请人信息无法读取 (applicant data unreadable)",
                        "accepted_at": now_utc()}
             return [Reply(decisions, "tongban.partner.AuthorityAcceptance", refused)]
-        accepted = {**base, "outcome": "ACCEPTED", "reason": None, "accepted_at": now_utc()}
-        if assigned["matter_code"] in deny_matters:
-            decided = {**base, "outcome": "DENIED", "result_reference": None,
-                       "reason": "不符合法定条件 (simulated substantive review)", "decided_at": now_utc()}
-        else:
-            reference = "LIC-" + hashlib.sha256(assigned["assignment_id"].encode()).hexdigest()[:12].upper()
-            decided = {**base, "outcome": "APPROVED", "result_reference": reference, "reason": None,
-                       "decided_at": now_utc()}
-        return [Reply(decisions, "tongban.partner.AuthorityAcceptance", accepted),
-                Reply(decisions, "tongban.partner.AuthorityDecision", decided)]
-
-    return respond
-
-
-def carrier(cipher: PiiCipher, ledger: Path | None = None) -> Respond:
-    """The carrier; `ledger` is its own record of every parcel it was handed (one JSON line
-    per dispatch record received), the count an independent party keeps."""
-
-    def respond(event_type: str, dispatch: dict) -> list[Reply]:
-        if event_type != "tongban.delivery.PostalDispatch":
-            return []
-        if ledger is not None:
-            with ledger.open("a", encoding="utf-8") as parcels:
-                parcels.write(json.dumps({"dispatch_id": dispatch["dispatch_id"],
-                                          "application_id": dispatch["application_id"]}) + "\n")
-        try:  # the carrier must read the address to deliver
-            cipher.open(dispatch["address"], record="tongban.delivery.PostalDispatch", path="address",
-                        subject=dispatch["application_id"])
-            status = "DELIVERED"
-        except PiiError:
-            status = "RETURNED"
-        tracking = "EMS" + hashlib.sha256(dispatch["dispatch_id"].encode()).hexdigest()[:10].upper()
-        receipt = {"dispatch_id": dispatch["dispatch_id"], "application_id": dispatch["application_id"],
-                   "tracking_number": tracking, "status": status, "at": now_utc()}
-        return [Reply("tongban.partner.ems.receipts", "tongban.delivery.PostalReceipt", receipt)]
+        if assigned["matter_code"] in answers.refuse_matters:
+            reason, remedy = REFUSAL
+            refused = {**base, "outcome": "REFUSED", "reason": reason, "remedy": remedy, "accepted_at": now_utc()}
+            return [Reply(decisions, "tongban.partner.AuthorityAcceptance", refused)]
+        if answers.supplements(assigned) and assigned["materials"]:
+            # One notice listing everything it wants again (一次性告知): here, the last material.
+            missing = {assigned["materials"][-1]["code"]: "复印件不清晰 (simulated)"}
+            notice = {**base, "outcome": "SUPPLEMENT_REQUIRED", "reason": SUPPLEMENT_REASON,
+                      "missing_materials": missing, "accepted_at": now_utc()}
+            return [Reply(decisions, "tongban.partner.AuthorityAcceptance", notice)]
+        return accept_and_decide(base, assigned["matter_code"])
 
     return respond
 
@@ -123,17 +156,19 @@ async def run_partner(settings: Settings, registry: SchemaRegistry, partner_id: 
             batch = {}
             try:
                 batch = await consumer.getmany(timeout_ms=500)
-                sends = [await producer.send(settings.topic(reply.topic), key=record.key, value=value,
-                                             headers=headers)
-                         for record, reply, value, headers in _answers(registry, partner_id, respond, cipher,
-                                                                       batch)]
+                sends = []
+                for record, reply, value, headers in _answers(registry, partner_id, respond, cipher, batch):
+                    if reply.delay:  # a partner that takes its time (the carrier: sim/carrier.py)
+                        await asyncio.sleep(reply.delay)
+                    sends.append(await producer.send(settings.topic(reply.topic), key=record.key, value=value,
+                                                     headers=headers))
                 await asyncio.gather(*sends)
                 if batch:
                     await consumer.commit()
-            except KafkaError as exc:
-                # A broker outage: answer the batch again once it is back (replies keep their ids).
-                log_fields(log, logging.WARNING, "partner paused by a broker outage", partner=partner_id,
-                           error=type(exc).__name__)
+            except (KafkaError, PartnerFault) as exc:
+                # A broker outage or its own failure: answer the batch again (replies keep their ids).
+                log_fields(log, logging.WARNING, "partner paused by a broker outage or its own failure",
+                           partner=partner_id, error=type(exc).__name__)
                 if isinstance(exc, bus.PRODUCER_STATE_ERRORS):
                     producer = await bus.renewed(producer, settings, client_id=identity)
                 bus.rewind(consumer, batch)
@@ -161,5 +196,5 @@ def _answers(registry: SchemaRegistry, partner_id: str, respond: Respond, cipher
                     _, value = encode_event(
                         registry, reply.event_type, reply.payload, cause_id=envelope["event_id"],
                         correlation_id=envelope["correlation_id"], source_system=identity,
-                        source_partner=partner_id, cipher=cipher)
+                        source_partner=partner_id, qualifier=reply.qualifier, cipher=cipher)
                     yield record, reply, value, inject_headers()

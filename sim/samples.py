@@ -10,6 +10,7 @@ from stdnum.cn import ric, uscc
 from services.intake import intake_pb2
 
 DENIED_MATTER = "KSTB-MKT-03"  # the simulated authorities deny 工业产品生产许可证发证 in the demo
+SUPPLEMENT_MATTER = "KSTB-MKT-01"  # and ask for a 补正 on 公司设立登记 first (the demo's applicant supplements)
 
 
 def resident_id(region: str, birth: str, sequence: str) -> str:
@@ -46,7 +47,9 @@ def _request(ref: str, matter: str, channel: str, received_in: str, home: str, a
     return intake_pb2.SubmitRequest(
         client_reference=ref, source_system="hunan-portal", matter_code=matter, channel=channel,
         receiving_division=received_in, home_division=home, applicant=applicant, materials=materials,
-        delivery_method=delivery, postal_address=address)
+        delivery_method=delivery, postal_address=address,
+        # The registered window of the receiving county (tongban/windows.toml), whose authorisation intake checks.
+        window_id=f"HN-{received_in}-KSTB-01" if channel == "WINDOW" else "")
 
 
 def samples(run: str) -> list[Sample]:
@@ -70,12 +73,13 @@ def samples(run: str) -> list[Sample]:
         Sample("户口迁移 at a 湘西 window for 济南 (point-to-point agreement)", "DELIVERED", _request(
             f"{run}-8", "KSTB-PSB-01", "WINDOW", "433101", "370102",
             _person("示例己", resident_id("370102", "19870203", "555")),
-            [_material("RESIDENT_ID", "居民身份证"), _material("HOUSEHOLD_REGISTER", "户口簿")], "WINDOW")),
+            [_material("RESIDENT_ID", "居民身份证"), _material("HOUSEHOLD_REGISTER", "户口簿"),
+             _material("SETTLEMENT_PROOF", "准予迁入证明")], "WINDOW")),
         Sample("工业产品生产许可证发证 denied by the Guangdong authority", "DENIED", _request(
             f"{run}-4", DENIED_MATTER, "PORTAL", "430105", "440100", company,
             [_material("APPLICATION_FORM", "申请书"), _material("COMMITMENT_LETTER", "告知承诺书"),
              _material("INSPECTION_REPORT", "产品检验合格报告")])),
-        Sample("失业登记 with a resident ID whose check digit is wrong", "REJECTED", _request(
+        Sample("失业登记 with a resident ID whose check digit is wrong", "REJECTED_AT_INTAKE", _request(
             f"{run}-5", "KSTB-SOC-03", "MOBILE", "430102", "420106",
             _person("示例丙", with_wrong_check_digit(resident_id("420106", "19920101", "222"))),
             [_material("RESIDENT_ID", "居民身份证")])),

@@ -1,9 +1,7 @@
 """Delivery's rules: when work can be assigned to the deciding authority, whose decisions
-count, and how a result reaches the applicant (exactly one dispatch)."""
+count. How a result reaches the applicant: services/delivery/channels/."""
 
 from __future__ import annotations
-
-import hashlib
 
 
 class NotAssigned(ValueError):
@@ -15,8 +13,9 @@ def assignment_id_for(application_id: str, partner_id: str) -> str:
 
 
 def ready_to_assign(file: dict) -> bool:
-    """The deciding authority gets the file once it is received, routed and verified."""
-    return all(k in file for k in ("received", "routed", "verified")) and "assignment" not in file
+    """The deciding authority gets the file once it is received, routed and verified, unless
+    the application was closed (withdrawn) before that."""
+    return all(k in file for k in ("received", "routed", "verified")) and not {"assignment", "closed"} & file.keys()
 
 
 def check_sender(file: dict | None, sender: str, assignment_id: str) -> dict:
@@ -28,12 +27,3 @@ def check_sender(file: dict | None, sender: str, assignment_id: str) -> dict:
         raise NotAssigned(f"partner {sender} is not the assigned authority for this application")
     return assignment
 
-
-def dispatch_id_for(application_id: str) -> str:
-    """One result, one dispatch: the id is fixed by the application."""
-    return "DSP" + hashlib.sha256(application_id.encode()).hexdigest()[:16].upper()
-
-
-def needs_carrier(method: str) -> bool:
-    """Paper results travel by post; electronic licences and window pick-up do not."""
-    return method == "POST"

@@ -1,12 +1,15 @@
 """Delivery's rules through its handlers: plain functions of (event, state), no broker."""
 
+import hashlib
 import re
 from datetime import UTC, datetime
 
 import pytest
 
 from services.delivery import domain, handlers
-from services.delivery.domain import dispatch_id_for
+from services.delivery.channels.base import Deployment, dispatch_id_for
+from services.delivery.channels.electronic import licence_id
+from services.delivery.matters import Matter
 from tests.pii_parties import cipher, seal, seal_received
 from tongban.codec import SchemaRegistry
 from tongban.handling import Event, Outcome, Rejected
@@ -34,7 +37,17 @@ RECEIPT_EVENT = "tongban.delivery.PostalReceipt"
 
 def run(event_type: str):
     """Delivery's handler for `event_type`, made with delivery's own key."""
-    return handlers.make_handlers(CIPHER, REGISTRY)[event_type]
+    return handlers.make_handlers(CIPHER, REGISTRY, results=DEPLOYMENT, clock=lambda: T0)[event_type]
+
+
+SECRET = b"delivery's dispatch secret in the unit tests"
+# A catalogue of the tests' own: a company licence by post or as an e-licence, a 备案 that
+# allows no post, a card on paper only.
+MATTERS = {"KSTB-MKT-01": Matter(True, "E_LICENCE"), "KSTB-MED-01": Matter(False, "REGISTRATION"),
+           "KSTB-SOC-02": Matter(True, "PAPER_LICENCE")}
+DEPLOYMENT = Deployment(secret=SECRET, matters=lambda code: MATTERS.get(code, Matter()))
+DISPATCH_1 = dispatch_id_for(SECRET, APP, 1)
+LICENCE = licence_id("440300", "MKT2026000001")
 ROUTED = {"application_id": APP, "matter_code": "KSTB-MKT-01", "mode": "RECEIVE_HERE_HANDLE_THERE",
           "deciding_partner": "440000", "deciding_division": "440300", "legs": [], "promised_working_days": 3,
           "due_at": T0}
@@ -71,7 +84,7 @@ ASSIGNED = (RECEIVED_STEP, ROUTED_STEP, VERIFIED_STEP)
 
 def decision(outcome: str, partner: str = "440000", assignment_id: str = ASSIGNMENT_ID) -> tuple:
     payload = {"assignment_id": assignment_id, "application_id": APP, "outcome": outcome,
-               "result_reference": "LIC-1" if outcome == "APPROVED" else None,
+               "result_reference": LICENCE if outcome == "APPROVED" else None,
                "reason": "不符合法定条件" if outcome == "DENIED" else None, "decided_at": T0}
     return "tongban.partner.AuthorityDecision", payload, f"tongban.partner.{partner}.decisions"
 
@@ -83,9 +96,9 @@ def acceptance(outcome: str = "ACCEPTED", partner: str = "440000", assignment_id
     return "tongban.partner.AuthorityAcceptance", payload, f"tongban.partner.{partner}.decisions"
 
 
-def receipt(status: str, dispatch_id: str | None = None) -> tuple:
-    payload = {"dispatch_id": dispatch_id or dispatch_id_for(APP), "application_id": APP,
-               "tracking_number": "EMS1", "status": status, "at": T0}
+def receipt(status: str, dispatch_id: str | None = None, return_reason: str | None = None) -> tuple:
+    payload = {"dispatch_id": dispatch_id or DISPATCH_1, "application_id": APP,
+               "tracking_number": "EMS1", "status": status, "at": T0, "return_reason": return_reason}
     return "tongban.delivery.PostalReceipt", payload, handlers.RECEIPTS
 
 
@@ -132,10 +145,11 @@ async def test_the_assignment_carries_what_the_deciding_authority_needs():
         "materials": MATERIALS, "promised_working_days": 3, "due_at": T0}
 
 
-def test_delivery_reads_every_partners_decisions_and_the_carriers_receipts():
+def test_delivery_reads_every_partners_decisions_and_the_carriers_and_wallets_receipts():
     assert handlers.inputs(["440000", "370100"]) == [
         "tongban.application.received", "tongban.application.routed", "tongban.application.verified",
-        "tongban.partner.440000.decisions", "tongban.partner.370100.decisions", "tongban.partner.ems.receipts"]
+        "tongban.partner.440000.decisions", "tongban.partner.370100.decisions", "tongban.partner.ems.receipts",
+        "tongban.partner.wallet.receipts"]
 
 
 def test_an_assignment_id_names_the_application_and_the_partner():
@@ -224,7 +238,7 @@ async def test_a_refusal_is_published_with_its_reason_and_ends_the_work():
     [emit] = outcomes[-1].emits
     assert (emit.topic, emit.event_type, emit.key) == (
         "tongban.application.accepted", "tongban.application.ApplicationRefused", APP)
-    assert emit.payload == {"application_id": APP, "deciding_partner": "440000", "reason": "材料无法读取"}
+    assert emit.payload == {"application_id": APP, "deciding_partner": "440000", "reason": "材料无法读取", "remedy": ""}
     assert state["acceptance"] == "REFUSED"
     assert outcomes[-1].finished is True
 
@@ -234,8 +248,9 @@ async def test_a_refusal_without_a_reason_still_says_it_was_refused():
     assert outcomes[-1].emits[0].payload["reason"] == "refused"
 
 
-async def test_an_acceptance_outcome_not_handled_yet_is_dead_lettered_by_name():
-    with pytest.raises(Rejected, match="acceptance outcome SUPPLEMENT_REQUIRED is not handled yet"):
+async def test_a_supplement_request_without_its_list_of_missing_materials_is_dead_lettered():
+    """补正 itself: tests/unit/test_delivery_acceptance.py."""
+    with pytest.raises(Rejected, match=r"^a 补正 notice must list every missing material$"):
         await feed(*ASSIGNED, acceptance("SUPPLEMENT_REQUIRED", reason="请补正 张三 13800000000"))
 
 
@@ -267,15 +282,18 @@ async def test_a_denial_delivers_nothing_and_ends_the_work():
 
 async def test_an_approved_paper_result_goes_to_the_carrier_and_waits_for_its_receipt():
     state, outcomes = await feed(*ASSIGNED, ACCEPTED, decision("APPROVED"))
-    decided, dispatch = outcomes[-1].emits
+    decided, dispatch, dispatched = outcomes[-1].emits
     assert decided.event_type == "tongban.application.ApplicationDecided"
-    assert decided.payload["result_reference"] == "LIC-1"
+    assert decided.payload["result_reference"] == LICENCE
     assert (dispatch.topic, dispatch.event_type, dispatch.key) == (
         "tongban.partner.ems.dispatches", "tongban.delivery.PostalDispatch", APP)
-    assert dispatch.payload == {"dispatch_id": dispatch_id_for(APP), "application_id": APP, "recipient_name": "示例",
-                                "address": "长沙", "phone": "13800000000", "item": "result LIC-1"}
+    assert dispatch.payload == {"dispatch_id": DISPATCH_1, "application_id": APP, "recipient_name": "示例",
+                                "address": "长沙", "phone": "13800000000", "item": f"result {LICENCE}",
+                                "purpose": "TO_APPLICANT", "window_id": "", "attempt": 1}
+    assert (dispatched.event_type, dispatched.payload["stage"]) == ("tongban.application.DeliveryProgress",
+                                                                    "DISPATCHED")
     assert outcomes[-1].finished is False, "the work is done when the carrier confirms delivery"
-    assert state["dispatch_id"] == dispatch_id_for(APP)
+    assert state["dispatch_id"] == DISPATCH_1
     assert not state.get("delivered")
 
 
@@ -287,18 +305,14 @@ async def test_a_dispatch_without_a_result_reference_names_only_the_result():
 
 
 @pytest.mark.parametrize("method", ["ELECTRONIC", "WINDOW"])
-async def test_a_result_not_sent_by_post_is_delivered_with_the_decision_and_ends_the_work(method):
+async def test_a_result_not_sent_by_post_is_not_delivered_with_the_decision(method):
+    """An e-licence waits for the wallet, a paper result for its pick-up at the window."""
     state, outcomes = await feed(received(delivery_method=method, postal_address=None), ROUTED_STEP, VERIFIED_STEP,
                                  ACCEPTED, decision("APPROVED"))
-    decided, delivered = outcomes[-1].emits
-    assert decided.event_type == "tongban.application.ApplicationDecided"
-    assert (delivered.topic, delivered.event_type, delivered.key) == (
-        "tongban.application.delivered", "tongban.application.ApplicationDelivered", APP)
-    assert {k: v for k, v in delivered.payload.items() if k != "delivered_at"} == {
-        "application_id": APP, "method": method, "dispatch_id": dispatch_id_for(APP), "tracking_number": None}
-    assert delivered.payload["delivered_at"].tzinfo is not None
-    assert outcomes[-1].finished is True
-    assert state["delivered"] is True
+    assert "tongban.application.ApplicationDelivered" not in [e.event_type for e in outcomes[-1].emits]
+    assert outcomes[-1].finished is False
+    assert not state.get("delivered")
+    assert state["result"]["method"] == method
 
 
 async def test_the_carriers_delivery_receipt_delivers_the_result_and_ends_the_work():
@@ -306,27 +320,28 @@ async def test_the_carriers_delivery_receipt_delivers_the_result_and_ends_the_wo
     [delivered] = outcomes[-1].emits
     assert (delivered.topic, delivered.event_type, delivered.key) == (
         "tongban.application.delivered", "tongban.application.ApplicationDelivered", APP)
-    assert delivered.payload == {"application_id": APP, "method": "POST", "dispatch_id": dispatch_id_for(APP),
+    assert delivered.payload == {"application_id": APP, "method": "POST", "dispatch_id": DISPATCH_1,
                                  "tracking_number": "EMS1", "delivered_at": T0}
     assert outcomes[-1].finished is True
     assert state["delivered"] is True
-    assert state["postal_status"] == "DELIVERED"
+    assert state["result"]["status"] == "DELIVERED"
 
 
 async def test_a_returned_parcel_is_not_delivered():
     state, outcomes = await feed(*ASSIGNED, ACCEPTED, decision("APPROVED"), receipt("RETURNED"))
-    assert outcomes[-1].emits == []
+    assert "tongban.application.ApplicationDelivered" not in [e.event_type for e in outcomes[-1].emits]
     assert outcomes[-1].finished is False
     assert not state.get("delivered")
-    assert state["postal_status"] == "RETURNED"
+    assert state["result"]["status"] == "RETURNED"
 
 
 async def test_a_parcel_the_carrier_only_took_in_is_not_delivered_yet():
     state, outcomes = await feed(*ASSIGNED, ACCEPTED, decision("APPROVED"), receipt("ACCEPTED"))
-    assert outcomes[-1].emits == []
+    assert [(e.event_type, e.payload["stage"]) for e in outcomes[-1].emits] == [
+        ("tongban.application.DeliveryProgress", "IN_TRANSIT")]
     assert outcomes[-1].finished is False
     assert not state.get("delivered")
-    assert state["postal_status"] == "ACCEPTED"
+    assert state["result"]["status"] == "IN_TRANSIT"
 
 
 async def test_a_repeated_delivery_receipt_delivers_nothing_more():
@@ -337,21 +352,29 @@ async def test_a_repeated_delivery_receipt_delivers_nothing_more():
 
 async def test_a_receipt_for_a_dispatch_delivery_did_not_make_is_refused():
     state, _ = await feed(*ASSIGNED, ACCEPTED, decision("APPROVED"))
-    with pytest.raises(Rejected, match=r"^receipt for a dispatch this service did not make$"):
-        await run(RECEIPT_EVENT)(event(*receipt("DELIVERED", dispatch_id="DSPFORGED")), state)
+    guessed = "DSP" + hashlib.sha256(APP.encode()).hexdigest()[:16].upper()  # how ids were made before
+    for forged in ("DSPFORGED", guessed, dispatch_id_for(b"another secret", APP, 1), dispatch_id_for(SECRET, APP, 2)):
+        with pytest.raises(Rejected, match=r"^receipt for a dispatch this service did not make$"):
+            await run(RECEIPT_EVENT)(event(*receipt("DELIVERED", dispatch_id=forged)), state)
     with pytest.raises(Rejected, match=r"^receipt for a dispatch this service did not make$"):
         await run(RECEIPT_EVENT)(event(*receipt("DELIVERED")), None)
 
 
-def test_a_dispatch_id_is_fixed_by_the_application_alone():
-    assert dispatch_id_for("TB1") == dispatch_id_for("TB1") != dispatch_id_for("TB2")
-    assert re.fullmatch(r"DSP[0-9A-F]{16}", dispatch_id_for("TB1"))
+async def test_a_parcel_posted_before_the_result_channels_is_still_delivered_by_its_receipt():
+    """A file in flight when delivery was upgraded: its dispatch id is of the old form."""
+    state, _ = await feed(*ASSIGNED, ACCEPTED, decision("APPROVED"))
+    old_id = "DSP" + hashlib.sha256(APP.encode()).hexdigest()[:16].upper()
+    before = {k: v for k, v in state.items() if k != "result"} | {"dispatch_id": old_id}
+    outcome = await run(RECEIPT_EVENT)(event(*receipt("DELIVERED", dispatch_id=old_id)), before)
+    assert [e.payload["dispatch_id"] for e in outcome.emits] == [old_id]
+    assert outcome.finished is True
 
 
-def test_only_paper_results_need_the_carrier():
-    assert domain.needs_carrier("POST") is True
-    assert domain.needs_carrier("ELECTRONIC") is False
-    assert domain.needs_carrier("WINDOW") is False
+def test_a_dispatch_id_is_fixed_by_application_and_attempt_and_unguessable_without_the_secret():
+    assert dispatch_id_for(SECRET, "TB1", 1) == dispatch_id_for(SECRET, "TB1", 1)
+    assert len({dispatch_id_for(SECRET, "TB1", 1), dispatch_id_for(SECRET, "TB2", 1),
+                dispatch_id_for(SECRET, "TB1", 2), dispatch_id_for(b"other", "TB1", 1)}) == 4
+    assert re.fullmatch(r"DSP[0-9A-F]{24}", dispatch_id_for(SECRET, "TB1", 1))
 
 
 # ---------------------------------------------------------------------------- personal data
