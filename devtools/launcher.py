@@ -22,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tongban.grpc_tls import client_channel, listen_address, tls_dir
 from tongban.ops import certs
+from tongban.sharing.endpoints import PROVIDERS, ensure_certificates
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICES = ("intake", "routing", "verification", "delivery", "feedback")
@@ -35,14 +36,15 @@ def free_port() -> int:
 
 
 class Stack:
-    """The five services and the partner simulator, sharing one namespace."""
+    """The five services, the data-sharing providers and the partner simulator, sharing one namespace."""
 
     def __init__(self, env: dict[str, str], log_dir: Path, sim_args: tuple[str, ...] = (),
                  ports: dict[str, int] | None = None) -> None:
         self.env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
         self.log_dir = log_dir
         self.sim_args = sim_args
-        self.ports = ports or {s: free_port() for s in SERVICES}
+        # the data-sharing providers (verification queries them) get ports of their own
+        self.ports = {**{p: free_port() for p in PROVIDERS}, **(ports or {s: free_port() for s in SERVICES})}
         self.processes: dict[str, subprocess.Popen] = {}
         log_dir.mkdir(parents=True, exist_ok=True)
 
@@ -51,8 +53,9 @@ class Stack:
         return listen_address("127.0.0.1" if host in ("0.0.0.0", "::", "[::]") else host, self.ports[service])
 
     def start(self, name: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
-        module = "sim" if name == "sim" else f"services.{name}"
-        args = [sys.executable, "-m", module, *(self.sim_args if name == "sim" else ())]
+        module = "sim" if name == "sim" else "services.datasharing" if name in PROVIDERS else f"services.{name}"
+        args = [sys.executable, "-m", module,
+                *(self.sim_args if name == "sim" else ("serve", name) if name in PROVIDERS else ())]
         env = {**self.env, **{f"TONGBAN_GRPC_PORT_{s.upper()}": str(p) for s, p in self.ports.items()},
                **(extra_env or {})}
         with open(self.log_dir / f"{name}.log", "ab") as log:
@@ -62,11 +65,12 @@ class Stack:
 
     def start_all(self) -> None:
         certs.setup(tls_dir(self.env), [self.env.get("TONGBAN_GRPC_HOST", "")])  # idempotent, like make setup
-        for name in (*SERVICES, "sim"):
+        ensure_certificates(tls_dir(self.env), PROVIDERS, [self.env.get("TONGBAN_GRPC_HOST", "")])
+        for name in (*PROVIDERS, *SERVICES, "sim"):
             self.start(name)
 
     # devtools/bench calls this with `timeout=`; rename to `within` (like wait_exit) together with those calls.
-    async def wait_healthy(self, names: tuple[str, ...] = SERVICES, timeout: float = 60.0) -> None:  # noqa: ASYNC109
+    async def wait_healthy(self, names: tuple[str, ...] = (*SERVICES, *PROVIDERS), timeout: float = 60.0) -> None:  # noqa: ASYNC109
         deadline = time.monotonic() + timeout
         for name in names:
             async with client_channel(self.grpc_target(name), MONITOR, tls_dir(self.env)) as channel:

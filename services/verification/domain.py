@@ -58,6 +58,7 @@ class RequiredMaterial:
     code: str
     name: str
     essential: bool
+    commitment: bool = True  # a 告知承诺 may replace it (MatterChanged v2 says per material)
 
 
 @dataclass(frozen=True)
