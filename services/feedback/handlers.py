@@ -1,95 +1,286 @@
-"""Feedback service.
+"""Feedback service: the per-application and per-work-order rules of supervision.
 
 Inputs:  ServiceRating (好差评) on tongban.feedback.ratings; HotlineWorkOrder (12345) on
-         tongban.feedback.workorders.
-Outputs: MatterFlagged / MatterFlagCleared on tongban.feedback.flags (keyed by matter code).
-State:   per matter × division: the score (ratings, bad ratings, complaints, flagged), flags raised, window start.
-Rules:   services.feedback.domain (bad levels, thresholds with hysteresis).
+         tongban.feedback.workorders; AppealDecided and RectificationStepRecorded (the
+         supervision desk) on tongban.feedback.casework; SlaBreached (routing's SLA
+         ledger) on tongban.sla.breached.
+Outputs: SupervisionFact (a rating, complaint or breach counted against, or withdrawn from,
+         a matter × division × party) and RectificationOverdue on tongban.feedback.facts,
+         keyed by matter|division|party. The windowed flags are the faust app's
+         (services/feedback/windows.py).
+State:   per application (or lone rating): the rating slots taken (一事一评 / 一次一评), each
+         rating with its exclusion reason, the open rectification cases and their deadlines;
+         per duplicate group of work orders (hashed caller × matter × division): the cases,
+         their merged orders, stages and the unit each complaint counts against.
+Rules:   services.feedback.domain.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from collections.abc import Callable
+from datetime import date, datetime
+from typing import Any, TypedDict
 
-from services.feedback.domain import FlagThresholds, InvalidRating, MatterScore, ServiceRating, evaluate
+from services.feedback.domain import (
+    COUNTED_CATEGORIES,
+    DISPATCHING_STAGES,
+    INDICATOR_SET,
+    RECTIFICATION_STEPS,
+    WORK_ORDER_STAGES,
+    DuplicateRule,
+    InvalidRating,
+    RectificationPolicies,
+    ServiceRating,
+    duplicate_key,
+    follow_up_of,
+    rectification_deadlines,
+    slot_taken,
+)
 from tongban import topics
-from tongban.events import now_utc
-from tongban.handling import Emit, Event, Handler, Outcome, Rejected
+from tongban.handling import Emit, Event, Handler, KeyOf, Outcome, Rejected, Timer
 
-FLAGS = topics.FEEDBACK_FLAGS
-INPUTS = [topics.FEEDBACK_RATINGS, topics.FEEDBACK_WORKORDERS]
+FACTS = topics.FEEDBACK_FACTS
+INPUTS = [topics.FEEDBACK_RATINGS, topics.FEEDBACK_WORKORDERS, topics.FEEDBACK_CASEWORK, topics.SLA_BREACHED]
 RATING = topics.SERVICE_RATING_EVENT
 WORK_ORDER = topics.HOTLINE_WORK_ORDER_EVENT
+APPEAL = topics.APPEAL_DECIDED_EVENT
+STEP = topics.RECTIFICATION_STEP_EVENT
+SLA_BREACHED = topics.SLA_BREACHED_EVENT  # routing's SLA ledger (its SlaWarning is not counted)
+WORK_ORDER_OCCURRENCE = ("work_order_id", "stage", "occurred_at")
+RECTIFICATION_TIMER = "rectification"  # one per aggregate, due at the earliest open deadline
 
 
-def score_key(event: Event) -> str:
-    """Scores are per matter and division, whatever the input topic is keyed by."""
-    return f"{event.payload['matter_code'] or '-'}|{event.payload['division_code']}"
+class RatingRecord(TypedDict):
+    matter_code: str
+    division_code: str
+    party: str
+    rated_role: str
+    bad: bool
+    rated_at: datetime
+    excluded: str | None  # the upheld appeal's reason
 
 
-def _load(state: dict | None, event: Event, party: str) -> tuple[MatterScore, dict]:
-    """The score, and the flag bookkeeping kept beside it (flags raised, window start)."""
-    if state is None:
-        p = event.payload
-        return MatterScore(matter_code=p["matter_code"], division_code=p["division_code"], party=party), {}
-    return MatterScore(**state["score"]), {k: v for k, v in state.items() if k != "score"}
+class RectificationCase(TypedDict):
+    due: dict[str, datetime]  # step -> deadline
+    done: list[str]
+    overdue: list[str]
 
 
-def _decide(event: Event, score: MatterScore, extra: dict, thresholds: FlagThresholds) -> Outcome:
-    extra.setdefault("window_start", event.envelope["occurred_at"])
-    verdict = evaluate(score, thresholds)
-    emits = []
-    if verdict is not None:
-        extra["flags"] = extra.get("flags", 0) + (verdict == "FLAG")
-        flag_id = f"{score.matter_code}|{score.division_code}|{extra['flags']}"
-        common = {"flag_id": flag_id, "matter_code": score.matter_code, "division_code": score.division_code,
-                  "party": score.party}
-        if verdict == "FLAG":
-            body = {**common, "reason": _reason(score, thresholds), "bad_ratings": score.bad_ratings,
-                    "total_ratings": score.total_ratings, "complaints": score.complaints,
-                    "window_start": extra["window_start"], "window_end": now_utc()}
-            emits.append(Emit(FLAGS, topics.MATTER_FLAGGED_EVENT, score.matter_code, body))
-        else:
-            emits.append(Emit(FLAGS, topics.MATTER_FLAG_CLEARED_EVENT, score.matter_code,
-                              {**common, "cleared_at": now_utc()}))
-    return Outcome(state={"score": asdict(score), **extra}, emits=emits)
+class WorkOrderCase(TypedDict):
+    received_at: datetime
+    category: str
+    matter_code: str | None
+    division_code: str
+    orders: list[str]  # the primary first, then the duplicates merged into it
+    stages: list[str]
+    counted_unit: str | None  # the unit the complaint counts against now
 
 
-def _reason(score: MatterScore, thresholds: FlagThresholds) -> str:
-    if score.complaints >= thresholds.complaints:
-        return f"{score.complaints} complaints on the 12345 hotline"
-    return f"{score.bad_ratings} of {score.total_ratings} ratings were bad (差评)"
+def group_of(matter_code: str, division_code: str, party: str) -> str:
+    """The key of facts and windows: what is counted against whom."""
+    return f"{matter_code}|{division_code}|{party}"
 
 
-def make_handlers(thresholds: FlagThresholds) -> dict[str, Handler]:
+def fact(kind: str, fact_id: str, matter: str, division: str, party: str, occurred_at: datetime, *,
+         bad: bool = False, counted: bool = True, reason: str | None = None, role: str = "SERVICE") -> Emit:
+    body = {"fact_id": fact_id, "kind": kind, "matter_code": matter, "division_code": division, "party": party,
+            "rated_role": role, "bad": bad, "counted": counted, "reason": reason, "occurred_at": occurred_at}
+    # several facts can follow from one input (withdrawn here, counted there): told apart by group and sense
+    qualifier = f"{group_of(matter, division, party)}|{counted}"
+    return Emit(FACTS, topics.SUPERVISION_FACT_EVENT, group_of(matter, division, party), body, qualifier)
+
+
+# ---------------------------------------------------------------------------- ratings
+
+
+def rating_key(event: Event) -> str:
+    """Ratings, appeals and steps of one application meet in one aggregate (一事一评)."""
+    p = event.payload
+    return f"application|{p['application_id']}" if p.get("application_id") else f"rating|{p['rating_id']}"
+
+
+def _next_deadline(cases: dict[str, RectificationCase]) -> datetime | None:
+    open_deadlines = [due for case in cases.values() for step, due in case["due"].items()
+                      if step not in case["done"] and step not in case["overdue"]]
+    return min(open_deadlines, default=None)
+
+
+def _rectification_timer(state: dict[str, Any]) -> tuple[list[Timer], list[str]]:
+    due = _next_deadline(state["cases"])
+    if due is None:
+        return [], [RECTIFICATION_TIMER]
+    return [Timer(RECTIFICATION_TIMER, due, {"due_at": due.isoformat()})], []
+
+
+def _rating_state(state: dict[str, Any] | None) -> dict[str, Any]:
+    return state if state is not None else {"slots": {}, "ratings": {}, "cases": {}}
+
+
+def make_handlers(policies: RectificationPolicies, add_working_days: Callable[[datetime, int], date],
+                  duplicates: DuplicateRule) -> tuple[dict[str, Handler], dict[str, Handler]]:
+    """(event type -> handler, timer name -> handler)."""
+
     async def on_rating(event: Event, state: dict | None) -> Outcome:
         p = event.payload
-        score, extra = _load(state, event, p["party"])
         try:
-            score.add_rating(ServiceRating(p["rating_id"], p["matter_code"], p["division_code"], p["party"],
-                                           p["level"], p["rated_at"]))
+            rating = ServiceRating(p["rating_id"], p.get("application_id"), p["matter_code"], p["division_code"],
+                                   p["party"], p["level"], p["channel"], p.get("rated_role") or "SERVICE",
+                                   p.get("interaction_id"), p.get("indicator_set") or INDICATOR_SET)
         except InvalidRating as exc:
             raise Rejected(str(exc)) from exc
-        return _decide(event, score, extra, thresholds)
+        st = _rating_state(state)
+        if rating.rating_id in st["ratings"]:
+            return Outcome()  # the same rating again: counted once already
+        follows_up = follow_up_of(rating, st["slots"], st["cases"])
+        if follows_up is not None:  # the rater's one rating after the rectification was answered
+            st["cases"][follows_up]["done"].append("FOLLOW_UP_RATED")
+            st["slots"][f"{rating.slot}|FOLLOW_UP"] = rating.rating_id
+        elif refusal := slot_taken(rating, st["slots"]):
+            raise Rejected(refusal)
+        else:
+            st["slots"][rating.slot] = rating.rating_id
+        st["ratings"][rating.rating_id] = RatingRecord(
+            matter_code=rating.matter_code, division_code=rating.division_code, party=rating.party,
+            rated_role=rating.rated_role, bad=rating.is_bad, rated_at=p["rated_at"], excluded=None)
+        emits = [fact("RATING", rating.rating_id, rating.matter_code, rating.division_code, rating.party,
+                      p["rated_at"], bad=rating.is_bad, role=rating.rated_role)]
+        if rating.is_bad and follows_up is None:  # every 差评 opens a rectification case (整改), once
+            st["cases"][rating.rating_id] = RectificationCase(
+                due=rectification_deadlines(p["rated_at"], policies.for_division(rating.division_code),
+                                            add_working_days), done=[], overdue=[])
+        timers, cancel = _rectification_timer(st)
+        return Outcome(state=st, emits=emits, timers=timers, cancel_timers=cancel)
+
+    async def on_appeal(event: Event, state: dict | None) -> Outcome:
+        p = event.payload
+        record = _rating_state(state)["ratings"].get(p["rating_id"])
+        if state is None or record is None:
+            raise Rejected(f"appeal for rating {p['rating_id']}, which feedback has not counted")
+        if not p["upheld"] or record["excluded"] is not None:
+            return Outcome()  # dismissed: the rating stands; or already excluded
+        record["excluded"] = p["reason"]
+        # an excluded 差评 needs no rectification any more
+        state["cases"].pop(p["rating_id"], None)
+        timers, cancel = _rectification_timer(state)
+        return Outcome(state=state, timers=timers, cancel_timers=cancel, emits=[fact(
+            "RATING", p["rating_id"], record["matter_code"], record["division_code"], record["party"],
+            record["rated_at"], bad=record["bad"], counted=False, reason=f"申诉复核 upheld: {p['reason']}",
+            role=record["rated_role"])])
+
+    async def on_step(event: Event, state: dict | None) -> Outcome:
+        p = event.payload
+        if p["step"] not in RECTIFICATION_STEPS:
+            raise Rejected(f"unknown rectification step {p['step']!r}")
+        case = _rating_state(state)["cases"].get(p["rating_id"])
+        if state is None or case is None:
+            raise Rejected(f"no open rectification case for rating {p['rating_id']}")
+        if p["step"] not in case["done"]:
+            case["done"].append(p["step"])
+        timers, cancel = _rectification_timer(state)
+        return Outcome(state=state, timers=timers, cancel_timers=cancel)
+
+    async def on_rectification_due(event: Event, state: dict | None) -> Outcome:
+        """Every open step whose deadline has come is overdue: reported once each."""
+        assert state is not None  # a timer fires only for an aggregate that set it
+        fired_for = datetime.fromisoformat(event.payload["payload"]["due_at"])
+        emits = []
+        for rating_id, case in state["cases"].items():
+            record = state["ratings"][rating_id]
+            for step, due in case["due"].items():
+                if due <= fired_for and step not in case["done"] and step not in case["overdue"]:
+                    case["overdue"].append(step)
+                    emits.append(Emit(FACTS, topics.RECTIFICATION_OVERDUE_EVENT,
+                                      group_of(record["matter_code"], record["division_code"], record["party"]),
+                                      {"rating_id": rating_id, "application_id": event.key.removeprefix(
+                                          "application|") if event.key.startswith("application|") else None,
+                                       "step": step, "matter_code": record["matter_code"],
+                                       "division_code": record["division_code"], "party": record["party"],
+                                       "due_at": due}, qualifier=f"{rating_id}|{step}"))
+        timers, cancel = _rectification_timer(state)
+        return Outcome(state=state, emits=emits, timers=timers, cancel_timers=cancel)
+
+    # ------------------------------------------------------------------------ 12345
 
     async def on_work_order(event: Event, state: dict | None) -> Outcome:
         p = event.payload
-        if p["matter_code"] is None:
-            return Outcome()  # a hotline case about no particular matter scores nothing
-        score, extra = _load(state, event, p["division_code"])
-        # A complaint counts once, when the hotline receives it, not at every later stage.
-        if p["category"] == "COMPLAINT" and p["stage"] == "RECEIVED":
-            score.add_complaint()
-        return _decide(event, score, extra, thresholds)
+        if p["stage"] not in WORK_ORDER_STAGES:
+            raise Rejected(f"unknown work-order stage {p['stage']!r}")
+        if p["stage"] in DISPATCHING_STAGES and not p.get("handling_unit"):
+            raise Rejected(f"work order {p['work_order_id']}: {p['stage']} names no handling unit")
+        st: dict[str, Any] = state if state is not None else {"cases": {}, "merged": {}}
+        order = p["work_order_id"]
+        primary = st["merged"].get(order)
+        emits: list[Emit] = []
+        if primary is None:
+            primary = next((pid for pid, case in st["cases"].items()
+                            if case["category"] == p["category"]
+                            and duplicates.merges(case["received_at"], p["occurred_at"])), None)
+            if primary is not None:  # a duplicate: merged into the first order by the stated rule
+                st["cases"][primary]["orders"].append(order)
+            else:
+                primary = order
+                st["cases"][order] = WorkOrderCase(
+                    received_at=p["occurred_at"], category=p["category"], matter_code=p["matter_code"],
+                    division_code=p["division_code"], orders=[order], stages=[], counted_unit=None)
+            st["merged"][order] = primary
+        case = st["cases"][primary]
+        case["stages"].append(p["stage"])
+        if primary != order:
+            return Outcome(state=st)  # a merged duplicate's stages follow its primary's handling
+        if case["category"] in COUNTED_CATEGORIES and case["matter_code"]:
+            emits = _count_against(primary, case, p)
+        return Outcome(state=st, emits=emits)
 
-    return {RATING: on_rating, WORK_ORDER: on_work_order}
+    handlers: dict[str, Handler] = {RATING: on_rating, APPEAL: on_appeal, STEP: on_step, WORK_ORDER: on_work_order,
+                                    SLA_BREACHED: on_sla_breached}
+    return handlers, {RECTIFICATION_TIMER: on_rectification_due}
 
 
-def keys() -> dict:
-    return {RATING: score_key, WORK_ORDER: score_key}
+def breach_id(event: Event) -> str:
+    """One breach per application, leg and step: the business id a resend shares."""
+    p = event.payload
+    return f"{p['application_id']}|{p['leg']}|{p['step']}"
 
 
-def business_ids() -> dict:
+async def on_sla_breached(event: Event, state: dict | None) -> Outcome:
+    """A breach counts against the party the ledger names, in that party's division when
+    the party is one (a partner province, a receiving division); a window or the carrier
+    has none of its own in the breach ("-")."""
+    p = event.payload
+    division = p["party"] if p["party"].isdigit() else "-"
+    return Outcome(emits=[fact("SLA_BREACH", breach_id(event), p["matter_code"], division, p["party"],
+                               p["deadline"], reason=p["leg"])])
+
+
+def _count_against(primary: str, case: WorkOrderCase, p: dict[str, Any]) -> list[Emit]:
+    """A complaint counts against the unit handling it now: dispatch counts it, a 退单
+    withdraws it, a 改派 counts it against the new unit (so finally against the last)."""
+    matter, division = case["matter_code"], case["division_code"]
+    assert matter is not None
+    stage, unit = p["stage"], p.get("handling_unit")
+    emits = []
+    moves = stage in DISPATCHING_STAGES and unit is not None and unit != case["counted_unit"]
+    if case["counted_unit"] and (stage == "RETURNED" or moves):
+        emits.append(fact("COMPLAINT", primary, matter, division, case["counted_unit"], case["received_at"],
+                          counted=False, reason=f"work order {stage.lower()}"))
+        case["counted_unit"] = None
+    if moves and unit is not None:
+        emits.append(fact("COMPLAINT", primary, matter, division, unit, case["received_at"]))
+        case["counted_unit"] = unit
+    return emits
+
+
+def work_order_key(event: Event) -> str:
+    p = event.payload
+    return duplicate_key(p.get("caller_hash"), p["matter_code"], p["division_code"], p["work_order_id"])
+
+
+def keys() -> dict[str, KeyOf]:
+    return {RATING: rating_key, APPEAL: rating_key, STEP: rating_key, WORK_ORDER: work_order_key}
+
+
+def business_ids() -> dict[str, KeyOf]:
     """A rating counts once by its id, a work order's stage once, whatever event carried them."""
-    return {RATING: lambda event: event.payload["rating_id"],
-            WORK_ORDER: lambda event: f"{event.payload['work_order_id']}|{event.payload['stage']}"}
+    return {RATING: lambda event: event.payload["rating_id"], SLA_BREACHED: breach_id,
+            # a stage can recur (改派 twice, 延期 again): its time tells the occurrences apart
+            WORK_ORDER: lambda event: "|".join(str(event.payload[f]) for f in WORK_ORDER_OCCURRENCE)}

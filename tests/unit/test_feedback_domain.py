@@ -1,173 +1,174 @@
-from datetime import UTC, datetime
+"""Windowed flags, table-driven and without a broker: windows a fact falls in, idempotent
+counting by business id, flag and clear with hysteresis and minimum volume, verdict ids
+derived from window and rule (services.feedback.domain and windows.apply_fact)."""
+
+import copy
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.feedback.domain import (
-    CLEAR,
-    FLAG,
-    FlagThresholds,
-    InvalidRating,
-    MatterScore,
-    ServiceRating,
-    evaluate,
-)
+from services.feedback.domain import DuplicateRule, FlagRule, WindowCounts, WindowSpec
+from services.feedback.windows import FlagConfig, apply_fact, process, verdict_event
+from tongban.codec import SchemaRegistry
 
-THRESHOLDS = FlagThresholds()  # 5 ratings, 30 % bad, 3 complaints, clear under 10 %
+T0 = datetime(2026, 11, 5, 9, 0, tzinfo=UTC)  # a Thursday; epoch weeks start on Thursdays
+GROUP = "KSTB-MKT-01|430102|420000"
+CONFIG = FlagConfig.load()
 
 
-def rating(level: int, n: int = 0) -> ServiceRating:
-    return ServiceRating(f"R-{n}", "KSTB-MKT-01", "430102", "window-7", level, datetime.now(UTC))
+def fact(n: int, kind: str = "RATING", bad: bool = False, counted: bool = True, at: datetime = T0) -> dict:
+    return {"fact_id": f"F{n}", "kind": kind, "bad": bad, "counted": counted, "occurred_at": at}
 
 
-def score() -> MatterScore:
-    return MatterScore("KSTB-MKT-01", "430102", "window-7")
+def run(table: dict, *facts: dict) -> list[tuple[str, str]]:
+    """Facts through apply_fact, the group's state kept in `table` as the faust table keeps it."""
+    out = []
+    for f in facts:
+        table[GROUP], verdicts = apply_fact(table.get(GROUP), GROUP, f, CONFIG)
+        out += [(v.kind, v.flag_id) for v, _ in verdicts]
+    return out
 
 
-def rate(s: MatterScore, *levels: int) -> list[str | None]:
-    """Add ratings one by one, evaluating after each as the stream does."""
-    verdicts = []
-    for level in levels:
-        s.add_rating(rating(level))
-        verdicts.append(evaluate(s, THRESHOLDS))
-    return verdicts
+@pytest.mark.parametrize(("spec", "at", "starts"), [
+    (WindowSpec("7d", 7, 7), T0, ["2026-11-05"]),
+    (WindowSpec("7d", 7, 7), T0 - timedelta(hours=10), ["2026-10-29"]),
+    (WindowSpec("30d-hop7d", 30, 7), T0, ["2026-10-08", "2026-10-15", "2026-10-22", "2026-10-29", "2026-11-05"]),
+    (WindowSpec("30d-hop7d", 30, 7), T0 + timedelta(days=2), ["2026-10-15", "2026-10-22", "2026-10-29", "2026-11-05"]),
+])
+def test_a_fact_falls_in_every_window_that_contains_it(spec, at, starts):
+    assert [f"{s:%Y-%m-%d}" for s in spec.windows(at)] == starts
+    assert all(s <= at < s + spec.size() for s in spec.windows(at))
 
 
-@pytest.mark.parametrize(("level", "bad"), [(1, False), (3, False), (4, True), (5, True)])
-def test_levels_four_and_five_are_bad(level, bad):
-    assert rating(level).is_bad is bad
+def test_the_configured_windows_and_rules_load():
+    assert [(w.name, w.size_days, w.step_days) for w in CONFIG.windows] == [("7d", 7, 7), ("30d-hop7d", 30, 7)]
+    assert {r.name for r in CONFIG.rules} == {"bad-ratings", "complaints", "sla-breaches"}
+    with pytest.raises(ValueError, match="clear_below <= threshold"):
+        FlagRule("x", "complaints", threshold=1, clear_below=2, volume="complaints")
 
 
-@pytest.mark.parametrize("level", [0, 6, -1, True, 4.0])
-def test_level_outside_one_to_five_is_invalid(level):
-    s = score()
-    with pytest.raises(InvalidRating):
-        s.add_rating(rating(level))
-    assert s.total_ratings == 0
+def test_metrics_of_a_window():
+    counts = WindowCounts({"a": ("RATING", True), "b": ("RATING", False), "c": ("COMPLAINT", False),
+                           "d": ("SLA_BREACH", False)})
+    assert counts.metrics() == {"ratings": 2, "bad_ratings": 1, "bad_rating_rate": 0.5, "complaints": 1,
+                                "sla_breaches": 1, "facts": 4}
 
 
-def test_invalid_rating_is_a_value_error():
-    assert issubclass(InvalidRating, ValueError)
+def test_bad_ratings_flag_once_the_minimum_volume_is_there_in_both_windows():
+    table: dict = {}
+    assert run(table, *(fact(n, bad=True) for n in range(4))) == [], "4 ratings: under the minimum of 5"
+    verdicts = run(table, fact(4, bad=True))
+    assert verdicts == [("FLAG", f"{GROUP}|7d|2026-11-05|bad-ratings#1"),
+                        ("FLAG", f"{GROUP}|30d-hop7d|2026-10-08|bad-ratings#1")], "one flag per window spec"
+    assert run(table, fact(5, bad=True)) == [], "a standing flag is not raised again"
 
 
-def test_counts():
-    s = score()
-    rate(s, 1, 4, 5, 2)
-    s.add_complaint()
-    assert (s.total_ratings, s.bad_ratings, s.complaints) == (4, 2, 1)
-    assert s.bad_ratio == 0.5
+def test_the_stored_state_is_never_changed_in_place():
+    stored: dict = {}
+    run(stored, fact(1, bad=True))
+    before = copy.deepcopy(stored[GROUP])
+    apply_fact(stored[GROUP], GROUP, fact(2, bad=True), CONFIG)
+    assert stored[GROUP] == before
 
 
-def test_no_flag_before_min_ratings():
-    s = score()
-    assert rate(s, 5, 5, 5, 5) == [None] * 4
-    assert not s.flagged
+def test_windows_a_longest_window_older_than_the_newest_fact_are_dropped():
+    table: dict = {}
+    run(table, fact(1), fact(2, at=T0 + timedelta(days=70)))
+    hopping = [f"30d-hop7d|{d}T00:00:00+00:00" for d in ("2026-12-17", "2026-12-24", "2026-12-31", "2027-01-07",
+                                                          "2027-01-14")]
+    assert sorted(table[GROUP]["windows"]) == [*hopping, "7d|2027-01-14T00:00:00+00:00"], "the first fact's are gone"
 
 
-def test_flag_at_bad_ratio_with_min_ratings():
-    s = score()
-    # 5th rating: 2 of 5 bad = 40 %
-    assert rate(s, 1, 1, 5, 1, 4) == [None, None, None, None, FLAG]
-    assert s.flagged
+def test_a_replayed_fact_changes_nothing():
+    table: dict = {}
+    run(table, *(fact(n, bad=True) for n in range(5)))
+    before = dict(table)
+    assert run(table, *(fact(n, bad=True) for n in range(5))) == []
+    assert table == before
 
 
-def test_bad_ratio_exactly_at_threshold_flags():
-    s = score()
-    assert rate(s, 1, 1, 1, 1, 1, 1, 1, 4, 4, 4)[-1] == FLAG  # 3 of 10
+def test_the_flag_clears_when_the_window_recovers_and_only_then():
+    table: dict = {}
+    run(table, *(fact(n, bad=True) for n in range(5)))
+    assert run(table, *(fact(n) for n in range(5, 20))) == [], "5 of 20 bad: 25 %, between the two lines"
+    cleared = run(table, *(fact(n) for n in range(20, 60)))
+    assert ("CLEAR", f"{GROUP}|7d|2026-11-05|bad-ratings#1") in cleared
 
 
-def test_below_bad_ratio_does_not_flag():
-    s = score()
-    assert rate(s, 1, 1, 1, 1, 4) == [None] * 5  # 20 %
+def test_a_later_window_with_enough_good_ratings_clears_the_flags():
+    table: dict = {}
+    run(table, *(fact(n, bad=True) for n in range(5)))
+    next_week = T0 + timedelta(days=7)
+    assert run(table, *(fact(n, at=next_week) for n in range(10, 14))) == [], "too few to judge the new week"
+    assert run(table, fact(14, at=next_week)) == [("CLEAR", f"{GROUP}|7d|2026-11-05|bad-ratings#1"),
+                                                  ("CLEAR", f"{GROUP}|30d-hop7d|2026-10-08|bad-ratings#1")]
 
 
-def test_flag_on_complaints_without_ratings():
-    s = score()
-    verdicts = []
-    for _ in range(3):
-        s.add_complaint()
-        verdicts.append(evaluate(s, THRESHOLDS))
-    assert verdicts == [None, None, FLAG]
+def test_a_withdrawn_fact_leaves_the_window_and_can_clear_a_flag():
+    table: dict = {}
+    run(table, *(fact(n, kind="COMPLAINT") for n in range(3)))
+    assert table[GROUP]["windows"]["7d|2026-11-05T00:00:00+00:00"] == {f"F{n}": ["COMPLAINT", False] for n in range(3)}
+    assert run(table, fact(0, kind="COMPLAINT", counted=False)) == [], "2 complaints: flag stands (clears at 0)"
+    assert run(table, fact(7, kind="COMPLAINT", counted=False)) == [], "never counted: nothing to withdraw"
+    run(table, fact(1, kind="COMPLAINT", counted=False))
+    cleared = run(table, fact(2, kind="COMPLAINT", counted=False))
+    assert ("CLEAR", f"{GROUP}|7d|2026-11-05|complaints#1") in cleared
 
 
-def test_flag_reported_once():
-    s = score()
-    rate(s, 5, 5, 5, 5, 5)
-    assert s.flagged
-    assert rate(s, 5, 5) == [None, None]
-    s.add_complaint()
-    assert evaluate(s, THRESHOLDS) is None
+def test_flagged_again_in_the_same_window_is_a_new_flag_id():
+    table: dict = {}
+    run(table, *(fact(n, kind="COMPLAINT") for n in range(3)))
+    for n in range(3):
+        run(table, fact(n, kind="COMPLAINT", counted=False))
+    again = run(table, *(fact(n, kind="COMPLAINT") for n in range(10, 13)))
+    assert ("FLAG", f"{GROUP}|7d|2026-11-05|complaints#2") in again
 
 
-def test_hysteresis_no_clear_between_ratios():
-    s = score()
-    rate(s, 4, 4, 1, 1, 1)  # 40 %: flagged
-    assert s.flagged
-    # good ratings bring the ratio down through 30 % and 20 % to just above 10 %
-    verdicts = rate(s, *[1] * 14)  # 2 of 19
-    assert verdicts == [None] * 14
-    assert s.flagged
-    assert rate(s, 1) == [None]  # 2 of 20 = 10 %, not yet under
-    assert rate(s, 1) == [CLEAR]  # 2 of 21
-    assert not s.flagged
+def test_a_verdict_event_has_an_id_derived_from_window_and_rule():
+    registry = SchemaRegistry.load()
+    state = None
+    for n in range(5):
+        state, results = apply_fact(state, GROUP, fact(n, bad=True), CONFIG)
+    verdict, counts = results[0]
+    first = verdict_event(registry, GROUP, verdict, counts, fact(4), CONFIG.windows[0])
+    again = verdict_event(registry, GROUP, verdict, counts, fact(4), CONFIG.windows[0])
+    assert first.event_id == again.event_id
+    assert first.key == "KSTB-MKT-01"
+    event_type, body = registry.decode(first.value)
+    assert event_type == "tongban.feedback.MatterFlagged"
+    assert (body["rule"], body["window"], body["bad_ratings"], body["total_ratings"]) == ("bad-ratings", "7d", 5, 5)
+    assert body["window_end"] - body["window_start"] == timedelta(days=7)
 
 
-def test_clear_only_when_strictly_under_clear_ratio():
-    s = score()
-    rate(s, 4, 1, 1, 1, 1)  # 20 %: not flagged
-    assert not s.flagged
-    s.flagged = True  # e.g. flagged earlier in the window
-    assert rate(s, *[1] * 5) == [None] * 5  # 1 of 10 = 10 %
-    assert rate(s, 1) == [CLEAR]  # 1 of 11
+@pytest.mark.parametrize(("first", "later", "merged"), [
+    (T0, T0, True), (T0, T0 + timedelta(days=7), True), (T0, T0 + timedelta(days=7, seconds=1), False),
+    (T0, T0 - timedelta(seconds=1), False)])
+def test_the_duplicate_rule(first, later, merged):
+    assert DuplicateRule(days=7).merges(first, later) is merged
 
 
-def test_no_flap_around_the_flag_line():
-    s = score()
-    verdicts = rate(s, 4, 4, 1, 1, 1, 1, 4, 1, 1, 4, 1, 1)
-    assert verdicts.count(FLAG) == 1
-    assert CLEAR not in verdicts
+class Crash(Exception):
+    pass
 
 
-def test_complaints_hold_the_flag():
-    s = score()
-    for _ in range(3):
-        s.add_complaint()
-    assert evaluate(s, THRESHOLDS) == FLAG
-    assert rate(s, *[1] * 20) == [None] * 20  # perfect ratings, complaints still there
+async def test_verdicts_lost_to_a_crash_before_sending_go_out_when_the_fact_is_replayed():
+    registry = SchemaRegistry.load()
+    table: dict = {}
+    sent: list[bytes] = []
 
+    async def send(key: bytes, value: bytes) -> None:
+        sent.append(value)
 
-def test_clear_needs_complaints_below_threshold():
-    s = score()
-    rate(s, 5, 5, 5, 5, 5)
-    s.add_complaint()
-    s.add_complaint()
-    verdicts = rate(s, *[1] * 46)
-    # clears at 5 of 51 (under 10 %) because 2 complaints are below 3
-    assert verdicts.index(CLEAR) == 45
-    assert verdicts.count(CLEAR) == 1
+    async def crash(key: bytes, value: bytes) -> None:
+        raise Crash
 
-
-def test_unflagged_clean_score_reports_nothing():
-    assert evaluate(score(), THRESHOLDS) is None
-
-
-def test_custom_thresholds():
-    strict = FlagThresholds(min_ratings=1, bad_ratio=0.5, complaints=1, clear_bad_ratio=0.0)
-    s = score()
-    s.add_rating(rating(4))
-    assert evaluate(s, strict) == FLAG
-
-
-@pytest.mark.parametrize(
-    ("changes", "problem"),
-    [
-        ({"min_ratings": 0}, "min_ratings and complaints must be at least 1"),
-        ({"complaints": 0}, "min_ratings and complaints must be at least 1"),
-        ({"clear_bad_ratio": 0.3}, "need 0 <= clear_bad_ratio < bad_ratio <= 1"),  # no hysteresis
-        ({"clear_bad_ratio": 0.4}, "need 0 <= clear_bad_ratio < bad_ratio <= 1"),
-        ({"bad_ratio": 1.5}, "need 0 <= clear_bad_ratio < bad_ratio <= 1"),
-        ({"clear_bad_ratio": -0.1}, "need 0 <= clear_bad_ratio < bad_ratio <= 1"),
-    ],
-)
-def test_invalid_thresholds_rejected(changes, problem):
-    with pytest.raises(ValueError, match=problem):
-        FlagThresholds(**changes)
+    for n in range(4):
+        assert await process(table, GROUP, fact(n, bad=True), CONFIG, registry, send) == 0
+    with pytest.raises(Crash):
+        await process(table, GROUP, fact(4, bad=True), CONFIG, registry, crash)
+    assert len(table[GROUP]["outbox"]) == 2, "counted, the verdicts wait in the outbox"
+    assert await process(table, GROUP, fact(4, bad=True), CONFIG, registry, send) == 2
+    assert table[GROUP]["outbox"] == []
+    assert await process(table, GROUP, fact(4, bad=True), CONFIG, registry, send) == 0
+    ids = [registry.decode(v)[1]["envelope"]["event_id"] for v in sent]
+    assert len(ids) == len(set(ids)) == 2

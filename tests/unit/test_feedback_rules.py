@@ -1,74 +1,152 @@
-"""Feedback's rules through its handlers: 好差评 ratings and 12345 complaints flag a matter
-in a division, with hysteresis; no broker."""
+"""Feedback's rules through its handlers, no broker: 好差评 slots (一事一评, 一次一评), both
+parties of 代收代办, appeals, rectification deadlines on the durable timer, 12345 work
+orders (merged duplicates, the final handling unit) and SLA breaches, as counted facts."""
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
 from services.feedback import handlers
-from services.feedback.domain import FlagThresholds
-from tongban.handling import Event, Outcome, Rejected
+from services.feedback.domain import DuplicateRule, RectificationPolicies, RectificationPolicy
+from tongban.handling import TIMER_FIRED, Event, Outcome, Rejected
+from tongban.runtime.core import pack, unpack
+from tongban.workdays import WorkingCalendar
 
-T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+CALENDAR = WorkingCalendar.load()
+
+T0 = datetime(2026, 11, 2, 1, 0, tzinfo=UTC)  # a Monday, 09:00 in Beijing
 MATTER, DIVISION, PARTY = "KSTB-MKT-01", "430102", "420000"
 NAME, PHONE = "张三", "13800000000"
-THRESHOLDS = FlagThresholds()  # 5 ratings, 30 % bad, 3 complaints, clear under 10 %
-STAGES = ("RECEIVED", "DISPATCHED", "HANDLING", "ANSWERED", "SUPERVISED", "CLOSED", "REVISITED", "EVALUATED")
 
 
-def rating(level: int, n: int = 0, comment: str | None = None, **changes) -> tuple:
-    return handlers.RATING, {"rating_id": f"R{n}", "application_id": f"TB{n}", "matter_code": MATTER,
+def rating(level: int, n: int = 0, application: str = "TB1", comment: str | None = None, **changes) -> tuple:
+    return handlers.RATING, {"rating_id": f"R{n}", "application_id": application, "matter_code": MATTER,
                              "division_code": DIVISION, "party": PARTY, "level": level, "channel": "ONLINE",
-                             "comment": comment, "rated_at": T0, **changes}
+                             "comment": comment, "rated_at": T0, "rated_role": "SERVICE", "interaction_id": None,
+                             **changes}
 
 
-def work_order(stage: str = "RECEIVED", category: str = "COMPLAINT", n: int = 0, **changes) -> tuple:
+def work_order(stage: str = "RECEIVED", n: int = 0, category: str = "COMPLAINT", at: datetime = T0,
+               unit: str | None = None, caller: str | None = "c0ffee", **changes) -> tuple:
     return handlers.WORK_ORDER, {"work_order_id": f"WO{n}", "stage": stage, "matter_code": MATTER,
                                  "division_code": DIVISION, "application_id": None, "category": category,
-                                 "content": f"{NAME} {PHONE} 办事太慢", "occurred_at": T0, **changes}
+                                 "content": f"{NAME} {PHONE} 办事太慢", "occurred_at": at, "caller_hash": caller,
+                                 "handling_unit": unit, **changes}
 
 
-async def feed(*steps, state: dict | None = None) -> tuple[dict | None, list[Outcome]]:
+def appeal(rating_id: str, upheld: bool = True, reason: str = "误评: rated the wrong office") -> tuple:
+    return handlers.APPEAL, {"rating_id": rating_id, "application_id": "TB1", "upheld": upheld, "reason": reason,
+                             "decided_at": T0}
+
+
+def step(rating_id: str, name: str) -> tuple:
+    return handlers.STEP, {"rating_id": rating_id, "application_id": "TB1", "step": name, "done_at": T0}
+
+
+def fired(timer) -> tuple:
+    return TIMER_FIRED, {"timer_id": "t1", "name": timer.name, "payload": timer.payload}
+
+
+async def feed(*steps, state: dict | None = None, key: str = "application|TB1") -> tuple[dict | None, list[Outcome]]:
     outcomes = []
     # made inside each test (not at import) so that mutation testing sees which test runs them
-    rules = handlers.make_handlers(THRESHOLDS)
+    on_events, on_timers = handlers.make_handlers(RectificationPolicies(), CALENDAR.add_working_days,
+                                                  DuplicateRule(days=7))
     for n, (event_type, payload) in enumerate(steps):
-        e = Event(f"id-{n}", event_type, "key", payload, {"occurred_at": T0 + timedelta(minutes=n)}, "t")
-        outcome = await rules[event_type](e, state)
-        state = outcome.state if outcome.state is not None else state
+        e = Event(f"id-{n}", event_type, key, payload, {"occurred_at": T0 + timedelta(minutes=n)}, "t")
+        handler = on_timers[payload["name"]] if event_type == TIMER_FIRED else on_events[event_type]
+        outcome = await handler(e, state)
+        # kept as the runtime keeps it (BSON), so what does not survive the store fails here
+        state = unpack(pack(outcome.state)) if outcome.state is not None else state
         outcomes.append(outcome)
     return state, outcomes
 
 
-def flags(outcomes: list[Outcome]) -> list[str]:
-    return [e.event_type.rsplit(".", 1)[1] for o in outcomes for e in o.emits]
+def facts(outcomes: list[Outcome]) -> list[tuple]:
+    """(kind, fact id, party, counted, bad) of every fact emitted."""
+    return [(e.payload["kind"], e.payload["fact_id"], e.payload["party"], e.payload["counted"], e.payload["bad"])
+            for o in outcomes for e in o.emits if e.event_type == handlers.topics.SUPERVISION_FACT_EVENT]
 
 
-# ---------------------------------------------------------------------------- scores
+# ---------------------------------------------------------------------------- wiring
 
-def test_a_score_is_kept_per_matter_and_division_whatever_the_input_is_keyed_by():
-    assert handlers.keys() == {handlers.RATING: handlers.score_key, handlers.WORK_ORDER: handlers.score_key}
-    e = Event("id", handlers.RATING, "TB1", rating(2)[1], {}, "t")
-    assert handlers.score_key(e) == f"{MATTER}|{DIVISION}"
-    no_matter = Event("id", handlers.WORK_ORDER, "WO", work_order(matter_code=None)[1], {}, "t")
-    assert handlers.score_key(no_matter) == f"-|{DIVISION}"
+def test_feedback_reads_ratings_work_orders_and_casework_and_writes_facts_only():
+    assert handlers.INPUTS == ["tongban.feedback.ratings", "tongban.feedback.workorders", "tongban.feedback.casework",
+                               "tongban.sla.breached"]
+    assert handlers.FACTS == "tongban.feedback.facts"
 
 
-def test_feedback_reads_ratings_and_work_orders():
-    assert handlers.INPUTS == ["tongban.feedback.ratings", "tongban.feedback.workorders"]
+def test_ratings_meet_per_application_and_work_orders_per_duplicate_group():
+    keys = handlers.keys()
+    assert keys[handlers.RATING](Event("i", handlers.RATING, "k", rating(2)[1], {}, "t")) == "application|TB1"
+    lone = rating(2, 7, application=None)[1]
+    assert keys[handlers.RATING](Event("i", handlers.RATING, "k", lone, {}, "t")) == "rating|R7"
+    assert keys[handlers.WORK_ORDER](Event("i", "w", "k", work_order()[1], {}, "t")) == f"c0ffee|{MATTER}|{DIVISION}"
+    anonymous = work_order(n=3, caller=None)[1]
+    assert keys[handlers.WORK_ORDER](Event("i", "w", "k", anonymous, {}, "t")) == "order|WO3"
 
 
-async def test_ratings_are_counted_and_bad_ones_told_apart():
-    state, outcomes = await feed(rating(1, 1), rating(4, 2), rating(3, 3))
-    assert state["score"] == {"matter_code": MATTER, "division_code": DIVISION, "party": PARTY,
-                              "total_ratings": 3, "bad_ratings": 1, "complaints": 0, "flagged": False}
-    assert flags(outcomes) == []
+# ---------------------------------------------------------------------------- 好差评
+
+async def test_a_rating_is_counted_against_its_matter_division_and_party():
+    _, outcomes = await feed(rating(2, 1))
+    [emit] = outcomes[0].emits
+    assert (emit.topic, emit.key) == ("tongban.feedback.facts", f"{MATTER}|{DIVISION}|{PARTY}")
+    assert facts(outcomes) == [("RATING", "R1", PARTY, True, False)]
 
 
-@pytest.mark.parametrize("level", [0, 6])
+@pytest.mark.parametrize(("level", "bad"), [(1, False), (3, False), (4, True), (5, True)])
+async def test_the_bottom_two_levels_are_bad(level, bad):
+    _, outcomes = await feed(rating(level))
+    assert facts(outcomes)[0][4] is bad
+
+
+@pytest.mark.parametrize("level", [0, 6, True])
 async def test_a_rating_level_outside_one_to_five_is_dead_lettered(level):
     with pytest.raises(Rejected, match=r"rating level must be 1..5"):
         await feed(rating(level))
+
+
+async def test_a_second_online_rating_of_the_same_application_is_refused_with_the_reason():
+    state, _ = await feed(rating(2, 1))
+    with pytest.raises(Rejected, match=r"一事一评: this matter was already rated for application TB1 .*rating R1"):
+        await feed(rating(5, 2, channel="MOBILE"), state=state)
+
+
+async def test_the_same_rating_again_counts_once():
+    state, _ = await feed(rating(2, 1))
+    _, outcomes = await feed(rating(2, 1), state=state)
+    assert facts(outcomes) == []
+
+
+async def test_on_site_each_service_interaction_is_rated_once():
+    on_site = {"channel": "ONSITE"}
+    state, outcomes = await feed(rating(2, 1, interaction_id="visit-1", **on_site),
+                                 rating(3, 2, interaction_id="visit-2", **on_site))
+    assert [f[1] for f in facts(outcomes)] == ["R1", "R2"]
+    with pytest.raises(Rejected, match="一次一评: this service interaction was already rated"):
+        await feed(rating(1, 3, interaction_id="visit-1", **on_site), state=state)
+    state, _ = await feed(rating(1, 4, **on_site))  # no interaction named (a v1 writer): the one visit
+    with pytest.raises(Rejected, match="一次一评"):
+        await feed(rating(1, 5, **on_site), state=state)
+
+
+async def test_in_dai_shou_dai_ban_both_parties_are_rated_each_against_its_own_division():
+    window = rating(2, 1, rated_role="RECEIVING", division_code="431200", party="431200-window")
+    authority = rating(5, 2, rated_role="DECIDING", division_code="420100", party="420000")
+    _, outcomes = await feed(window, authority)
+    assert [e.key for o in outcomes for e in o.emits if e.event_type.endswith("SupervisionFact")] == [
+        f"{MATTER}|431200|431200-window", f"{MATTER}|420100|420000"]
+    with pytest.raises(Rejected, match="as DECIDING"):
+        await feed(window, authority, rating(4, 3, rated_role="DECIDING", party="420000"))
+
+
+@pytest.mark.parametrize(("changes", "problem"), [
+    ({"channel": "FAX"}, "unknown rating channel 'FAX'"), ({"rated_role": "BOSS"}, "rated role must be one of"),
+    ({"indicator_set": "GB/T 39735-2020:v9"}, "unknown indicator set")])
+async def test_a_rating_that_names_no_known_channel_role_or_indicator_set_is_refused(changes, problem):
+    with pytest.raises(Rejected, match=problem):
+        await feed(rating(2, **changes))
 
 
 async def test_a_dead_letter_reason_never_carries_the_raters_comment():
@@ -78,110 +156,156 @@ async def test_a_dead_letter_reason_never_carries_the_raters_comment():
     assert PHONE not in str(rejected.value)
 
 
-async def test_the_score_keeps_the_window_start_of_its_first_input():
-    state, _ = await feed(rating(2, 1), rating(2, 2), rating(2, 3))
-    assert state["window_start"] == T0
+# ---------------------------------------------------------------------------- appeals
+
+async def test_an_upheld_appeal_withdraws_the_rating_with_its_reason_kept():
+    state, outcomes = await feed(rating(5, 1), appeal("R1"))
+    assert facts(outcomes[1:]) == [("RATING", "R1", PARTY, False, True)]
+    withdrawn = outcomes[1].emits[0].payload
+    assert withdrawn["reason"] == "申诉复核 upheld: 误评: rated the wrong office"
+    assert withdrawn["occurred_at"] == T0, "withdrawn from the windows it was counted in"
+    assert state["ratings"]["R1"]["excluded"] == "误评: rated the wrong office"
+    assert state["cases"] == {}
+    assert outcomes[1].cancel_timers == [handlers.RECTIFICATION_TIMER]
 
 
-# ---------------------------------------------------------------------------- flags from ratings
-
-async def test_bad_ratings_flag_the_matter_once_there_are_enough_of_them():
-    state, outcomes = await feed(rating(5, 1), rating(5, 2), rating(1, 3), rating(1, 4), rating(1, 5))
-    assert flags(outcomes[:4]) == [], "too few ratings to judge"
-    [flag] = outcomes[4].emits
-    assert (flag.topic, flag.event_type, flag.key) == ("tongban.feedback.flags", "tongban.feedback.MatterFlagged",
-                                                       MATTER)
-    payload = {k: v for k, v in flag.payload.items() if k != "window_end"}
-    assert payload == {"flag_id": f"{MATTER}|{DIVISION}|1", "matter_code": MATTER, "division_code": DIVISION,
-                       "party": PARTY, "reason": "2 of 5 ratings were bad (差评)", "bad_ratings": 2,
-                       "total_ratings": 5, "complaints": 0, "window_start": T0}
-    assert flag.payload["window_end"].tzinfo is not None
-    assert state["score"]["flagged"] is True
-    assert state["flags"] == 1
+async def test_a_dismissed_appeal_leaves_the_rating_counted():
+    state, outcomes = await feed(rating(5, 1), appeal("R1", upheld=False))
+    assert outcomes[1].emits == []
+    assert state["ratings"]["R1"]["excluded"] is None
 
 
-async def test_a_flagged_matter_is_not_flagged_again_while_it_stays_bad():
-    state, _ = await feed(*(rating(5, n) for n in range(5)))
-    _, outcomes = await feed(rating(5, 9), state=state)
-    assert flags(outcomes) == []
+async def test_an_appeal_for_an_unknown_rating_is_refused():
+    with pytest.raises(Rejected, match="has not counted"):
+        await feed(rating(5, 1), appeal("R9"))
 
 
-async def test_a_flag_is_cleared_once_bad_ratings_fall_under_the_clearing_ratio():
-    steps = [rating(5, n) for n in range(5)] + [rating(1, n) for n in range(5, 60)]
-    state, outcomes = await feed(*steps)
-    assert flags(outcomes) == ["MatterFlagged", "MatterFlagCleared"]
-    cleared = [e for o in outcomes for e in o.emits][-1]
-    assert (cleared.topic, cleared.key) == ("tongban.feedback.flags", MATTER)
-    assert {k: v for k, v in cleared.payload.items() if k != "cleared_at"} == {
-        "flag_id": f"{MATTER}|{DIVISION}|1", "matter_code": MATTER, "division_code": DIVISION, "party": PARTY}
-    assert cleared.payload["cleared_at"].tzinfo is not None
-    assert state["score"]["flagged"] is False
-    assert state["flags"] == 1, "a clearing is not a new flag"
+# ---------------------------------------------------------------------------- rectification
+
+async def test_a_bad_rating_opens_a_rectification_case_with_working_day_deadlines():
+    state, outcomes = await feed(rating(4, 1))
+    case = state["cases"]["R1"]
+    # Monday: the call-back is due by the end of Tuesday, the answer 15 working days on (Beijing days)
+    assert case["due"]["CALLED_BACK"] == datetime(2026, 11, 3, 16, 0, tzinfo=UTC)
+    assert CALENDAR.add_working_days(T0, 15) == date(2026, 11, 23)
+    assert case["due"]["RESOLVED"] == datetime(2026, 11, 23, 16, 0, tzinfo=UTC)
+    [timer] = outcomes[0].timers
+    assert (timer.name, timer.due_at) == (handlers.RECTIFICATION_TIMER, case["due"]["CALLED_BACK"])
 
 
-async def test_a_second_flag_after_a_clearing_has_its_own_id():
-    steps = [rating(5, n) for n in range(5)] + [rating(1, n) for n in range(5, 60)] + \
-        [rating(5, n) for n in range(60, 90)]
-    state, outcomes = await feed(*steps)
-    flagged = [e for o in outcomes for e in o.emits if e.event_type == "tongban.feedback.MatterFlagged"]
-    assert [f.payload["flag_id"] for f in flagged] == [f"{MATTER}|{DIVISION}|1", f"{MATTER}|{DIVISION}|2"]
-    assert state["flags"] == 2
+async def test_a_locality_can_set_its_own_deadlines_the_longest_prefix_wins():
+    policies = RectificationPolicies.of({"localities": {"42": {"callback_days": 2, "resolve_days": 10},
+                                                         "4201": {"callback_days": 1, "resolve_days": 5}}})
+    assert policies.for_division("420100") == RectificationPolicy(1, 5)
+    assert policies.for_division("420500") == RectificationPolicy(2, 10)
+    assert policies.for_division("430102") == RectificationPolicy(1, 15)
 
 
-# ---------------------------------------------------------------------------- 12345 complaints
-
-async def test_a_complaint_counts_once_per_work_order_not_at_every_stage():
-    state, outcomes = await feed(*(work_order(stage) for stage in STAGES))
-    assert state["score"]["complaints"] == 1
-    assert flags(outcomes) == []
+async def test_a_good_rating_opens_no_case():
+    state, outcomes = await feed(rating(2, 1))
+    assert state["cases"] == {}
+    assert outcomes[0].timers == []
 
 
-@pytest.mark.parametrize("stage", STAGES[1:])
-async def test_a_complaint_is_counted_when_the_hotline_receives_it_and_not_at_a_later_stage(stage):
-    state, _ = await feed(work_order(stage))
-    assert state["score"]["complaints"] == 0
+async def test_an_overdue_step_is_reported_once_and_the_timer_moves_to_the_next_deadline():
+    state, outcomes = await feed(rating(5, 1))
+    state, later = await feed(fired(outcomes[0].timers[0]), state=state)
+    [overdue] = later[0].emits
+    assert overdue.event_type == "tongban.feedback.RectificationOverdue"
+    assert (overdue.key, overdue.payload["step"], overdue.payload["application_id"]) == (
+        f"{MATTER}|{DIVISION}|{PARTY}", "CALLED_BACK", "TB1")
+    assert later[0].timers[0].due_at == state["cases"]["R1"]["due"]["RESOLVED"]
+    _, again = await feed(fired(outcomes[0].timers[0]), state=state)
+    assert again[0].emits == []
 
 
-@pytest.mark.parametrize("category", ["CONSULTATION", "REQUEST", "PRAISE", "REPORT"])
-async def test_only_complaints_count(category):
-    state, _ = await feed(work_order(category=category))
-    assert state["score"]["complaints"] == 0
+async def test_once_the_rectification_is_answered_the_rater_gets_one_follow_up_rating():
+    state, _ = await feed(rating(5, 1), step("R1", "CALLED_BACK"))
+    with pytest.raises(Rejected, match="一事一评"):
+        await feed(rating(2, 2), state=state)  # not answered yet: still the one rating
+    state, outcomes = await feed(step("R1", "RESOLVED"), rating(2, 2), state=state)
+    assert facts(outcomes[1:]) == [("RATING", "R2", PARTY, True, False)]
+    assert state["cases"]["R1"]["done"] == ["CALLED_BACK", "RESOLVED", "FOLLOW_UP_RATED"]
+    assert "R2" not in state["cases"]
+    with pytest.raises(Rejected, match="一事一评"):
+        await feed(rating(4, 3), state=state)  # one follow-up only
 
 
-async def test_three_complaints_flag_the_matter_with_the_hotline_as_reason():
-    state, outcomes = await feed(work_order(n=1), work_order(n=2), work_order(n=3))
-    assert flags(outcomes) == ["MatterFlagged"]
-    flag = outcomes[-1].emits[0]
-    assert flag.payload["reason"] == "3 complaints on the 12345 hotline"
-    assert flag.payload["complaints"] == 3
-    assert flag.payload["party"] == DIVISION, "a hotline case names the division, not a party"
-    assert state["score"]["complaints"] == 3
+async def test_a_step_done_in_time_is_never_overdue():
+    state, outcomes = await feed(rating(5, 1), step("R1", "CALLED_BACK"))
+    assert outcomes[1].timers[0].due_at == state["cases"]["R1"]["due"]["RESOLVED"]
+    _, late = await feed(fired(outcomes[0].timers[0]), state=state)
+    assert late[0].emits == []
+    with pytest.raises(Rejected, match="unknown rectification step"):
+        await feed(step("R1", "FORGOTTEN"), state=state)
 
 
-async def test_a_flag_raised_by_complaints_is_not_cleared_by_good_ratings():
-    state, _ = await feed(work_order(n=1), work_order(n=2), work_order(n=3))
-    _, outcomes = await feed(*(rating(1, n) for n in range(10)), state=state)
-    assert flags(outcomes) == []
+# ---------------------------------------------------------------------------- 12345
+
+async def test_a_complaint_counts_against_the_unit_it_is_dispatched_to():
+    _, outcomes = await feed(work_order(), work_order("DISPATCHED", unit="U-market"), work_order("HANDLING"),
+                             work_order("ANSWERED"), work_order("CLOSED"), work_order("REVISITED"),
+                             work_order("EVALUATED"), key="g")
+    assert facts(outcomes) == [("COMPLAINT", "WO0", "U-market", True, False)]
 
 
-async def test_a_work_order_about_no_matter_scores_nothing():
-    state, [outcome] = await feed(work_order(matter_code=None))
-    assert state is None
-    assert outcome.state is None
-    assert outcome.emits == []
+async def test_a_reassigned_order_counts_against_the_final_unit_not_the_one_that_returned_it():
+    state, outcomes = await feed(work_order(), work_order("DISPATCHED", unit="U-a"), work_order("RETURNED"),
+                                 work_order("REASSIGNED", unit="U-b"), work_order("CLOSED"), key="g")
+    assert facts(outcomes) == [("COMPLAINT", "WO0", "U-a", True, False), ("COMPLAINT", "WO0", "U-a", False, False),
+                               ("COMPLAINT", "WO0", "U-b", True, False)]
+    assert state["cases"]["WO0"]["counted_unit"] == "U-b"
 
 
-async def test_the_callers_words_are_not_kept_in_the_score():
-    state, _ = await feed(work_order())
-    assert NAME not in repr(state)
-    assert PHONE not in repr(state)
+async def test_reassigning_straight_to_another_unit_moves_the_count():
+    _, outcomes = await feed(work_order(), work_order("DISPATCHED", unit="U-a"),
+                             work_order("REASSIGNED", unit="U-b"), key="g")
+    assert [(f[2], f[3]) for f in facts(outcomes)] == [("U-a", True), ("U-a", False), ("U-b", True)]
 
 
-def test_a_rating_and_a_work_order_stage_are_facts_applied_once_whatever_event_carries_them():
-    ids = handlers.business_ids()
-    first = Event("e1", handlers.RATING, "k", rating(1, n=7)[1], {}, "t")
-    resent = Event("e2", handlers.RATING, "k", rating(1, n=7)[1], {}, "t")
-    assert ids[handlers.RATING](first) == ids[handlers.RATING](resent) == "R7"
-    received = Event("e3", handlers.WORK_ORDER, "k", work_order("RECEIVED", n=4)[1], {}, "t")
-    answered = Event("e4", handlers.WORK_ORDER, "k", work_order("ANSWERED", n=4)[1], {}, "t")
-    assert ids[handlers.WORK_ORDER](received) != ids[handlers.WORK_ORDER](answered)
+async def test_duplicates_of_one_caller_matter_and_division_within_the_days_are_merged():
+    state, outcomes = await feed(work_order(n=1), work_order("DISPATCHED", 1, unit="U-a"),
+                                 work_order(n=2, at=T0 + timedelta(days=3)),
+                                 work_order("DISPATCHED", 2, unit="U-a", at=T0 + timedelta(days=3)),
+                                 work_order(n=3, at=T0 + timedelta(days=9)), key="g")
+    assert state["cases"]["WO1"]["orders"] == ["WO1", "WO2"]
+    assert state["merged"] == {"WO1": "WO1", "WO2": "WO1", "WO3": "WO3"}, "after 7 days: a new case"
+    assert facts(outcomes) == [("COMPLAINT", "WO1", "U-a", True, False)]
+
+
+async def test_consultations_and_answers_on_the_call_count_nothing():
+    _, outcomes = await feed(work_order(category="CONSULTATION"), work_order("DISPATCHED", unit="U-a",
+                                                                             category="CONSULTATION"),
+                             work_order("ANSWERED_ON_CALL", n=5), key="g")
+    assert facts(outcomes) == []
+
+
+async def test_an_unknown_stage_or_a_dispatch_to_nobody_is_refused():
+    with pytest.raises(Rejected, match="unknown work-order stage"):
+        await feed(work_order("LOST"), key="g")
+    with pytest.raises(Rejected, match="REASSIGNED names no handling unit"):
+        await feed(work_order(), work_order("REASSIGNED"), key="g")
+
+
+# ---------------------------------------------------------------------------- SLA breaches
+
+def breach(party: str, leg: str = "DECISION") -> dict:
+    return {"application_id": "TB1", "matter_code": MATTER, "party": party, "leg": leg, "step": "DECIDE",
+            "deadline": T0, "consequence": ""}
+
+
+@pytest.mark.parametrize(("party", "group"), [("420000", f"{MATTER}|420000|420000"), ("ems", f"{MATTER}|-|ems")])
+async def test_an_sla_breach_counts_against_the_party_it_names(party, group):
+    on_events, _ = handlers.make_handlers(RectificationPolicies(), CALENDAR.add_working_days, DuplicateRule())
+    e = Event("breach-1", handlers.SLA_BREACHED, "TB1", breach(party), {}, "t")
+    outcome = await on_events[handlers.SLA_BREACHED](e, None)
+    assert facts([outcome]) == [("SLA_BREACH", "TB1|DECISION|DECIDE", party, True, False)]
+    assert outcome.emits[0].key == group
+    assert outcome.emits[0].payload["occurred_at"] == T0, "counted in the window of its deadline"
+
+
+def test_a_breach_resent_under_another_event_id_is_the_same_business_fact():
+    e1 = Event("id-1", handlers.SLA_BREACHED, "TB1", breach("420000"), {}, "t")
+    e2 = Event("id-2", handlers.SLA_BREACHED, "TB1", breach("420000"), {}, "t")
+    ids = handlers.business_ids()[handlers.SLA_BREACHED]
+    assert ids(e1) == ids(e2) != ids(Event("id-3", handlers.SLA_BREACHED, "TB1", breach("420000", "DELIVERY"), {}, "t"))
