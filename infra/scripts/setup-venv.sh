@@ -28,4 +28,8 @@ constraints=()
 [[ -f requirements.lock ]] && constraints=(-c requirements.lock)
 log "venv: installing requirements.txt ${constraints[*]}"
 .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt "${constraints[@]}"
+# The project itself, editable: .venv/bin/tongban (the operator command, pyproject.toml).
+# Its dependencies are the pinned ones above; setuptools comes with the venv.
+log "venv: installing the project (editable) for .venv/bin/tongban"
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 touch .venv/.tongban-installed

@@ -214,6 +214,25 @@ def apply(settings: Settings | None = None, declaration: str | Path | None = Non
     return changes
 
 
+def create(names: list[str] | None = None, settings: Settings | None = None,
+           declaration: str | Path | None = None) -> list[str]:
+    """Give the declared principals (or those of `names`) that have no SCRAM credential on
+    the broker one, with a secret added to the file where it has none; nothing else changes
+    (unlike `apply`, no credential is reset or deleted). Returns the names created."""
+    settings = settings or ops_settings()
+    known = {p.name for p in declared(declaration)}
+    unknown = sorted(set(names or ()) - known)
+    if unknown:
+        raise SystemExit(f"{', '.join(unknown)}: not declared in topics.toml (a principal is declared first)")
+    init(settings.kafka_secrets_file, declaration)
+    values = read_kafka_secrets(settings.kafka_secrets_file)
+    admin = admin_client(settings)
+    present = _on_broker(admin)
+    missing = [n for n in sorted(set(names) if names else known) if n not in present]
+    _upsert(admin, {n: values[n] for n in missing})
+    return missing
+
+
 def rotate(name: str, settings: Settings | None = None, declaration: str | Path | None = None) -> str:
     """A new secret for `name`: set on the broker, checked by logging in, then written to
     the file. Returns the new secret."""
