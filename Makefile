@@ -9,16 +9,16 @@ PY      := .venv/bin/python
 SCRIPTS := infra/scripts
 
 .PHONY: help setup venv protos kafka-jars ferretdb pii-key grpc-certs kafka-secrets kafka-rotate up down status \
-        topics topics-plan acl-matrix run demo test lint clean-data
+        topics topics-plan acl-matrix run demo test lint clean-data chromium report
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
 
 # ------------------------------------------------------------------------------ setup
-setup: venv protos kafka-jars ferretdb pii-key grpc-certs kafka-secrets ## venv, gRPC stubs, Kafka jars, FerretDB binary, personal-data keys, gRPC certificates, Kafka secrets
+setup: venv protos kafka-jars ferretdb pii-key grpc-certs kafka-secrets chromium ## venv, gRPC stubs, Kafka jars, FerretDB binary, personal-data keys, gRPC certificates, Kafka secrets, Chromium
 
 venv: .venv/.tongban-installed
-.venv/.tongban-installed: requirements.txt requirements.lock
+.venv/.tongban-installed: requirements.txt requirements.lock pyproject.toml
 	$(SCRIPTS)/setup-venv.sh
 
 protos: venv ## compile services/*/*.proto (generated files are git-ignored)
@@ -33,6 +33,9 @@ pii-key: venv ## a personal-data key per party in var/pii/ (python -m tongban.op
 
 grpc-certs: venv ## local gRPC CA, server and caller certificates in var/tls/grpc (renews what expires)
 	$(PY) -m tongban.ops.certs setup
+
+chromium: ## Debian's Chromium (/usr/bin/chromium) for the report's browser test
+	$(SCRIPTS)/chromium.sh
 
 kafka-secrets: venv ## a Kafka secret per principal in var/kafka/principals.secrets (mode 600; adds only what is missing)
 	$(PY) -m tongban.ops principals init
@@ -71,6 +74,9 @@ run: topics ## setup, up, topics, then the live demo
 
 demo: topics ## setup, up, topics, then the scripted demo; exits with its code
 	$(PY) -m devtools.demo
+
+report: venv ## the supervision report from the feedback topics (after make demo): terminal tables and var/report/supervision.html
+	$(PY) -m devtools.report
 
 bench: topics ## throughput, latency, restore, idle CPU, memory (< 15 min); var/bench/latest.json, docs/benchmarks.md
 	$(PY) -m devtools.bench

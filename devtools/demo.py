@@ -22,7 +22,8 @@ import grpc
 
 from devtools.launcher import ROOT, Stack
 from services.intake import intake_pb2, intake_pb2_grpc
-from sim.samples import DENIED_MATTER, Sample, samples
+from sim import hotline
+from sim.samples import DENIED_MATTER, SUPPLEMENT_MATTER, Sample, samples
 from tongban.config import SERVICE_PORTS
 from tongban.grpc_tls import DEFAULT_CALLER, client_channel
 from tongban.ops.topics import apply
@@ -34,9 +35,13 @@ def say(text: str) -> None:
     print(f"[{datetime.now():%H:%M:%S}] {text}", flush=True)
 
 
-async def follow(stub: intake_pb2_grpc.IntakeStub, application_ids: list[str]) -> dict[str, str]:
-    """Print every stage change until each application is concluded; returns the final stages."""
+async def follow(stub: intake_pb2_grpc.IntakeStub, application_ids: list[str],
+                 materials: dict[str, list[intake_pb2.Material]] | None = None) -> dict[str, str]:
+    """Print every stage change until each application is concluded; returns the final stages.
+    An application asked for a 补正 is supplemented with its `materials` (the applicant hands
+    them in again)."""
     shown: dict[str, int] = {}
+    supplemented: set[str] = set()
     final: dict[str, str] = {}
     deadline = time.monotonic() + TIMEOUT
     while len(final) < len(application_ids) and time.monotonic() < deadline:
@@ -53,6 +58,10 @@ async def follow(stub: intake_pb2_grpc.IntakeStub, application_ids: list[str]) -
                 detail = f" ({step.detail})" if step.detail else ""
                 say(f"{application_id}  {step.stage:<9}{detail}")
             shown[application_id] = len(progress.history)
+            if progress.stage == "SUPPLEMENT_REQUESTED" and materials and application_id not in supplemented:
+                supplemented.add(application_id)
+                await stub.SupplementMaterials(intake_pb2.SupplementRequest(
+                    application_id=application_id, materials=materials[application_id]), timeout=10)
             if progress.terminal:
                 final[application_id] = progress.stage
         await asyncio.sleep(0.5)
@@ -73,7 +82,8 @@ async def run_batch(stub: intake_pb2_grpc.IntakeStub) -> list[tuple[Sample, str]
             continue
         say(f"{reply.application_id}  submitted: {sample.title}")
         batch.append((reply.application_id, sample))
-    final = await follow(stub, [application_id for application_id, _ in batch])
+    final = await follow(stub, [application_id for application_id, _ in batch],
+                         {application_id: list(sample.request.materials) for application_id, sample in batch})
     for application_id, sample in batch:
         stage = final.get(application_id, "NOT CONCLUDED")
         if stage == "DELIVERED":
@@ -99,6 +109,7 @@ async def feed(stack: Stack, live: bool) -> bool:
     async with client_channel(stack.grpc_target("intake"), DEFAULT_CALLER) as channel:
         stub = intake_pb2_grpc.IntakeStub(channel)
         ok = summary(await run_batch(stub))
+        say(f"12345: {await hotline.feed_demo()} work-order stages written by the simulated hotline")
         while live:
             say("live: next batch in 30 s (Ctrl-C to stop)")
             await asyncio.sleep(30)
@@ -119,10 +130,12 @@ async def main(live: bool) -> int:
     namespace = os.environ.get("TONGBAN_NAMESPACE", "")
     await apply(None, namespace)
     stack = Stack({"TONGBAN_TRACE_FILE": str(ROOT / "var" / "demo" / "traces.jsonl")}, ROOT / "var" / "demo",
-                  sim_args=("--deny-matters", DENIED_MATTER), ports=dict(SERVICE_PORTS))
+                  sim_args=("--deny-matters", DENIED_MATTER, "--supplement-matters", SUPPLEMENT_MATTER),
+                  ports=dict(SERVICE_PORTS))
     say(f"starting intake, routing, verification, delivery, feedback and the partner simulator "
         f"(logs in {stack.log_dir})")
     stack.start_all()
+    stack.start("feedback.windows")  # the faust app of windowed problem-matter flags
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

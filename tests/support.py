@@ -65,15 +65,24 @@ def drop_namespace(namespace: str) -> None:
         acls.drop(namespace)
 
 
-def start_stack(namespace: str) -> Stack:
+def start_stack(namespace: str, env: dict[str, str] | None = None, sim_args: tuple[str, ...] = (),
+                only: tuple[str, ...] = ()) -> Stack:
+    """The services and the simulator, or `only` those named (the test then writes what the
+    others would); `env` and `sim_args` add to the defaults (e.g. a short supplement period,
+    authorities that ask for a 补正)."""
     log_dir = ROOT / "var" / "test" / namespace.rstrip("-")
     stack = Stack(
         {"TONGBAN_NAMESPACE": namespace, "TONGBAN_SESSION_TIMEOUT_MS": "3000",
-         "TONGBAN_TRACE_FILE": str(log_dir / "traces.jsonl"), "TONGBAN_LOG_LEVEL": "INFO"},
-        log_dir, sim_args=("--deny-matters", DENIED_MATTER, "--carrier-ledger", str(log_dir / "carrier.jsonl")))
-    stack.start_all()
+         "TONGBAN_TRACE_FILE": str(log_dir / "traces.jsonl"), "TONGBAN_LOG_LEVEL": "INFO", **(env or {})},
+        log_dir, sim_args=("--deny-matters", DENIED_MATTER, "--carrier-ledger", str(log_dir / "carrier.jsonl"),
+                           *sim_args))
+    if only:
+        for name in only:
+            stack.start(name)
+    else:
+        stack.start_all()
     try:
-        asyncio.run(stack.wait_healthy())
+        asyncio.run(stack.wait_healthy(tuple(n for n in only if n != "sim")) if only else stack.wait_healthy())
     except BaseException:
         stack.stop_all()
         raise
@@ -134,17 +143,23 @@ async def track(stack: Stack, application_id: str, caller: str = DEFAULT_CALLER)
 async def wait_terminal(stack: Stack, application_id: str, within: float = 60,
                         until=lambda progress: True, caller: str = DEFAULT_CALLER) -> intake_pb2.Progress:
     """Track until the application is concluded and `until(progress)` holds."""
+    return await wait_progress(stack, application_id, lambda p: p.terminal and until(p), within, caller)
+
+
+async def wait_progress(stack: Stack, application_id: str, until, within: float = 60,
+                        caller: str = DEFAULT_CALLER) -> intake_pb2.Progress:
+    """Track until `until(progress)` holds (e.g. a stage the application waits at)."""
     deadline = time.monotonic() + within
     while True:
         try:
             progress = await track(stack, application_id, caller)
-            if progress.terminal and until(progress):
+            if until(progress):
                 return progress
         except grpc.aio.AioRpcError as exc:
             if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND):
                 raise
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{application_id} not concluded after {within}s")
+            raise TimeoutError(f"{application_id}: Track did not show what was awaited after {within}s")
         await asyncio.sleep(0.3)
 
 
