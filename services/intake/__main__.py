@@ -1,6 +1,7 @@
 """python -m services.intake"""
 
 import asyncio
+import functools
 
 from services.intake import handlers
 from services.intake.api import IntakeServicer
@@ -11,6 +12,7 @@ from tongban.app import main
 from tongban.config import Settings
 from tongban.handling import Wiring
 from tongban.runtime import ServiceRuntime
+from tongban.sharing.access import consultations
 
 CATALOGUE = LearnedCatalogue()
 _following: set[asyncio.Task] = set()  # the catalogue reader, kept until the process ends
@@ -24,7 +26,8 @@ def add_servicers(server, runtime: ServiceRuntime) -> None:
     # The formal check uses the catalogue routing publishes and the shared window registry.
     _following.add(asyncio.get_running_loop().create_task(CATALOGUE.follow(runtime.settings, runtime.registry),
                                                           name="learn-catalogue"))
-    add_IntakeServicer_to_server(IntakeServicer(runtime, CATALOGUE, windows.registry()), server)
+    access_log = functools.partial(consultations, tls_dir=runtime.settings.grpc_tls_dir)
+    add_IntakeServicer_to_server(IntakeServicer(runtime, CATALOGUE, windows.registry(), access_log), server)
 
 
 if __name__ == "__main__":

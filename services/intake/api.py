@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 from google.protobuf import any_pb2
@@ -32,6 +32,7 @@ from tongban.events import millis, now_utc
 from tongban.grpc_tls import Caller, authorize, deny
 from tongban.pii import looks_sealed
 from tongban.runtime import ServiceRuntime
+from tongban.sharing.access import Consultation
 
 SUBMITTERS = ("window", "portal", "partner")
 TRACKERS = (*SUBMITTERS, "operator")
@@ -125,12 +126,16 @@ async def refuse(context, problems: list[str]) -> None:
     await context.abort(status.code, status.details, status.trailing_metadata)
 
 
+AccessLog = Callable[[str], Awaitable[list[Consultation]]]
+
+
 class IntakeServicer(intake_pb2_grpc.IntakeServicer):
     def __init__(self, runtime: ServiceRuntime, catalogue: domain.Catalogue | None = None,
-                 windows: domain.WindowRegistry | None = None) -> None:
+                 windows: domain.WindowRegistry | None = None, access_log: AccessLog | None = None) -> None:
         self.runtime = runtime
         self.catalogue = catalogue
         self.windows = windows
+        self.access_log = access_log  # the data-sharing exchange's audit trail, per application
 
     async def Submit(self, request, context):  # noqa: N802 (gRPC method name)
         caller = await authorize(context, "intake.Submit", SUBMITTERS)
@@ -207,6 +212,23 @@ class IntakeServicer(intake_pb2_grpc.IntakeServicer):
                                            served_at_millis=millis(n["served_at"]), reasons=n["reasons"],
                                            remedy=n["remedy"]) for n in state.get("notices", [])],
             )
+
+    async def Consultations(self, request, context):  # noqa: N802
+        caller = await authorize(context, "intake.Consultations", TRACKERS)
+        async with grpc_call(context, "intake.Consultations"):
+            await self._visible(context, "intake.Consultations", caller, request.application_id)
+            if self.access_log is None:
+                await context.abort(grpc.StatusCode.UNIMPLEMENTED, "no data-sharing exchange is configured")
+            assert self.access_log is not None, "abort raises"
+            try:
+                found = await self.access_log(request.application_id)
+            except grpc.aio.AioRpcError:
+                # The applicant retries later; the exchange's own error may name its internals.
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "the data-sharing exchange cannot answer now")
+            return intake_pb2.ConsultationList(application_id=request.application_id, consultations=[
+                intake_pb2.Consultation(requester=c.requester, evidence_type=c.evidence_type, purpose=c.purpose,
+                                        legal_basis=c.legal_basis, at_millis=c.at_millis, answer=c.answer)
+                for c in found])
 
     async def Watch(self, request, context) -> AsyncIterator[intake_pb2.ProgressStep]:  # noqa: N802
         """Every step after `after_sequence`, in the order intake learned them, as they come;

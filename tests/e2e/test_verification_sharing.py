@@ -17,8 +17,10 @@ from stdnum.cn import ric
 
 from services.datasharing.__main__ import check
 from services.datasharing.audit import COLLECTION, Access, Head, new_entry
+from services.intake import intake_pb2, intake_pb2_grpc
+from sim.samples import samples
 from tests.pii_parties import sealed_by
-from tests.support import REGISTRY, Sink
+from tests.support import DEFAULT_CALLER, REGISTRY, Sink, submit, wait_progress
 from tongban.bus import make_producer
 from tongban.config import load_settings
 from tongban.events import encode_event
@@ -286,3 +288,19 @@ async def test_a_disputed_record_starts_the_providers_correction_deadline(stack,
             datasharing_pb2.AccessLogRequest(application_id="TB-DISPUTE"), timeout=5)
     assert [(a.requester, a.answer) for a in log.accesses] == [
         ("tongban-verification", "NO_MATCH"), ("hunan-portal", "DISPUTED")], "what the applicant sees (PIPL §35)"
+
+
+async def test_the_applicant_sees_through_intake_who_consulted_their_records_and_why(stack, namespace):
+    """PIPL art. 35 as the applicant meets it: intake's Consultations, answered from the
+    exchange's audit trail, for an application submitted through intake's API."""
+    request = next(s.request for s in samples(secrets.token_hex(4)) if "户口迁移" in s.title)
+    application_id = await submit(stack, request)
+    await wait_progress(stack, application_id, lambda p: "VERIFIED" in [h.stage for h in p.history], within=90)
+    async with client_channel(stack.grpc_target("intake"), DEFAULT_CALLER) as channel:
+        reply = await intake_pb2_grpc.IntakeStub(channel).Consultations(
+            intake_pb2.TrackRequest(application_id=application_id), timeout=10)
+    assert reply.application_id == application_id
+    assert "IDENTITY" in {c.evidence_type for c in reply.consultations}
+    assert {c.requester for c in reply.consultations} == {"tongban-verification"}
+    assert all(c.purpose and c.legal_basis and c.at_millis and c.answer for c in reply.consultations)
+

@@ -18,6 +18,7 @@ from sim.samples import samples, with_wrong_check_digit
 from tongban.events import now_utc
 from tongban.grpc_tls import client_channel, server_credentials
 from tongban.handling import Event
+from tongban.sharing.access import Consultation
 
 PORTAL = "hunan-portal"
 
@@ -41,6 +42,26 @@ class Windows:
 
 
 TLS_DIR: list = []
+CONSULTED = Consultation("tongban-verification", "REAL_NAME_IDENTITY", "verify the applicant's identity",
+                         "《个人信息保护法》第十三条", 1_764_000_000_000, "MATCH")
+
+
+class AccessLog:
+    """The exchange's audit trail for the applications asked about; down when told to be."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+        self.down = False
+
+    async def __call__(self, application_id: str) -> list[Consultation]:
+        self.asked.append(application_id)
+        if self.down:
+            raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(),
+                                       "connect failed to 127.0.0.1:50161 (provider internals)")
+        return [CONSULTED]
+
+
+ACCESS_LOG = AccessLog()
 
 
 @pytest.fixture
@@ -48,7 +69,9 @@ async def intake(tls):  # noqa: F811
     TLS_DIR[:] = [tls[0]]
     runtime = InstantRuntime()
     server = grpc.aio.server()
-    intake_pb2_grpc.add_IntakeServicer_to_server(IntakeServicer(runtime, Catalogue(), Windows()), server)
+    ACCESS_LOG.asked.clear()
+    ACCESS_LOG.down = False
+    intake_pb2_grpc.add_IntakeServicer_to_server(IntakeServicer(runtime, Catalogue(), Windows(), ACCESS_LOG), server)
     port = server.add_secure_port("127.0.0.1:0", server_credentials(tls[0], "intake"))
     await server.start()
 
@@ -190,6 +213,34 @@ async def test_track_shows_the_number_who_acts_next_the_next_step_and_the_receip
     assert [n.kind for n in progress.notices] == ["RECEIPT"]
     assert [(h.sequence, h.stage, h.notice) for h in progress.history] == [(1, "RECEIVED", ""),
                                                                           (2, "NUMBERED", "RECEIPT")]
+
+
+async def test_the_applicant_sees_who_consulted_their_records_and_why(intake):
+    call, _, _ = intake
+    application_id = (await call("Submit", company_at_window())).application_id
+    reply = await call("Consultations", intake_pb2.TrackRequest(application_id=application_id))
+    assert reply.application_id == application_id
+    assert [(c.requester, c.evidence_type, c.purpose, c.legal_basis, c.at_millis, c.answer)
+            for c in reply.consultations] == [("tongban-verification", "REAL_NAME_IDENTITY",
+                                               "verify the applicant's identity", "《个人信息保护法》第十三条",
+                                               1_764_000_000_000, "MATCH")]
+    assert ACCESS_LOG.asked == [application_id]
+
+
+async def test_consultations_are_for_those_who_may_track_and_say_plainly_when_the_exchange_is_down(intake):
+    call, _, port = intake
+    application_id = (await call("Submit", company_at_window())).application_id
+    async with client_channel(f"127.0.0.1:{port}", "changsha-window", TLS_DIR[0]) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await intake_pb2_grpc.IntakeStub(channel).Consultations(
+                intake_pb2.TrackRequest(application_id=application_id), timeout=5)
+    assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert ACCESS_LOG.asked == [], "nothing is asked of the exchange for a caller who may not see it"
+    unknown = await refused(call, "Consultations", intake_pb2.TrackRequest(application_id="TB-no-such"))
+    assert unknown.code() == grpc.StatusCode.NOT_FOUND
+    ACCESS_LOG.down = True
+    down = await refused(call, "Consultations", intake_pb2.TrackRequest(application_id=application_id))
+    assert (down.code(), down.details()) == (grpc.StatusCode.UNAVAILABLE, "the data-sharing exchange cannot answer now")
 
 
 async def test_a_counter_key_is_not_an_application(intake):
