@@ -11,8 +11,10 @@ import pytest
 
 from services.intake import domain, intake_pb2, intake_pb2_grpc
 from sim.samples import samples
+from tests.pii_parties import stack_cipher
 from tests.support import Sink, start_stack, submit, track, wait_terminal
 from tongban.grpc_tls import client_channel
+from tongban.pii import sealed_for
 
 pytestmark = pytest.mark.integration
 
@@ -75,7 +77,10 @@ async def test_an_application_is_withdrawn_before_its_decision_and_not_after(sta
         seen = await sink.wait_for(lambda s: s.events("tongban.application.ApplicationWithdrawn",
                                                       reply.application_id))
         [event] = seen.events("tongban.application.ApplicationWithdrawn", reply.application_id)
-        assert event["reason"] == "不再需要"
+        # the applicant's own words travel sealed, for verification and delivery only
+        assert sorted(sealed_for(event["reason"])) == ["delivery", "verification"]
+        assert stack_cipher("delivery").open(event["reason"], record="tongban.application.ApplicationWithdrawn",
+                                             path="reason", subject=reply.application_id) == "不再需要"
         [receipt] = [n for n in seen.events("tongban.application.NoticeServed", reply.application_id)
                      if n["kind"] == "RECEIPT"]
         assert receipt["application_number"] == reply.application_number
