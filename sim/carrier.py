@@ -10,14 +10,16 @@
   delay, it reports delivery or return that many seconds after taking a parcel in.
 - The **wallet** reads `tongban.partner.wallet.dispatches` and records an e-licence for the
   holder it can identify (RECORDED), else refuses.
-- A **window** (a service-hall window system, caller `changsha-window`) records the arrival
-  of a result the carrier handed to it (结果转送) and the applicant's pick-up, through
-  delivery's gRPC API, for the windows it is told to operate.
+- A **window** (a service-hall window system: the caller `tongban/windows.toml` names for
+  that window, e.g. `changsha-window`) records the arrival of a result the carrier handed to
+  it (结果转送) and the applicant's pick-up, through delivery's gRPC API, for the windows it
+  is told to operate.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -27,6 +29,7 @@ from pathlib import Path
 import grpc
 
 from sim.partners import PartnerFault, Reply, Respond
+from tongban import windows
 from tongban.events import now_utc
 from tongban.grpc_tls import client_channel
 from tongban.pii import PiiCipher, PiiError
@@ -38,7 +41,8 @@ RECEIPTS = "tongban.partner.ems.receipts"
 RECEIPT = "tongban.delivery.PostalReceipt"
 RETURNS = {"查无此址": "WRONG_ADDRESS", "拒收": "REFUSED", "无人签收": "NOT_COLLECTED"}
 FAULT = "承运故障"
-WINDOW_CALLER = "changsha-window"
+WINDOW_CALLER = "changsha-window"  # the Changsha windows' system, for a window the registry does not know
+WINDOWS_AT_ONCE = 64  # results the simulated windows handle at the same time
 
 HandedToWindow = Callable[[str, str], None]  # (application id, window id)
 
@@ -118,25 +122,48 @@ async def run_windows(target: str, handed: asyncio.Queue[tuple[str, str]], opera
     """The windows record each result the carrier handed them, then the applicant's pick-up."""
     from services.delivery import delivery_pb2, delivery_pb2_grpc  # the window's client of delivery's API
 
-    async def call(method: str, request: delivery_pb2.WindowAct) -> None:
-        for _ in range(120):  # until delivery has applied what came before (it answers FAILED_PRECONDITION)
-            try:
-                async with client_channel(target, WINDOW_CALLER) as channel:
-                    await getattr(delivery_pb2_grpc.DeliveryStub(channel), method)(request, timeout=10)
-                    return
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() not in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAVAILABLE,
-                                      grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.NOT_FOUND):
-                    log_fields(log, logging.WARNING, "window call refused", method=method, code=exc.code().name)
-                    return
-            await asyncio.sleep(0.5)
+    async with contextlib.AsyncExitStack() as channels:
+        stubs: dict[str, delivery_pb2_grpc.DeliveryStub] = {}  # one channel per window system, kept open
 
-    while not stopping.is_set():
-        try:
-            application_id, window_id = await asyncio.wait_for(handed.get(), timeout=0.5)
-        except TimeoutError:
-            continue
-        if operated(window_id):
-            act = delivery_pb2.WindowAct(application_id=application_id, window_id=window_id)
-            await call("RecordArrival", act)
-            await call("ConfirmPickUp", act)
+        async def stub_for(window_id: str) -> delivery_pb2_grpc.DeliveryStub:
+            window = windows.registry().window(window_id)
+            caller = window.systems[0] if window else WINDOW_CALLER  # delivery accepts only the window's own system
+            if caller not in stubs:
+                channel = await channels.enter_async_context(client_channel(target, caller))
+                stubs[caller] = delivery_pb2_grpc.DeliveryStub(channel)
+            return stubs[caller]
+
+        async def call(method: str, request: delivery_pb2.WindowAct) -> None:
+            stub = await stub_for(request.window_id)
+            for _ in range(120):  # until delivery has applied what came before (it answers FAILED_PRECONDITION)
+                try:
+                    await getattr(stub, method)(request, timeout=10)
+                    return
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() not in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAVAILABLE,
+                                          grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.NOT_FOUND):
+                        log_fields(log, logging.WARNING, "window call refused", method=method, code=exc.code().name)
+                        return
+                await asyncio.sleep(0.5)
+
+        async def serve(act: delivery_pb2.WindowAct) -> None:
+            async with busy:
+                await call("RecordArrival", act)
+                await call("ConfirmPickUp", act)
+
+        # Many windows work at once: each result is served on its own, so one that waits for
+        # delivery to catch up holds back no other.
+        busy = asyncio.Semaphore(WINDOWS_AT_ONCE)
+        serving: set[asyncio.Task] = set()
+        while not stopping.is_set():
+            try:
+                application_id, window_id = await asyncio.wait_for(handed.get(), timeout=0.5)
+            except TimeoutError:
+                continue
+            if operated(window_id):
+                task = asyncio.create_task(serve(delivery_pb2.WindowAct(application_id=application_id,
+                                                                        window_id=window_id)))
+                serving.add(task)
+                task.add_done_callback(serving.discard)
+        for task in serving:
+            task.cancel()

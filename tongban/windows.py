@@ -33,6 +33,7 @@ class Window:
     division: str  # 6 digits, or 12 for a township, village or park service point
     host_authority: str
     channels: tuple[str, ...]
+    systems: tuple[str, ...]  # the callers (certificate names) that speak for the window
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,8 @@ class WindowRegistry:
                 raise ValueError(f"window {window.window_id}: division is not a known GB/T 2260 code")
             if not window.channels or any(c not in CHANNELS for c in window.channels):
                 raise ValueError(f"window {window.window_id}: channels must be a non-empty subset of {CHANNELS}")
+            if not window.systems or not all(isinstance(name, str) and name for name in window.systems):
+                raise ValueError(f"window {window.window_id}: systems must name at least one caller")
             self._windows[window.window_id] = window
         for grant in authorisations:
             where = f"authorisation of window {grant.window_id}"
@@ -89,8 +92,8 @@ class WindowRegistry:
         with open(path, "rb") as f:
             data = tomllib.load(f)
         try:
-            windows = [Window(raw["window_id"], raw["division"], raw["host_authority"], tuple(raw["channels"]))
-                       for raw in data.get("window", [])]
+            windows = [Window(raw["window_id"], raw["division"], raw["host_authority"], tuple(raw["channels"]),
+                              tuple(raw["systems"])) for raw in data.get("window", [])]
             grants = [_authorisation(raw) for raw in data.get("authorisation", [])]
             return cls(windows, grants)
         except KeyError as exc:
@@ -106,6 +109,11 @@ class WindowRegistry:
 
     def authorisations(self) -> list[Authorisation]:
         return list(self._authorisations)
+
+    def speaks_for(self, caller: str, window_id: str) -> bool:
+        """Whether `caller` (its client certificate's name) is one of the window's systems."""
+        window = self._windows.get(window_id)
+        return window is not None and caller in window.systems
 
     def authorised(self, window_id: str, matter_code: str, act: str, on: date) -> Verdict:
         """May the window do `act` for the matter on that day (Asia/Shanghai)?"""

@@ -17,9 +17,10 @@ from __future__ import annotations
 import grpc
 
 from services.delivery import delivery_pb2, delivery_pb2_grpc, handlers
+from tongban import windows
 from tongban.app import grpc_call
 from tongban.events import now_utc
-from tongban.grpc_tls import authorize
+from tongban.grpc_tls import authorize, deny
 from tongban.handling import Event, Handler
 from tongban.runtime import ServiceRuntime
 
@@ -31,12 +32,21 @@ METHODS = ("POST", "WINDOW")
 
 
 class DeliveryServicer(delivery_pb2_grpc.DeliveryServicer):
-    def __init__(self, runtime: ServiceRuntime, handlers_by_command: dict[str, Handler]) -> None:
+    def __init__(self, runtime: ServiceRuntime, handlers_by_command: dict[str, Handler],
+                 registry: windows.WindowRegistry | None = None) -> None:
         self.runtime = runtime
         self.handlers = handlers_by_command
+        self.windows = registry or windows.registry()
+
+    async def _window_caller(self, context, method: str, window_id: str) -> None:
+        """A window act comes from a system of that window (windows.toml `systems`): a
+        certificate with the window role does not speak for every window."""
+        caller = await authorize(context, method, WINDOWS)
+        if not self.windows.speaks_for(caller.source_system, window_id):
+            await deny(context, method, caller, "the caller does not speak for that window")
 
     async def RecordArrival(self, request, context):  # noqa: N802 (gRPC method name)
-        await authorize(context, "delivery.RecordArrival", WINDOWS)
+        await self._window_caller(context, "delivery.RecordArrival", request.window_id)
         async with grpc_call(context, "delivery.RecordArrival", lambda: self.runtime.trace_of(request.application_id)):
             payload = {"window_id": request.window_id}
             await self._command(context, handlers.RECORD_ARRIVAL, request.application_id,
@@ -44,7 +54,7 @@ class DeliveryServicer(delivery_pb2_grpc.DeliveryServicer):
             return delivery_pb2.Accepted(application_id=request.application_id)
 
     async def ConfirmPickUp(self, request, context):  # noqa: N802
-        await authorize(context, "delivery.ConfirmPickUp", WINDOWS)
+        await self._window_caller(context, "delivery.ConfirmPickUp", request.window_id)
         async with grpc_call(context, "delivery.ConfirmPickUp", lambda: self.runtime.trace_of(request.application_id)):
             payload = {"window_id": request.window_id}
             await self._command(context, handlers.CONFIRM_PICKUP, request.application_id,

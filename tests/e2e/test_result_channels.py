@@ -29,6 +29,7 @@ pytestmark = pytest.mark.integration
 WINDOW_CALLER, PORTAL, OPERATOR = "changsha-window", "hunan-portal", "tongban-operator"
 SIM_WINDOW = "HN-430104-KSTB-01"  # the one window the simulator operates, as it operates every window in the demo
 TEST_WINDOW = "HN-430103-KSTB-01"  # a window the tests operate (tongban/windows.toml)
+OTHER_CHANGSHA_WINDOW = "HN-430102-KSTB-01"  # run by the same system, changsha-window
 PROGRESS = "tongban.application.DeliveryProgress"
 SIGKILL = -9
 TOPICS = ["tongban.application.decided", "tongban.application.delivered", "tongban.partner.ems.dispatches",
@@ -149,10 +150,17 @@ async def test_a_result_goes_to_the_window_is_reminded_reported_and_delivered_at
         await call(stack, "RecordArrival", WINDOW_CALLER, act)
         await sink.wait_for(has_stage(application_id, "UNCOLLECTED_REPORTED"), 60)
         assert stages(sink.seen, application_id).count("PICKUP_REMINDED") >= 1
-        elsewhere = delivery_pb2.WindowAct(application_id=application_id, window_id=f"{window_id}-ELSEWHERE")
+        # another window of the same system, where the result was not sent
+        elsewhere = delivery_pb2.WindowAct(application_id=application_id, window_id=OTHER_CHANGSHA_WINDOW)
         with pytest.raises(grpc.aio.AioRpcError) as wrong:
             await call(stack, "ConfirmPickUp", WINDOW_CALLER, elsewhere, until_ok=False)
         assert wrong.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        # a window system of another city, naming the right window: it does not speak for it
+        for method in ("RecordArrival", "ConfirmPickUp"):
+            with pytest.raises(grpc.aio.AioRpcError) as impostor:
+                await call(stack, method, "xiangxi-window", act, until_ok=False)
+            assert impostor.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "does not speak for that window" in impostor.value.details()
         with pytest.raises(grpc.aio.AioRpcError) as not_a_window:
             await call(stack, "ConfirmPickUp", PORTAL, act, until_ok=False)
         assert not_a_window.value.code() == grpc.StatusCode.PERMISSION_DENIED

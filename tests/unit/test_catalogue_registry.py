@@ -121,21 +121,36 @@ def test_intake_may_receive_only_at_the_windows_own_division(registry, division,
     assert registry.may_receive("HN-430102-KSTB-01", "KSTB-MED-01", division, at) is allowed
 
 
+@pytest.mark.parametrize(("caller", "window_id", "speaks"), [
+    ("changsha-window", "HN-430103-KSTB-01", True),
+    ("xiangxi-window", "HN-433101-KSTB-01", True),
+    ("xiangxi-window", "HN-430103-KSTB-01", False),  # another city's window
+    ("changsha-window", "HN-430103-KSTB-01-ELSEWHERE", False),  # not a registered window
+    ("hunan-portal", "HN-430103-KSTB-01", False),
+])
+def test_a_window_act_is_taken_only_from_a_system_of_that_window(registry, caller, window_id, speaks):
+    assert registry.speaks_for(caller, window_id) is speaks
+
+
 @pytest.mark.parametrize(("text", "problem"), [
-    ('[[window]]\nwindow_id = "W"\ndivision = "439999"\nhost_authority = "x"\nchannels = ["WINDOW"]\n',
+    ('[[window]]\nwindow_id = "W"\ndivision = "439999"\nhost_authority = "x"\nchannels = ["WINDOW"]\nsystems = ["w"]\n',
      "window W: division is not a known GB/T 2260 code"),
     ('[[authorisation]]\nwindow_id = "W"\nacts = ["RECEIVE"]\nmatters = ["*"]\non_behalf_of = "*"\n'
      "valid_from = 2024-01-01\nvalid_until = 2025-01-01\n", "authorisation of window W: no such window"),
-    ('[[window]]\nwindow_id = "W"\ndivision = "430102"\nhost_authority = "x"\nchannels = ["WINDOW"]\n'
+    ('[[window]]\nwindow_id = "W"\ndivision = "430102"\nhost_authority = "x"\nchannels = ["WINDOW"]\nsystems = ["w"]\n'
      '[[authorisation]]\nwindow_id = "W"\nacts = ["RECEIVE"]\nmatters = ["*"]\non_behalf_of = "*"\n'
      "valid_from = 2025-01-01\nvalid_until = 2024-01-01\n", "authorisation of window W: valid_until is before"),
-    ('[[window]]\nwindow_id = "W"\ndivision = "430102"\nhost_authority = "x"\nchannels = ["WINDOW"]\n'
+    ('[[window]]\nwindow_id = "W"\ndivision = "430102"\nhost_authority = "x"\nchannels = ["WINDOW"]\nsystems = ["w"]\n'
      '[[authorisation]]\nwindow_id = "W"\nacts = ["SIGN"]\nmatters = ["*"]\non_behalf_of = "*"\n'
      "valid_from = 2024-01-01\nvalid_until = 2025-01-01\n", "authorisation of window W: acts must be"),
-    ('[[window]]\nwindow_id = "W"\ndivision = "430102"\nhost_authority = "x"\nchannels = ["FAX"]\n',
+    ('[[window]]\nwindow_id = "W"\ndivision = "430102"\nhost_authority = "x"\nchannels = ["FAX"]\nsystems = ["w"]\n',
      "window W: channels must be a non-empty subset of"),
-    ('[[window]]\nwindow_id = "W"\ndivision = "430102"\nchannels = ["WINDOW"]\n',
+    ('[[window]]\nwindow_id = "W"\ndivision = "430102"\nchannels = ["WINDOW"]\nsystems = ["w"]\n',
      "an entry lacks field host_authority"),
+    ('[[window]]\nwindow_id = "W"\ndivision = "430102"\nhost_authority = "x"\nchannels = ["WINDOW"]\nsystems = []\n',
+     "window W: systems must name at least one caller"),
+    ('[[window]]\nwindow_id = "W"\ndivision = "430102"\nhost_authority = "x"\nchannels = ["WINDOW"]\n',
+     "an entry lacks field systems"),
 ])
 def test_a_broken_registry_file_is_refused_with_the_file_and_entry(tmp_path, text, problem):
     path = tmp_path / "windows.toml"
