@@ -44,8 +44,14 @@ async def _anchor_if_moved(producer: AIOKafkaProducer, settings: Settings, regis
                            anchored: Head | None) -> Head | None:
     head = await chain.head()
     if head.sequence == 0 or head == anchored:
+        return anchored  # idle: nothing asked of the store
+    first = anchored.sequence if anchored else 1
+    entries = await chain.entries_between(first, head.sequence)
+    if len(entries) != head.sequence - first + 1:
+        telemetry.log(log, logging.ERROR, "audit chain has a gap; not anchored", chain=chain.chain,
+                      missing=first + len(entries))
         return anchored
-    broken = check_extension(await chain.entries(since=anchored.sequence if anchored else 1), anchored)
+    broken = check_extension(entries, anchored)
     if broken is not None:
         telemetry.log(log, logging.ERROR, "audit chain broken; not anchored", chain=chain.chain, broken=str(broken))
         return anchored

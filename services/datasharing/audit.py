@@ -130,15 +130,20 @@ class AuditChain:
         await retry_transient(self._docs.create_index, [("application_id", ASCENDING)])
 
     async def head(self) -> Head:
-        last = await retry_transient(self._docs.find_one, {"chain": self.chain}, sort=[("sequence", DESCENDING)])
-        return Head(last["sequence"], last["hash"]) if last else Head(0, GENESIS)
+        """The chain's last entry. This process appends to the chain, so after one look it
+        knows its head without asking the store: on FerretDB v1 a sorted query scans the whole
+        collection, a cost that would grow with every access ever recorded."""
+        if self._head is None:
+            last = await retry_transient(self._docs.find_one, {"chain": self.chain}, sort=[("sequence", DESCENDING)])
+            self._head = Head(last["sequence"], last["hash"]) if last else Head(0, GENESIS)
+        return self._head
 
     async def append(self, access: Access) -> Head:
         """Append one access; returns its place. Entries of one chain are appended one at a
         time; a place taken meanwhile (another writer of the chain) is re-read and retried."""
         async with self._lock:
             while True:
-                head = self._head or await self.head()
+                head = await self.head()
                 entry = new_entry(self.chain, head, access, now_utc())
                 try:
                     await retry_transient(self._docs.insert_one, {"_id": f"{self.chain}:{entry['sequence']}", **entry})
@@ -147,6 +152,17 @@ class AuditChain:
                     continue
                 self._head = Head(entry["sequence"], entry["hash"])
                 return self._head
+
+    async def entries_between(self, first: int, last: int) -> list[dict[str, Any]]:
+        """Entries first..last, each read by its id (reads by _id stay flat on FerretDB v1;
+        a range query does not). Stops at the first one missing."""
+        found = []
+        for sequence in range(first, last + 1):
+            entry = await retry_transient(self._docs.find_one, {"_id": f"{self.chain}:{sequence}"}, {"_id": 0})
+            if entry is None:
+                break
+            found.append(entry)
+        return found
 
     async def entries(self, since: int = 1) -> list[dict[str, Any]]:
         cursor = self._docs.find({"chain": self.chain, "sequence": {"$gte": since}}, {"_id": 0}).sort(

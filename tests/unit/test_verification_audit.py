@@ -5,7 +5,20 @@ from datetime import UTC, datetime
 
 import pytest
 
-from services.datasharing.audit import GENESIS, Access, Head, check_chain, check_extension, entry_hash, new_entry
+from services.datasharing.anchor import _anchor_if_moved
+from services.datasharing.audit import (
+    COLLECTION,
+    GENESIS,
+    Access,
+    AuditChain,
+    Head,
+    check_chain,
+    check_extension,
+    entry_hash,
+    new_entry,
+)
+from tongban.codec import SchemaRegistry
+from tongban.config import load_settings
 
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 
@@ -87,3 +100,59 @@ def test_an_anchorer_anchors_only_a_head_that_extends_the_last_anchor():
     assert check_extension(forged[2:], anchor).sequence == 3, "the anchored entry was rewritten"
     edited = [*entries[2:4], {**entries[4], "answer": "DENIED"}, *entries[5:]]
     assert check_extension(edited, anchor).sequence == 5
+
+
+# -- anchoring without scanning the store ------------------------------------------------
+
+
+class Documents:
+    """The audit collection as the chain uses it: reads by id, the one sorted read of the
+    head, inserts. Counts what it is asked (a sorted read scans everything on FerretDB v1)."""
+
+    def __init__(self) -> None:
+        self.docs: dict[str, dict] = {}
+        self.reads_by_id = 0
+        self.sorted_reads = 0
+
+    async def find_one(self, query: dict, projection: dict | None = None, sort: list | None = None) -> dict | None:
+        if "_id" in query:
+            self.reads_by_id += 1
+            found = self.docs.get(query["_id"])
+            return {k: v for k, v in found.items() if k != "_id"} if found else None
+        self.sorted_reads += 1
+        mine = sorted((d for d in self.docs.values() if d["chain"] == query["chain"]), key=lambda d: d["sequence"])
+        return mine[-1] if mine else None
+
+    async def insert_one(self, doc: dict) -> None:
+        self.docs[doc["_id"]] = doc
+
+
+class Producer:
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    async def send_and_wait(self, topic: str, key: bytes, value: bytes) -> None:
+        self.sent.append(value)
+
+
+async def test_the_anchor_reads_only_new_entries_by_id_and_nothing_while_idle():
+    docs, producer = Documents(), Producer()
+    audit = AuditChain({COLLECTION: docs}, "mps")  # type: ignore[arg-type]
+    settings, registry = load_settings("datasharing", {}), SchemaRegistry.load()
+    for n in range(1, 4):
+        await audit.append(access(n))
+    assert docs.sorted_reads == 1, "the head is read from the store once, then known"
+    anchored = await _anchor_if_moved(producer, settings, registry, audit, None)
+    assert anchored == Head(3, docs.docs["mps:3"]["hash"])
+    assert (docs.reads_by_id, len(producer.sent)) == (3, 1)
+    for n in range(4, 6):
+        await audit.append(access(n))
+    anchored = await _anchor_if_moved(producer, settings, registry, audit, anchored)
+    assert anchored == Head(5, docs.docs["mps:5"]["hash"])
+    assert docs.reads_by_id == 3 + 3, "from the anchored entry to the head, nothing before"
+    idle = await _anchor_if_moved(producer, settings, registry, audit, anchored)
+    assert (idle, docs.reads_by_id, docs.sorted_reads, len(producer.sent)) == (anchored, 6, 1, 2)
+    del docs.docs["mps:5"]  # an entry gone from the store: the head is not anchored over a gap
+    audit._head = Head(6, "x" * 64)
+    assert await _anchor_if_moved(producer, settings, registry, audit, anchored) == anchored
+    assert len(producer.sent) == 2
