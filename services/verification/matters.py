@@ -11,23 +11,17 @@ do not import each other's code, tests/unit/test_layers.py).
 from __future__ import annotations
 
 import asyncio
-import logging
 import tomllib
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer
-from aiokafka.errors import KafkaError
-
 from services.verification.domain import RequiredMaterial
-from tongban import telemetry, topics
-from tongban.codec import CodecError, SchemaRegistry
+from tongban.catalogue_feed import follow_matter_changes
+from tongban.codec import SchemaRegistry
 from tongban.config import Settings
 
-log = logging.getLogger(__name__)
 ROUTING_CATALOGUE = Path(__file__).resolve().parents[1] / "routing" / "catalogue.toml"
 WITHDRAWN = "WITHDRAWN"
-RETRY_SECONDS = 5
 
 
 def load(path: Path = ROUTING_CATALOGUE) -> dict[str, tuple[RequiredMaterial, ...]]:
@@ -52,29 +46,8 @@ class MatterView(dict[str, tuple[RequiredMaterial, ...]]):
                 RequiredMaterial(m["code"], m["name"], m["essential"], m["commitment"]) for m in change["materials"])
 
     async def follow(self, settings: Settings, registry: SchemaRegistry) -> None:
-        """Read the topic from its start and keep reading; a broker outage is waited out."""
-        while True:
-            consumer = AIOKafkaConsumer(settings.topic(topics.CATALOGUE_CHANGES), group_id=None,
-                                        enable_auto_commit=False, isolation_level="read_committed",
-                                        auto_offset_reset="earliest", **settings.kafka_client_options())
-            try:
-                await consumer.start()
-                async for record in consumer:
-                    self._read(registry, record.value, record.offset)
-            except KafkaError as exc:
-                telemetry.log(log, logging.WARNING, "catalogue not readable; retrying", error=type(exc).__name__)
-            finally:
-                await consumer.stop()
-            await asyncio.sleep(RETRY_SECONDS)
-
-    def _read(self, registry: SchemaRegistry, value: bytes, offset: int) -> None:
-        try:
-            event_type, body = registry.decode(value)
-        except CodecError:
-            telemetry.log(log, logging.WARNING, "unreadable catalogue record", offset=offset)
-            return
-        if event_type == topics.MATTER_CHANGED_EVENT:
-            self.apply(body)
+        """Read the topic from its start and keep reading (tongban.catalogue_feed)."""
+        await follow_matter_changes(settings, registry, self.apply)
 
     def start_following(self, settings: Settings, registry: SchemaRegistry) -> asyncio.Task:
         return asyncio.get_running_loop().create_task(self.follow(settings, registry), name="follow-catalogue")
