@@ -46,19 +46,19 @@ class DeliveryServicer(delivery_pb2_grpc.DeliveryServicer):
             await deny(context, method, caller, "the caller does not speak for that window")
 
     async def RecordArrival(self, request, context):  # noqa: N802 (gRPC method name)
-        await self._window_caller(context, "delivery.RecordArrival", request.window_id)
-        async with grpc_call(context, "delivery.RecordArrival", lambda: self.runtime.trace_of(request.application_id)):
-            payload = {"window_id": request.window_id}
-            await self._command(context, handlers.RECORD_ARRIVAL, request.application_id,
-                                f"arrival:{request.application_id}:{request.window_id}", payload)
-            return delivery_pb2.Accepted(application_id=request.application_id)
+        return await self._window_act(context, "delivery.RecordArrival", handlers.RECORD_ARRIVAL, request,
+                                      f"arrival:{request.application_id}:{request.window_id}")
 
     async def ConfirmPickUp(self, request, context):  # noqa: N802
-        await self._window_caller(context, "delivery.ConfirmPickUp", request.window_id)
-        async with grpc_call(context, "delivery.ConfirmPickUp", lambda: self.runtime.trace_of(request.application_id)):
-            payload = {"window_id": request.window_id}
-            await self._command(context, handlers.CONFIRM_PICKUP, request.application_id,
-                                f"pickup:{request.application_id}", payload)
+        return await self._window_act(context, "delivery.ConfirmPickUp", handlers.CONFIRM_PICKUP, request,
+                                      f"pickup:{request.application_id}")
+
+    async def _window_act(self, context, method: str, command: str, request, command_id: str):
+        """A window's act on a result, taken from a system of that window only."""
+        await self._window_caller(context, method, request.window_id)
+        async with grpc_call(context, method, lambda: self.runtime.trace_of(request.application_id)):
+            await self._command(context, command, request.application_id, command_id,
+                                {"window_id": request.window_id})
             return delivery_pb2.Accepted(application_id=request.application_id)
 
     async def Redirect(self, request, context):  # noqa: N802
