@@ -12,6 +12,7 @@ from tests.support import drop_namespace, new_namespace
 from tongban import pii_policy
 from tongban.ops import pii as ops
 from tongban.pii import PREFIX, V2, PiiCipher, key_line, new_key
+from tongban.runtime.archive import collection_for
 
 pytestmark = pytest.mark.integration
 RECEIVED = "tongban.application.ApplicationReceived"
@@ -33,7 +34,7 @@ def test_reseal_rewrites_old_and_v1_values_of_a_delivery_archive_in_place(tmp_pa
     namespace = new_namespace()
     client = MongoClient(MONGO)
     try:
-        archive = client[f"{namespace.replace('-', '_')}tongban_delivery"]["archive"]
+        archive = client[f"{namespace.replace('-', '_')}tongban_delivery"][collection_for("TBRESEAL")]
         state = {"received": {"applicant": {"kind": "PERSON", "name": seal_v1("张三", shared), "id_number": None,
                                             "phone": old},
                               "materials": [], "delivery_method": "POST", "postal_address": seal_v1("长沙", shared)},

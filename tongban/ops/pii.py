@@ -40,6 +40,7 @@ from typing import Any
 from tongban import pii_policy, topics
 from tongban.codec import SchemaRegistry
 from tongban.pii import PREFIX, V2, PiiCipher, PiiError, current_key, new_key, parse_keys, write_key_file
+from tongban.runtime import archive
 
 SERVICES = ("intake", "routing", "verification", "delivery", "feedback")
 # Where a service's archived state keeps (part of) a record as received: v1 values there can
@@ -179,17 +180,19 @@ def reseal_archives(services: list[str], namespace: str, *, dry_run: bool, mongo
     results = {}
     try:
         for service in services:
-            docs = client[f"{namespace.replace('-', '_')}tongban_{service}"]["archive"]
+            db = client[f"{namespace.replace('-', '_')}tongban_{service}"]
             counts = Counts()
-            for doc in docs.find({}):
-                before = Counts()
-                state = reseal_state(doc.get("state"), cipher, registry, service=service,
-                                     subject=str(doc.get("key", "")), counts=before)
-                counts.add(before)
-                if before.resealed:
-                    counts.documents += 1
-                    if not dry_run:
-                        docs.replace_one({"_id": doc["_id"]}, {**doc, "state": state})
+            present = set(db.list_collection_names())
+            for docs in (db[name] for name in archive.collections() if name in present):
+                for doc in docs.find({}):
+                    before = Counts()
+                    state = reseal_state(doc.get("state"), cipher, registry, service=service,
+                                         subject=str(doc.get("key", "")), counts=before)
+                    counts.add(before)
+                    if before.resealed:
+                        counts.documents += 1
+                        if not dry_run:
+                            docs.replace_one({"_id": doc["_id"]}, {**doc, "state": state})
             results[service] = counts
     finally:
         client.close()

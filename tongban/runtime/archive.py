@@ -1,12 +1,19 @@
 """Where finished aggregates go: the service's own MongoDB-wire database, append-only.
 
-Only inserts and reads by `_id`, the operations whose cost stays flat on FerretDB v1
-(its updates and deletes scan the collection). A revived aggregate that finishes again is
-a new document (`<key>~<version>`), never an update.
+Only inserts and reads by `_id`. A revived aggregate that finishes again is a new document
+(`<key>~<version>`), never an update.
+
+The archive is spread over `SHARDS` collections by a hash of the document id. On MongoDB
+that changes nothing (each read uses its `_id` index). On FerretDB v1 with SQLite, the
+embedded default, every read scans its collection, even one by `_id` (docs/platform.md):
+there a read costs one shard's size, 1/64 of the archive, instead of all of it. Inserts
+stay flat either way.
 """
 
 from __future__ import annotations
 
+import zlib
+from collections import defaultdict
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
@@ -15,21 +22,35 @@ from pymongo.errors import BulkWriteError
 from tongban.store import retry_transient
 
 COLLECTION = "archive"
+SHARDS = 64
 DUPLICATE_KEY = 11000
+
+
+def collection_for(doc_id: str) -> str:
+    """The shard that holds `doc_id` (crc32: the same on every process and every run)."""
+    return f"{COLLECTION}_{zlib.crc32(doc_id.encode()) % SHARDS:02d}"
+
+
+def collections() -> list[str]:
+    """Every shard's name, for tools that read the whole archive."""
+    return [f"{COLLECTION}_{n:02d}" for n in range(SHARDS)]
 
 
 class MongoArchive:
     def __init__(self, db: AsyncDatabase) -> None:
-        self._docs = db[COLLECTION]
+        self._db = db
 
     async def insert(self, docs: list[dict[str, Any]]) -> None:
-        try:
-            await retry_transient(self._docs.insert_many, docs, ordered=False)
-        except BulkWriteError as exc:
-            # Already archived by an attempt whose transaction then aborted: the first stays.
-            if any(error.get("code") != DUPLICATE_KEY for error in exc.details.get("writeErrors", [])):
-                raise
+        by_shard: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for doc in docs:
+            by_shard[collection_for(doc["_id"])].append(doc)
+        for name, shard_docs in by_shard.items():
+            try:
+                await retry_transient(self._db[name].insert_many, shard_docs, ordered=False)
+            except BulkWriteError as exc:
+                # Already archived by an attempt whose transaction then aborted: the first stays.
+                if any(error.get("code") != DUPLICATE_KEY for error in exc.details.get("writeErrors", [])):
+                    raise
 
     async def load(self, doc_id: str) -> dict[str, Any] | None:
-        return await retry_transient(self._docs.find_one, {"_id": doc_id})
-
+        return await retry_transient(self._db[collection_for(doc_id)].find_one, {"_id": doc_id})
