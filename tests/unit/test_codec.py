@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import random
 import shutil
+import uuid
 from pathlib import Path
 
 import fastavro
@@ -23,6 +24,7 @@ from tongban.codec import (
     UnknownSchema,
     schema_fingerprint,
 )
+from tongban.events import EVENT_ID_NAMESPACE, derive_event_id
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "evolution"
@@ -145,11 +147,11 @@ def test_unroutable_bytes_exactly(registry):
         + b"\x02\x04e0"                                             # causation_id = "e0"
         + b"\x04A1" + b"\x04M7" + b"\x10no route"                   # payload fields
     )
-    data = registry.encode(name, record)
+    data = registry.encode(name, record, version=1)  # v1 as released; v2 adds `review`
     assert data[:2].hex() == "c301"
     assert data[2:10].hex() == "986676d1539f99b3"  # pinned; see schemas/released.lock
     assert data[HEADER_SIZE:] == body
-    assert registry.decode(data) == (name, record)
+    assert registry.decode(data) == (name, {**record, "review": ""})  # read as the newest version
 
 
 def test_verification_failed_bytes_exactly(registry):
@@ -252,7 +254,7 @@ def test_schema_style(path):
 def test_schema_json_is_self_contained_and_keeps_pii(registry):
     sv = registry.latest("tongban.partner.MatterAssigned")
     schema = json.loads(sv.schema_json)
-    assert schema["version"] == 1
+    assert schema["version"] == 2
     assert schema["fields"][0]["type"]["name"] == "Envelope"  # inlined, not a reference
     fastavro.parse_schema(schema, named_schemas={})  # resolves without the other files
     assert '"pii": true' in sv.schema_json
@@ -518,3 +520,15 @@ def test_mask_is_conservative_on_shapes_that_do_not_match(registry):
     masked = registry.mask("tongban.application.ApplicationReceived", record)
     assert masked["applicant"] == "***"
     assert masked["postal_address"] is None
+
+
+# -- event ids ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cause", ["TB00000000000000000001", "submit:TBX", "张三的申请", "", "a|b", "x" * 300])
+@pytest.mark.parametrize("qualifier", ["", "first", "leg-2"])
+def test_event_ids_are_the_uuid5_ids_every_earlier_release_derived(cause, qualifier):
+    """A replay is recognised by its id: the fast derivation must give exactly the ids that
+    `uuid.uuid5` gave, or events written before it would be handled again."""
+    expected = str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{cause}|tongban.application.ApplicationRouted|{qualifier}"))
+    assert derive_event_id(cause, "tongban.application.ApplicationRouted", qualifier) == expected
