@@ -9,6 +9,7 @@ import secrets
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import cast
 
 import grpc
 from aiokafka.errors import KafkaError
@@ -17,7 +18,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind
 from pymongo.errors import PyMongoError
 
-from tongban import grpc_tls, store, telemetry
+from tongban import grpc_tls, reflection, store, telemetry
 from tongban.codec import SchemaRegistry
 from tongban.config import ConfigError, Settings, load_settings
 from tongban.handling import Rejected, Wiring
@@ -30,6 +31,26 @@ tracer = trace.get_tracer("tongban.grpc")
 # Requests up to this size reach the service's own checks, which name the field and limit
 # (INVALID_ARGUMENT); larger ones are refused by gRPC itself (RESOURCE_EXHAUSTED).
 MAX_REQUEST_BYTES = 8 * 1024 * 1024
+
+
+_beside: set[asyncio.Task] = set()
+
+
+def keep_beside(task: asyncio.Task) -> asyncio.Task:
+    """Keep a task that runs beside the runtime (a catalogue follower, the notification
+    sender, a reader of partners' topics) until the service stops. It is cancelled and
+    awaited before the runtime stops, while the loop still runs: a Kafka client closed only
+    when `asyncio.run` cancels everything at once waits for its own cancelled helpers, and
+    the process hangs until it is killed."""
+    _beside.add(task)
+    return task
+
+
+async def _stop_beside(within: float = 10.0) -> None:
+    for task in _beside:
+        task.cancel()
+    if _beside:
+        await asyncio.wait(_beside, timeout=within)
 
 
 @asynccontextmanager
@@ -81,13 +102,16 @@ async def serve(
     telemetry.setup(settings)
     registry = SchemaRegistry.load()
     client, db = store.connect(settings)
-    runtime = ServiceRuntime(settings, registry, wiring(settings), MongoArchive(db))
+    runtime = ServiceRuntime(settings, registry, telemetry.RUNTIME.instrument(wiring(settings)), MongoArchive(db))
 
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_REQUEST_BYTES)])
+    server = grpc.aio.server(interceptors=[telemetry.GrpcMetrics()],
+                             options=[("grpc.max_receive_message_length", MAX_REQUEST_BYTES)])
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    registering = reflection.Registering(server)
     if add_servicers:
-        add_servicers(server, runtime)
+        add_servicers(cast(grpc.aio.Server, registering), runtime)
+    reflection.enable(server, [health.SERVICE_NAME, *registering.services])
     server.add_secure_port(grpc_tls.listen_address(settings.grpc_host, settings.grpc_port), credentials)
     await server.start()
 
@@ -112,6 +136,7 @@ async def serve(
     telemetry.log(log, logging.INFO, "stopping", service=settings.service)
     await health_servicer.enter_graceful_shutdown()
     await server.stop(grace=5)
+    await _stop_beside()
     await runtime.stop()
     await client.close()
     if runtime.failed.is_set():

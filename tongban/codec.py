@@ -28,6 +28,8 @@ import fastavro.validation
 from fastavro.schema import fingerprint as _fastavro_fingerprint
 from fastavro.schema import to_parsing_canonical_form
 
+from tongban import paths
+
 __all__ = [
     "HEADER_SIZE",
     "MAGIC",
@@ -43,7 +45,7 @@ __all__ = [
 MAGIC = b"\xc3\x01"
 HEADER_SIZE = len(MAGIC) + 8
 MASK = "***"
-DEFAULT_DIRECTORY = Path(__file__).resolve().parent.parent / "schemas"
+DEFAULT_DIRECTORY = paths.schemas_dir()
 
 _PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
 _NAMED = frozenset({"record", "error", "enum", "fixed"})

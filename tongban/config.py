@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from tongban import topics
+from tongban import paths, topics
 from tongban.pii import Keyring, PiiCipher
 from tongban.pii_policy import load_keyring
 
@@ -19,12 +19,13 @@ STATE_STORES = ("rocksdb", "memory")
 SERVICE_PORTS = {"intake": 50051, "routing": 50052, "verification": 50053, "delivery": 50054, "feedback": 50055}
 _NAMESPACE = re.compile(r"^[a-z0-9-]*$")
 ROOT = Path(__file__).resolve().parents[1]
+VAR = paths.var_dir()
 # Kafka security: the first is the default. SASL_* authenticate with SCRAM-SHA-512.
 KAFKA_SECURITY = ("SASL_PLAINTEXT", "SASL_SSL", "PLAINTEXT")  # PLAINTEXT: an external cluster without logins
 # Every Kafka principal's secret, one `name=secret` a line: made by `make setup` (mode 600,
 # git-ignored), read by every process for its own identity (tongban.ops.principals).
-DEFAULT_KAFKA_SECRETS_FILE = ROOT / "var" / "kafka" / "principals.secrets"
-LOCAL_KAFKA_CAFILE = ROOT / "var" / "kafka" / "tls" / "ca.pem"  # operator tools' default CA (SASL_SSL)
+DEFAULT_KAFKA_SECRETS_FILE = VAR / "kafka" / "principals.secrets"
+LOCAL_KAFKA_CAFILE = VAR / "kafka" / "tls" / "ca.pem"  # operator tools' default CA (SASL_SSL)
 KAFKA_ADMIN = "admin"  # the broker's own super user; operator tools (local_defaults) run as it
 
 
@@ -70,11 +71,11 @@ class Settings:
     trace_file: str | None
     pii_keys: Keyring  # this process's party keys and the current keys of those it seals for
     state_store: str = "rocksdb"
-    state_dir: Path = ROOT / "var" / "state"
+    state_dir: Path = VAR / "state"
     replay_horizon_days: int = 30
     kafka_secrets_file: Path = DEFAULT_KAFKA_SECRETS_FILE  # TONGBAN_KAFKA_SECRETS_FILE
     grpc_host: str = "127.0.0.1"  # TONGBAN_GRPC_HOST: the address the gRPC server listens on
-    grpc_tls_dir: Path = ROOT / "var" / "tls" / "grpc"  # TONGBAN_GRPC_TLS_DIR: CA, server and client certificates
+    grpc_tls_dir: Path = VAR / "tls" / "grpc"  # TONGBAN_GRPC_TLS_DIR: CA, server and client certificates
     # TONGBAN_SLA_CLOCK_AHEAD_DAYS: the SLA ledger's clock runs this many days ahead of the wall
     # clock, so deadlines fall due that much sooner (tests and demos; 0 in production).
     sla_clock_ahead_days: int = 0
@@ -171,7 +172,7 @@ def _choice(env: dict[str, str], name: str, choices: tuple[str, ...]) -> str:
 def _pii_keys(service: str, env: dict[str, str]) -> Keyring:
     """The process's personal-data keyring (tongban.pii_policy): its party's keys from
     TONGBAN_PII_KEYS, TONGBAN_PII_KEY_FILE or var/pii/<party>.keys (made by `make setup`), and
-    the current keys of the parties it seals for. Routing and feedback hold none."""
+    the current keys of the parties it seals for. Routing holds its own, for its command topic; feedback none."""
     try:
         return load_keyring(service, env)
     except ValueError as exc:
@@ -224,10 +225,10 @@ def load_settings(service: str, env: dict[str, str] | None = None, *, local_defa
         trace_file=env.get("TONGBAN_TRACE_FILE") or None,
         pii_keys=_pii_keys(service, env),
         state_store=_choice(env, "TONGBAN_STATE_STORE", STATE_STORES),
-        state_dir=Path(env.get("TONGBAN_STATE_DIR") or ROOT / "var" / "state"),
+        state_dir=Path(env.get("TONGBAN_STATE_DIR") or VAR / "state"),
         replay_horizon_days=_int(env, "TONGBAN_REPLAY_HORIZON_DAYS", 30),
         kafka_secrets_file=secrets_file,
         grpc_host=_grpc_host(env),
-        grpc_tls_dir=Path(env.get("TONGBAN_GRPC_TLS_DIR") or ROOT / "var" / "tls" / "grpc"),
+        grpc_tls_dir=Path(env.get("TONGBAN_GRPC_TLS_DIR") or VAR / "tls" / "grpc"),
         sla_clock_ahead_days=_int(env, "TONGBAN_SLA_CLOCK_AHEAD_DAYS", 0),
     )

@@ -31,10 +31,9 @@ import grpc
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tongban import telemetry
+from tongban import paths, telemetry
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_TLS_DIR = ROOT / "var" / "tls" / "grpc"
+DEFAULT_TLS_DIR = paths.var_dir() / "tls" / "grpc"
 ROLE_URI = "urn:tongban:role:"
 # window, portal and partner systems receive applications; operators look after Tongban;
 # a monitor only checks health (which needs no role: it is for probes that must hold none).

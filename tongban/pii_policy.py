@@ -2,7 +2,8 @@
 
 Parties with keys: every partner declared in `infra/topics.toml` (`[partners]`: the
 authorities and the carrier `ems`), the 12345 hotline, and the three Tongban services that
-must read personal data. Routing and feedback never do and hold no key.
+must read personal data. Routing and feedback never do; routing holds a key for its own
+command topic only, feedback none.
 
 | personal data on                         | sealed for (recipients)   | sealed by            |
 |------------------------------------------|---------------------------|----------------------|
@@ -10,6 +11,7 @@ must read personal data. Routing and feedback never do and hold no key.
 | `tongban.partner.<P>.assignments`        | P                         | delivery (re-seals)  |
 | `tongban.partner.ems.dispatches`         | ems                       | delivery (re-seals)  |
 | `tongban.partner.wallet.dispatches`      | wallet                    | delivery (re-seals)  |
+| `tongban.partner.<P>.submissions`        | P (intake opens, P's key) | P itself             |
 | `tongban.commands.tongban-<service>`     | that service              | the service's API    |
 | `tongban.feedback.ratings` (comment)     | intake                    | intake               |
 | `tongban.feedback.workorders` (content)  | 12345                     | the 12345 hotline    |
@@ -35,15 +37,18 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 
-from tongban import topics
+from tongban import paths, topics
 from tongban.pii import DEFAULT_SUITE, SUITES, Key, Keyring, PiiError, current_key, parse_keys, suite_available
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_KEY_DIR = ROOT / "var" / "pii"
-LEGACY_KEY_FILE = ROOT / "var" / "pii.keys"  # v1: one key shared by every process
-SERVICES_WITH_KEYS = ("intake", "verification", "delivery")
+DEFAULT_KEY_DIR = paths.var_dir() / "pii"
+LEGACY_KEY_FILE = paths.var_dir() / "pii.keys"  # v1: one key shared by every process
+# Routing opens no event's personal fields: its key seals only its own command topic (an
+# operator's review requests, whose free-text reasons are sealed like every request).
+SERVICES_WITH_KEYS = ("intake", "verification", "delivery", "routing")
 HOTLINE = "12345"
-_PARTNER_OUT = re.compile(r"^tongban\.partner\.([^.]+)\.(assignments|dispatches)$")
+# Submissions: a partner seals for itself (it holds only its own key); intake opens them
+# with the partner's key, as delivery holds it to seal assignments.
+_PARTNER_OUT = re.compile(r"^tongban\.partner\.([^.]+)\.(assignments|dispatches|submissions)$")
 _COMMANDS = re.compile(r"^tongban\.commands\.tongban-([a-z]+)$")
 
 
@@ -75,7 +80,7 @@ def seals_for(service: str) -> tuple[str, ...]:
 
 def partners() -> list[str]:
     """Partner and feed ids declared in infra/topics.toml (`[partners]`, `[feeds]`)."""
-    with open(ROOT / "infra" / "topics.toml", "rb") as declared:
+    with open(paths.topics_file(), "rb") as declared:
         doc = tomllib.load(declared)
     return list(dict.fromkeys([*doc.get("partners", {}), *doc.get("feeds", {})]))
 

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from pymongo import ASCENDING, AsyncMongoClient
+from pymongo import ASCENDING, AsyncMongoClient, uri_parser
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import (
     AutoReconnect,
@@ -53,10 +53,23 @@ async def retry_transient(op: Callable[..., Awaitable[T]], *args: Any, attempts:
     raise AssertionError("unreachable")
 
 
+def retryable_writes(uri: str) -> bool:
+    """Whether the driver retries writes, from the URI: as its `retryWrites` says when it says;
+    else on for a replica set (`replicaSet=`, or `mongodb+srv://`, which names one), off
+    otherwise. A standalone server, FerretDB v1 included, has no retryable writes (our own
+    retry handles its lock contention); a sharded cluster's mongos URI says `retryWrites=true`."""
+    if uri.startswith("mongodb+srv://"):  # parsing it would resolve the SRV record here
+        return "retrywrites=false" not in uri.lower()
+    options = uri_parser.parse_uri(uri)["options"]  # validated: retryWrites comes back a bool
+    if "retryWrites" in options:
+        return bool(options["retryWrites"])
+    return "replicaSet" in options
+
+
 def connect(settings: Settings) -> tuple[AsyncMongoClient, AsyncDatabase]:
-    # Standalone FerretDB has no retryable writes; our own retry handles lock contention.
     client: AsyncMongoClient = AsyncMongoClient(
-        settings.mongo_uri, retryWrites=False, serverSelectionTimeoutMS=5000, tz_aware=True
+        settings.mongo_uri, retryWrites=retryable_writes(settings.mongo_uri), serverSelectionTimeoutMS=5000,
+        tz_aware=True,
     )
     return client, client[settings.database]
 

@@ -27,6 +27,11 @@ APPLICATION_NOTICES = "tongban.application.notices"  # writer: intake; the notic
 
 # ---------------------------------------------------------------- feedback and catalogue
 FEEDBACK_RATINGS = "tongban.feedback.ratings"  # writer: intake; key: application id (一事一评)
+# 好差评 from the channels outside intake, each topic written by its channel alone (feeds haochaping-<channel>)
+FEEDBACK_RATINGS_HALL = "tongban.feedback.ratings.hall"  # on site at the halls' windows (一次一评)
+FEEDBACK_RATINGS_PORTAL = "tongban.feedback.ratings.portal"  # the online service portal (一事一评)
+FEEDBACK_RATINGS_MOBILE = "tongban.feedback.ratings.mobile"  # the mobile apps (一事一评)
+FEEDBACK_RATINGS_WEBSITE = "tongban.feedback.ratings.website"  # the government websites (一事一评)
 FEEDBACK_WORKORDERS = "tongban.feedback.workorders"  # writer: the 12345 hotline; key: work-order id
 FEEDBACK_FLAGS = "tongban.feedback.flags"  # writer: flags (the faust app); key: matter code
 FEEDBACK_FACTS = "tongban.feedback.facts"  # writer: feedback; key: matter|division|party
@@ -48,6 +53,10 @@ TOPICS = (
     APPLICATION_DELIVERED,
     APPLICATION_NOTICES,
     FEEDBACK_RATINGS,
+    FEEDBACK_RATINGS_HALL,
+    FEEDBACK_RATINGS_PORTAL,
+    FEEDBACK_RATINGS_MOBILE,
+    FEEDBACK_RATINGS_WEBSITE,
     FEEDBACK_WORKORDERS,
     FEEDBACK_FLAGS,
     FEEDBACK_FACTS,
@@ -82,7 +91,18 @@ def partner_receipts(partner_id: str) -> str:
     return f"tongban.partner.{partner_id}.receipts"
 
 
-PARTNER_STREAMS = (partner_assignments, partner_decisions, partner_dispatches, partner_receipts)
+def partner_submissions(partner_id: str) -> str:
+    """Applications received at the partner's windows (writer: the partner itself)."""
+    return f"tongban.partner.{partner_id}.submissions"
+
+
+def partner_acknowledgements(partner_id: str) -> str:
+    """Intake's answer to each submission: its application number or why not (writer: intake)."""
+    return f"tongban.partner.{partner_id}.acknowledgements"
+
+
+PARTNER_STREAMS = (partner_assignments, partner_decisions, partner_dispatches, partner_receipts,
+                   partner_submissions, partner_acknowledgements)
 
 CARRIER = "ems"  # the postal carrier's partner id
 POSTAL_DISPATCHES = partner_dispatches(CARRIER)
@@ -127,6 +147,8 @@ GROUP_STREAMS = (dlq, retry, changelog, commands, repartition)
 APPLICATION_RECEIVED_EVENT = "tongban.application.ApplicationReceived"  # on APPLICATION_RECEIVED
 APPLICATION_ROUTED_EVENT = "tongban.application.ApplicationRouted"  # on APPLICATION_ROUTED
 APPLICATION_UNROUTABLE_EVENT = "tongban.application.ApplicationUnroutable"  # on APPLICATION_ROUTED
+APPLICATION_UNDER_REVIEW_EVENT = "tongban.application.ApplicationUnderReview"  # on APPLICATION_ROUTED (review queue)
+REVIEW_RESOLVED_EVENT = "tongban.application.ReviewResolved"  # on APPLICATION_ROUTED (routing's review queue)
 APPLICATION_VERIFIED_EVENT = "tongban.application.ApplicationVerified"  # on APPLICATION_VERIFIED
 APPLICATION_VERIFICATION_FAILED_EVENT = "tongban.application.ApplicationVerificationFailed"  # on APPLICATION_VERIFIED
 APPLICATION_ACCEPTED_EVENT = "tongban.application.ApplicationAccepted"  # on APPLICATION_ACCEPTED
@@ -148,8 +170,13 @@ AUTHORITY_CLOCK_CHANGE_EVENT = "tongban.partner.AuthorityClockChange"  # on part
 COMMITMENT_CHECK_REQUESTED_EVENT = "tongban.partner.CommitmentCheckRequested"  # on partner_assignments (告知承诺)
 COMMITMENT_CHECK_RESULT_EVENT = "tongban.partner.CommitmentCheckResult"  # on partner_decisions
 RESULT_REVOKED_EVENT = "tongban.application.ResultRevoked"  # on APPLICATION_DECIDED (a failed 告知承诺 check)
+LEG_COMPLETED_EVENT = "tongban.application.LegCompleted"  # on APPLICATION_DECIDED (多地联办: next leg assigned)
+LEG_FAILED_EVENT = "tongban.application.LegFailed"  # on APPLICATION_DECIDED (多地联办: done legs undone)
 AUTHORITY_ACCEPTANCE_EVENT = "tongban.partner.AuthorityAcceptance"  # on partner_decisions
 AUTHORITY_DECISION_EVENT = "tongban.partner.AuthorityDecision"  # on partner_decisions
+PARTNER_SUBMISSION_EVENT = "tongban.partner.PartnerSubmission"  # on partner_submissions
+SUBMISSION_RECEIVED_EVENT = "tongban.partner.SubmissionReceived"  # on partner_acknowledgements
+SUBMISSION_REFUSED_EVENT = "tongban.partner.SubmissionRefused"  # on partner_acknowledgements
 POSTAL_DISPATCH_EVENT = "tongban.delivery.PostalDispatch"  # on POSTAL_DISPATCHES
 POSTAL_RECEIPT_EVENT = "tongban.delivery.PostalReceipt"  # on POSTAL_RECEIPTS
 WALLET_ENTRY_EVENT = "tongban.delivery.WalletEntry"  # on WALLET_ENTRIES
@@ -176,6 +203,8 @@ EVENT_TYPES = (
     APPLICATION_RECEIVED_EVENT,
     APPLICATION_ROUTED_EVENT,
     APPLICATION_UNROUTABLE_EVENT,
+    APPLICATION_UNDER_REVIEW_EVENT,
+    REVIEW_RESOLVED_EVENT,
     APPLICATION_VERIFIED_EVENT,
     APPLICATION_VERIFICATION_FAILED_EVENT,
     APPLICATION_ACCEPTED_EVENT,
@@ -195,8 +224,13 @@ EVENT_TYPES = (
     COMMITMENT_CHECK_REQUESTED_EVENT,
     COMMITMENT_CHECK_RESULT_EVENT,
     RESULT_REVOKED_EVENT,
+    LEG_COMPLETED_EVENT,
+    LEG_FAILED_EVENT,
     AUTHORITY_ACCEPTANCE_EVENT,
     AUTHORITY_DECISION_EVENT,
+    PARTNER_SUBMISSION_EVENT,
+    SUBMISSION_RECEIVED_EVENT,
+    SUBMISSION_REFUSED_EVENT,
     POSTAL_DISPATCH_EVENT,
     POSTAL_RECEIPT_EVENT,
     WALLET_ENTRY_EVENT,

@@ -20,7 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from services.datasharing import records
 from services.datasharing.anchor import anchor_periodically
 from services.datasharing.audit import Access, AuditChain, accesses_for
-from tongban import grpc_tls, store, telemetry, topics
+from tongban import grpc_tls, reflection, store, telemetry, topics
 from tongban.bus import make_producer, publish_schemas
 from tongban.codec import SchemaRegistry
 from tongban.config import Settings
@@ -154,6 +154,8 @@ async def serve(settings: Settings, provider: str, anchor_every: float) -> None:
     datasharing_pb2_grpc.add_DataSharingServicer_to_server(
         DataSharingServicer(provider, catalogue, demands, records.RecordStore.load(provider), chain, publish_dispute),
         server)
+    reflection.enable(server, [health.SERVICE_NAME,
+                               datasharing_pb2.DESCRIPTOR.services_by_name["DataSharing"].full_name])
     address = grpc_tls.listen_address(settings.grpc_host, endpoints.port(provider))
     server.add_secure_port(address, grpc_tls.server_credentials(settings.grpc_tls_dir, provider))
     await server.start()

@@ -82,10 +82,10 @@ async def started(settings, archive) -> ServiceRuntime:
 
 
 async def wait_state(runtime, key, predicate, within=30):
-    deadline = asyncio.get_running_loop().time() + within
-    while not predicate(await runtime.state_of(key)):
-        assert asyncio.get_running_loop().time() < deadline, f"{key} never reached the expected state"
-        await asyncio.sleep(0.05)
+    """Through the runtime's own wait (woken by the commit that touches the key, as intake's
+    Submit waits for its command), so every test using it checks that wake-up as well."""
+    state = await runtime.wait_for_state(key, predicate, within)
+    assert predicate(state), f"{key} never reached the expected state"
 
 
 @pytest.fixture

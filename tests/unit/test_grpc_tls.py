@@ -203,8 +203,8 @@ def test_an_application_is_seen_by_its_receiver_portals_for_portal_ones_and_oper
 
 async def test_the_progress_view_records_the_receiver_and_the_received_event_does_not_carry_it():
     body = {"application_id": "TB1", "matter_code": "KSTB-MED-01", "receiving_division": "430102",
-            "submitted_at": now_utc(), "received_by": {"source_system": "changsha-window", "role": "window"},
-            "fingerprints": {}, "materials": []}
+            "home_division": "430102", "submitted_at": now_utc(),
+            "received_by": {"source_system": "changsha-window", "role": "window"}, "fingerprints": {}, "materials": []}
     event = Event("submit:TB1", handlers.SUBMIT, "TB1", body, {"occurred_at": now_utc()}, "command")
     outcome = await handlers.submit(event, None)
     assert (outcome.state["source_system"], outcome.state["source_role"]) == ("changsha-window", "window")

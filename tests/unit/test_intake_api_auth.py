@@ -7,6 +7,7 @@ certificate, a certificate from another CA, an expired one. UNAUTHENTICATED: a c
 from the CA that names no caller. PERMISSION_DENIED: a role that may not call a method, a
 `source_system` that is not the caller's, an application the caller may not see."""
 
+import asyncio
 import datetime as dt
 import secrets
 
@@ -60,6 +61,14 @@ class InstantRuntime:
 
     async def state_of(self, key: str) -> dict | None:
         return self.states.get(key)
+
+    async def wait_for_state(self, key: str, done, within: float) -> dict | None:
+        # Commands apply at once here; a change made by the test is seen at the next look.
+        state = self.states.get(key)
+        if not done(state):
+            await asyncio.sleep(min(within, 0.01))
+            state = self.states.get(key)
+        return state if done(state) else None
 
     async def trace_of(self, key: str) -> dict[str, str]:
         return {}

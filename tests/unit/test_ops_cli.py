@@ -40,7 +40,7 @@ def test_every_command_has_help(path):
 READS = [("topics", "plan"), ("topics", "apply"), ("topics", "list"), ("acls", "plan"), ("acls", "apply"),
          ("quotas", "plan"), ("quotas", "apply"), ("users", "list"), ("lag",), ("dlq", "list"), ("dlq", "show"),
          ("dlq", "replay"), ("schemas", "check"), ("schemas", "list"), ("schemas", "show"), ("tail",), ("stuck",),
-         ("app",)]
+         ("app",), ("top",), ("review", "list")]
 
 
 def test_every_read_offers_json():
@@ -52,7 +52,10 @@ def test_every_read_offers_json():
         assert "--json" in {opt for p in command.params for opt in getattr(p, "opts", ())}, path
     assert {p for p in commands(cli) if p not in READS} == \
         {("topics",), ("acls",), ("quotas",), ("users",), ("users", "create"), ("users", "rotate"), ("dlq",),
-         ("schemas",), ("metrics",)}  # groups, writes that print what they did, the scrape endpoint
+         ("schemas",), ("metrics",),
+         ("topics", "render"), ("render",), ("render", "k8s"), ("render", "asyncapi"), ("render", "vectors"),
+         ("review",), ("review", "reroute"), ("review", "reject")}  # groups, writes that print
+    # what they did, the scrape endpoint, generators that write files
 
 
 @pytest.fixture

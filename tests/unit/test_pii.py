@@ -14,6 +14,7 @@ from tongban.codec import SchemaRegistry
 from tongban.config import ConfigError, load_settings
 from tongban.events import encode_event
 from tongban.ops import pii as ops
+from tongban.ops.topics import load_document
 from tongban.pii import (
     SUITES,
     V2,
@@ -220,13 +221,15 @@ def test_the_cipher_is_chosen_by_configuration(tmp_path):
 
 
 # ---------------------------------------------------------------------------- who holds which key
-def test_routing_and_feedback_hold_no_key_and_a_keyed_service_fails_fast_without_its_own(tmp_path):
+def test_feedback_holds_no_key_routing_only_its_own_and_a_keyed_service_fails_fast_without_its_own(tmp_path):
     env = {"TONGBAN_PII_KEY_DIR": str(tmp_path), "TONGBAN_PII_KEYS": new_key_line("k9")}
-    for service in ("routing", "feedback"):
-        keyring = load_settings(service, env).pii_keys
-        assert keyring.party is None
-        assert not keyring.opening
-        assert not keyring.sealing
+    keyring = load_settings("feedback", env).pii_keys
+    assert keyring.party is None
+    assert not keyring.opening
+    assert not keyring.sealing
+    # routing's key is for its own command topic (the review queue's requests), nothing else
+    routing = load_settings("routing", env).pii_keys
+    assert (routing.party, set(routing.opening), set(routing.sealing)) == ("routing", {"routing"}, {"routing"})
     with pytest.raises(ConfigError, match="no personal-data key for party verification"):
         load_settings("verification", {"TONGBAN_PII_KEY_DIR": str(tmp_path)})
     with pytest.raises(ConfigError, match="TONGBAN_PII_KEY_FILE names"):
@@ -245,7 +248,8 @@ def test_each_process_holds_its_own_key_and_the_current_keys_of_those_it_seals_f
         "intake", {"intake"}, {"intake", "verification", "delivery"})
     delivery = load_settings("delivery", env).pii_keys
     assert set(delivery.opening) == {"delivery"}
-    assert set(delivery.sealing) == {"delivery", "ems", *pii_policy.partners()} - {"12345"}
+    feeds = set(load_document()["feeds"])  # the hotline and the rating channels: delivery seals for none
+    assert set(delivery.sealing) == {"delivery", "ems", *pii_policy.partners()} - feeds
     partner = load_settings("partner-420000", env).pii_keys
     assert (partner.party, set(partner.opening), set(partner.sealing)) == ("420000", {"420000"}, {"420000"})
 

@@ -104,7 +104,9 @@ class Harness:
         self.archive = MemoryArchive()
         self.bus = MemoryTransactions(settings.changelog_topic)
         self.known = known_topics or {NS + OUTPUT, settings.dlq_topic, settings.repartition_topic}
-        self.ctx = Context(settings, registry, wiring, self.archive, PARTITIONS, self._has_topic, self._learn)
+        self.woken: list[str] = []  # the keys readers were told about, commit by commit
+        self.ctx = Context(settings, registry, wiring, self.archive, PARTITIONS, self._has_topic, self._learn,
+                           self.woken.extend)
         self.store = MemoryStore()
         self.task = Task(self.ctx, PARTITION, self.store, self.bus)
         self.offset = 0
@@ -189,6 +191,17 @@ def traceparent_of(span) -> str:
 
 
 # ----------------------------------------------------------------------------- exactly once
+async def test_readers_waiting_on_a_key_are_told_after_its_commit_and_not_after_an_abort():
+    h = Harness()
+    h.bus.fail_next = ConnectionError("broker away")
+    with pytest.raises(ConnectionError):
+        await h.feed(h.rec(received_value()))
+    assert h.woken == [], "nothing committed: a reader woken now would read the old state"
+    await h.feed(h.rec(received_value(cause="c2")))
+    assert h.woken == [KEY]
+    assert h.state() == {"n": 1}
+
+
 async def test_an_event_its_outputs_its_state_and_its_offset_commit_together():
     h = Harness()
     record = h.rec(received_value())
@@ -1274,8 +1287,13 @@ async def test_a_record_is_handled_in_a_consumer_span_that_continues_the_produce
     assert span.kind == SpanKind.CONSUMER
     assert f"{span.context.trace_id:032x}" == TRACE_ID
     assert f"{span.parent.span_id:016x}" == PARENT_SPAN_ID
-    assert dict(span.attributes) == {"tongban.event_id": envelope_of(record.value)["event_id"],
-                                     "tongban.topic": INPUT, "tongban.key": KEY}
+    event_id = envelope_of(record.value)["event_id"]
+    assert dict(span.attributes) == {"tongban.event_id": event_id, "tongban.topic": INPUT, "tongban.key": KEY,
+                                     "messaging.system": "kafka", "messaging.operation.type": "process",
+                                     "messaging.destination.name": INPUT,
+                                     "messaging.consumer.group.name": SETTINGS.group,
+                                     "messaging.destination.partition.id": str(PARTITION),
+                                     "messaging.message.id": event_id}
     out, = h.outputs()
     assert header(out, "traceparent") == traceparent_of(span), "outputs carry the handler's context"
 

@@ -602,6 +602,145 @@ def metrics_command(ops: Ops, host: str, port: int, interval: float, stuck_after
                                  lambda line: err.print(line, markup=False))
 
 
+# ------------------------------------------------------------------------------ top
+
+
+def _targets(values: tuple[str, ...]) -> dict[str, str]:
+    from tongban.ops.top import default_targets
+
+    if not values:
+        return default_targets()
+    found = {}
+    for value in values:
+        service, _, target = value.partition("=")
+        if not service or ":" not in target:
+            raise click.BadParameter(f"{value!r} is not SERVICE=HOST:PORT", param_hint="--target")
+        found[service] = target
+    return found
+
+
+def _top_table(rows: list[Any]) -> Table:
+    table = Table("service", "metrics", "records/s", "lag", "dead letters", "aborts", "p99 handler ms",
+                  title=f"tongban top  {datetime.now(UTC):%H:%M:%S} UTC")
+
+    def shown(value: float | None, fmt: str = "{:,.0f}") -> str:
+        return "-" if value is None else fmt.format(value)
+
+    for r in rows:
+        if not r.up:
+            table.add_row(r.service, r.target, "[red]down[/red]", "", "", "", "")
+            continue
+        letters = shown(r.dead_letters)
+        table.add_row(r.service, r.target, shown(r.records_per_s, "{:,.1f}"), shown(r.lag),
+                      f"[yellow]{letters}[/yellow]" if r.dead_letters else letters, shown(r.aborts),
+                      shown(r.p99_ms, "{:,.1f}"))
+    return table
+
+
+@cli.command("top")
+@click.option("--target", "targets", multiple=True, metavar="SERVICE=HOST:PORT",
+              help="a service's metrics endpoint (repeatable; default: every service on 127.0.0.1, "
+                   "ports 9551-9555)")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=2.0, show_default=True,
+              help="seconds between two readings")
+@click.option("--once", is_flag=True, help="read twice, print once and exit (1 when a service is down)")
+@json_option
+def top_command(targets: tuple[str, ...], interval: float, once: bool, as_json: bool) -> None:
+    """A live view per service: records/s, input lag, dead letters, transaction aborts and the
+    p99 handler latency, from the services' own metrics endpoints."""
+    from tongban.ops.top import rows, scrape_all
+
+    where = _targets(targets)
+    before = scrape_all(where)
+    if once:
+        time.sleep(interval)  # a rate needs a second reading
+        found = rows(before, scrape_all(where))
+        _show(as_json, {"interval_s": interval, "services": [r.as_json() for r in found]},
+              lambda: out.print(_top_table(found)))
+        if not all(r.up for r in found):
+            sys.exit(DRIFT)
+        return
+    with contextlib.suppress(KeyboardInterrupt), contextlib.ExitStack() as stack:
+        # --json streams one line a reading (for a pipe); otherwise the table is redrawn in place.
+        live = None if as_json else stack.enter_context(
+            Live(_top_table(rows([], before)), console=out, auto_refresh=False))
+        while True:
+            time.sleep(interval)
+            now = scrape_all(where)
+            found = rows(before, now)
+            if live is None:
+                click.echo(dumps({"at": datetime.now(UTC).isoformat(), "services": [r.as_json() for r in found]}))
+            else:
+                live.update(_top_table(found), refresh=True)
+            before = now
+
+
+# ------------------------------------------------------------------------------ review
+
+
+@cli.group("review")
+def review_group() -> None:
+    """Routing's review queue: applications no rule routed, waiting for an operator."""
+
+
+target_option = click.option("--target", default=None, metavar="HOST:PORT",
+                             help="routing's gRPC address (default 127.0.0.1:$TONGBAN_GRPC_PORT_ROUTING or 50052)")
+
+
+def _review(action: Callable[[], Any]) -> Any:
+    import grpc
+
+    try:
+        return action()
+    except grpc.RpcError as exc:
+        err.print(f"[red]routing answered {exc.code().name}: {exc.details()}[/red]")
+        sys.exit(FAILED)
+
+
+@review_group.command("list")
+@target_option
+@json_option
+def review_list(target: str | None, as_json: bool) -> None:
+    """What waits for an operator, oldest first (codes and times only: nothing personal)."""
+    from tongban.ops import review
+
+    entries = _review(lambda: review.waiting(target or review.default_target()))
+
+    def render() -> None:
+        table = Table("application", "matter", "since", "why no rule routed it")
+        for e in entries:
+            since = datetime.fromtimestamp(int(e["since_millis"]) / 1000, UTC).isoformat(timespec="seconds")
+            table.add_row(e["application_id"], e["matter_code"], since, e["reason"])
+        out.print(table)
+
+    _show(as_json, entries, render)
+
+
+@review_group.command("reroute")
+@click.argument("application_id")
+@click.argument("partner")
+@click.option("--reason", default="", help="why this authority (kept with the decision)")
+@target_option
+def review_reroute(application_id: str, partner: str, reason: str, target: str | None) -> None:
+    """Route APPLICATION_ID to the deciding authority PARTNER (a partner id, e.g. 420000)."""
+    from tongban.ops import review
+
+    _review(lambda: review.reroute(target or review.default_target(), application_id, partner, reason))
+    out.print(f"{application_id}: re-routed to {partner}")
+
+
+@review_group.command("reject")
+@click.argument("application_id")
+@click.option("--reason", required=True, help="the reason the applicant is given")
+@target_option
+def review_reject(application_id: str, reason: str, target: str | None) -> None:
+    """End APPLICATION_ID with the operator's reason."""
+    from tongban.ops import review
+
+    _review(lambda: review.reject(target or review.default_target(), application_id, reason))
+    out.print(f"{application_id}: rejected")
+
+
 # ------------------------------------------------------------------------------ tail
 
 
@@ -657,6 +796,65 @@ def tail(ops: Ops, topic: str, from_beginning: bool, count: int | None, timeout:
 
     with contextlib.suppress(KeyboardInterrupt):
         _run(_tail(ops, topic, from_beginning, count, timeout, show))
+
+
+# ------------------------------------------------------------------------------ render (tongban.ops.render)
+
+
+@topics_group.command("render")
+@click.option("--format", "fmt", type=click.Choice(["strimzi"]), required=True, help="resource format")
+@overlay_option
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="write to this file (default: stdout)")
+@click.pass_obj
+def topics_render(ops: Ops, fmt: str, overlay: str | None, out: str | None) -> None:
+    """KafkaTopic and KafkaUser resources (SCRAM, ACLs, quotas) from the declaration."""
+    from tongban.ops import render
+
+    text = render.render_strimzi(overlay, ops.namespace)
+    if out:
+        Path(out).write_text(text)
+    else:
+        click.echo(text, nl=False)
+
+
+@cli.group("render")
+def render_group() -> None:
+    """Deployment artefacts generated from the declarations (Kubernetes, the partner kit's AsyncAPI)."""
+
+
+@render_group.command("k8s")
+@click.option("--out", type=click.Path(file_okay=False), default="deploy/k8s", show_default=True)
+@click.option("--bench", type=click.Path(dir_okay=False), default=None,
+              help="bench result sizing the memory requests (default: var/bench/latest.json when present)")
+def render_k8s(out: str, bench: str | None) -> None:
+    """Kustomize base and production overlay: Deployments, Services, probes, ServiceMonitor, Strimzi resources."""
+    from tongban import paths
+    from tongban.ops import render
+
+    sizes = render.sizing(Path(bench) if bench else paths.var_dir() / "bench" / "latest.json")
+    for path in render.render_k8s(Path(out), sizes):
+        click.echo(str(path))
+
+
+@render_group.command("asyncapi")
+@click.option("--out", type=click.Path(dir_okay=False), default="docs/partner-kit/asyncapi.yaml", show_default=True)
+def render_asyncapi(out: str) -> None:
+    """The partner kit's AsyncAPI 3.0 document from infra/topics.toml and schemas/."""
+    from tongban.ops import render
+
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(render.render_asyncapi())
+    click.echo(out)
+
+
+@render_group.command("vectors")
+@click.option("--out", type=click.Path(file_okay=False), default="docs/partner-kit/vectors", show_default=True)
+def render_vectors(out: str) -> None:
+    """The partner kit's test vectors: a JSON example and its single-object bytes per partner-facing event."""
+    from tongban.ops import render
+
+    for path in render.render_vectors(Path(out)):
+        click.echo(str(path))
 
 
 def main() -> None:

@@ -36,11 +36,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from tongban import paths
 from tongban.config import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_FILE = ROOT / "infra" / "topics.toml"
-OVERLAYS = ROOT / "infra" / "overlays"
+DEFAULT_FILE = paths.topics_file()
+OVERLAYS = paths.overlays_dir()
 
 TOPIC_ALREADY_EXISTS = 36
 
@@ -460,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["plan", "apply", "list"])
     parser.add_argument("--namespace", default=None, help="prefix for every topic name (default: $TONGBAN_NAMESPACE)")
     parser.add_argument("--bootstrap", default=None, help="default: $TONGBAN_KAFKA_BOOTSTRAP or the local broker")
-    parser.add_argument("--file", default=None, help=f"declaration file (default: {DEFAULT_FILE.relative_to(ROOT)})")
+    parser.add_argument("--file", default=None, help=f"declaration file (default: {DEFAULT_FILE})")
     parser.add_argument("--overlay", default=None, help="environment overlay: a name in infra/overlays or a file")
     parser.add_argument("--force", action="store_true", help="apply: add partitions to keyed topics too")
     args = parser.parse_args(argv)

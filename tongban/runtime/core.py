@@ -256,6 +256,8 @@ class Context:
     partitions: int
     has_topic: Callable[[str], Awaitable[bool]]
     learn_schemas: Callable[[bytes], Awaitable[None]]
+    # Told the aggregate keys a commit changed, so readers waiting on them wake (no polling).
+    committed: Callable[[list[str]], None] = lambda keys: None
     cipher: PiiCipher = field(init=False)
 
     def __post_init__(self) -> None:
@@ -385,6 +387,8 @@ class Task:
         self.store.write(batch.changes, reached if reached is not None else self.store.checkpoint)
         for due_ms, timer_id, key in batch.timers:
             self.schedule.add(due_ms, timer_id, key)
+        if batch.entries:
+            self.ctx.committed(list(batch.entries))
 
     # -------------------------------------------------------------- one record
     async def _handle_record(self, batch: Batch, record: InRecord) -> None:
@@ -515,7 +519,8 @@ class Task:
             context = None  # a trace header we cannot read never stops a record
         with tracer.start_as_current_span(
             f"handle {event.event_type.rsplit('.', 1)[-1]}", context=context, kind=SpanKind.CONSUMER,
-            attributes={"tongban.event_id": event.event_id, "tongban.topic": event.topic, "tongban.key": key},
+            attributes={"tongban.event_id": event.event_id, "tongban.topic": event.topic, "tongban.key": key,
+                        **(self._messaging(event) if fired is None else {})},
         ):
             try:
                 outcome = await handler(event, copy.deepcopy(entry.state))
@@ -545,6 +550,13 @@ class Task:
             known = {t["id"] for t in entry.timers}
             batch.timers += [(millis(t["due_at"]), t["id"], key) for t in new.timers if t["id"] not in known]
         batch.outs.extend(outs)
+
+    def _messaging(self, event: Event) -> dict[str, str]:
+        """OpenTelemetry's messaging attributes of a record's span, so any tracing backend
+        groups them (a timer firing reads no record and has none)."""
+        return {"messaging.system": "kafka", "messaging.operation.type": "process",
+                "messaging.destination.name": event.topic, "messaging.consumer.group.name": self.ctx.settings.group,
+                "messaging.destination.partition.id": str(self.partition), "messaging.message.id": event.event_id}
 
     def _next_entry(self, entry: Entry, key: str, outcome: Outcome, trace_headers: list[tuple[str, bytes]],
                     fired: str | None) -> Entry:
@@ -629,36 +641,7 @@ class Task:
 
     # -------------------------------------------------------------- dead letters
     def _dead_letter(self, record: InRecord, exc: BaseException) -> OutRecord:
-        """The record as it came, with its origin and reason; reduced to a digest where the
-        original would not fit, so a dead letter can always be written."""
-        settings = self.ctx.settings
-        reason = safe_reason(exc)  # scrubbed
-        kept = [h for h in clean_headers(record.headers) if not h[0].startswith("tongban.dlq.")]
-        headers = [
-            ("tongban.dlq.origin.topic", record.topic.encode()),
-            ("tongban.dlq.origin.partition", str(record.partition).encode()),
-            ("tongban.dlq.origin.offset", str(record.offset).encode()),
-            ("tongban.dlq.group", settings.group.encode()),
-            ("tongban.dlq.error.class", type(exc).__name__.encode()),
-            ("tongban.dlq.error.message", reason.encode()[:2000]),
-        ]
-        if sum(len(k) + len(v) for k, v in kept) > MAX_KEPT_HEADER_BYTES:
-            headers.append(("tongban.dlq.headers.dropped", str(len(kept)).encode()))
-            kept = []
-        key, value = record.key, record.value
-        if key is not None and len(key) > MAX_KEY_BYTES:
-            headers.append(("tongban.dlq.key.digest", _digest(key)))
-            key = key[:64]
-        out = OutRecord(settings.dlq_topic, key, value if value is not None else b"", kept + headers, None)
-        if isinstance(exc, UnsealedPersonalData):  # personal data in the clear is not copied on
-            out = OutRecord(settings.dlq_topic, key, _digest(value or b""),
-                            [*kept, *headers, ("tongban.dlq.reduced", b"value held personal data in the clear")], None)
-        elif out.size > MAX_RECORD_BYTES:
-            out = OutRecord(settings.dlq_topic, key, _digest(value or b""),
-                            [*kept, *headers, ("tongban.dlq.reduced", b"value replaced by its digest")], None)
-        log_fields(log, logging.WARNING, "dead-lettered", topic=record.topic, partition=record.partition,
-                   offset=record.offset, error=type(exc).__name__, reason=reason)
-        return out
+        return dead_letter_of(self.ctx.settings, record, exc)
 
     def _forward(self, record: InRecord, event: Event, key: str) -> OutRecord:
         settings = self.ctx.settings
@@ -666,6 +649,39 @@ class Task:
         headers.append((ORIGIN_TOPIC_HEADER, settings.topic(event.topic).encode()))
         return OutRecord(settings.repartition_topic, key.encode(), record.value, headers,
                          partition_for(key, self.ctx.partitions))
+
+
+def dead_letter_of(settings: Settings, record: InRecord, exc: BaseException) -> OutRecord:
+    """The record as it came, with its origin and reason; reduced to a digest where the
+    original would not fit, so a dead letter can always be written. Tasks use it, and so
+    do a service's own readers outside the runtime (intake's partner submissions)."""
+    reason = safe_reason(exc)  # scrubbed
+    kept = [h for h in clean_headers(record.headers) if not h[0].startswith("tongban.dlq.")]
+    headers = [
+        ("tongban.dlq.origin.topic", record.topic.encode()),
+        ("tongban.dlq.origin.partition", str(record.partition).encode()),
+        ("tongban.dlq.origin.offset", str(record.offset).encode()),
+        ("tongban.dlq.group", settings.group.encode()),
+        ("tongban.dlq.error.class", type(exc).__name__.encode()),
+        ("tongban.dlq.error.message", reason.encode()[:2000]),
+    ]
+    if sum(len(k) + len(v) for k, v in kept) > MAX_KEPT_HEADER_BYTES:
+        headers.append(("tongban.dlq.headers.dropped", str(len(kept)).encode()))
+        kept = []
+    key, value = record.key, record.value
+    if key is not None and len(key) > MAX_KEY_BYTES:
+        headers.append(("tongban.dlq.key.digest", _digest(key)))
+        key = key[:64]
+    out = OutRecord(settings.dlq_topic, key, value if value is not None else b"", kept + headers, None)
+    if isinstance(exc, UnsealedPersonalData):  # personal data in the clear is not copied on
+        out = OutRecord(settings.dlq_topic, key, _digest(value or b""),
+                        [*kept, *headers, ("tongban.dlq.reduced", b"value held personal data in the clear")], None)
+    elif out.size > MAX_RECORD_BYTES:
+        out = OutRecord(settings.dlq_topic, key, _digest(value or b""),
+                        [*kept, *headers, ("tongban.dlq.reduced", b"value replaced by its digest")], None)
+    log_fields(log, logging.WARNING, "dead-lettered", topic=record.topic, partition=record.partition,
+               offset=record.offset, error=type(exc).__name__, reason=reason)
+    return out
 
 
 @dataclass(frozen=True)

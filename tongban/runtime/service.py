@@ -19,12 +19,13 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import IllegalOperation, KafkaError, ProducerFenced
+from aiokafka.errors import IllegalOperation, IllegalStateError, KafkaError, ProducerFenced
 from pymongo.errors import PyMongoError
 
 from tongban import bus
@@ -46,6 +47,7 @@ from tongban.runtime.core import (
     crash_point,
 )
 from tongban.runtime.state import StateStore, discard, open_store
+from tongban.telemetry import RUNTIME as MEASURES
 from tongban.telemetry import log as log_fields
 
 log = logging.getLogger("tongban.runtime")
@@ -97,12 +99,16 @@ class KafkaTransactions:
                 await producer.send_offsets_to_transaction(offsets, self.settings.group)
             await producer.commit_transaction()
         except ProducerFenced as exc:
+            MEASURES.aborted(exc)
             await self.stop()
             raise TaskFenced(self.transactional_id) from exc
-        except BaseException:
+        except BaseException as exc:
+            MEASURES.aborted(exc)
             # The transaction is lost either way; a fresh producer aborts it and starts clean.
             await self.stop()
             raise
+        MEASURES.committed(((r.topic, r.headers) for r in records), self.settings.dlq_topic,
+                           self.settings.logical_topic)
         changelog = self.settings.changelog_topic
         reached = [meta.offset for record, meta in zip(records, written, strict=True) if record.topic == changelog]
         return max(reached) + 1 if reached else None
@@ -144,6 +150,8 @@ class ServiceRuntime:
         self._fingerprints_tried: dict[bytes, float] = {}
         self._renewing = asyncio.Lock()
         self._lifecycle = asyncio.Lock()  # rebalances and the stop change the tasks one at a time
+        self._lag_measured = 0.0
+        self._waiting: dict[str, set[asyncio.Event]] = {}  # readers waiting for a key's next commit
 
     @property
     def ctx(self) -> Context:
@@ -162,7 +170,7 @@ class ServiceRuntime:
             # Without it no dead letter could be written and a poison record would stop the task.
             raise RuntimeError(f"topic {self.settings.dlq_topic} does not exist: run make topics")
         self._ctx = Context(self.settings, self.registry, self.wiring, self.archive, self.partitions,
-                            self._has_topic, self._learn_schemas)
+                            self._has_topic, self._learn_schemas, self._committed)
         self.consumer = bus.make_consumer(self.settings, [])
         self.consumer.subscribe(topics, listener=_Rebalance(self))
         await self.consumer.start()
@@ -303,25 +311,49 @@ class ServiceRuntime:
             for tp, records in batch.items():
                 by_partition.setdefault(tp.partition, []).extend(records)
             await asyncio.gather(*(self._process(p, records) for p, records in by_partition.items()))
+            await self._measure_lag()
 
     async def _process(self, partition: int, records: list[InRecord]) -> None:
         task = self.tasks.get(partition)
+        topics = [self.settings.logical_topic(r.topic) for r in records]
         if task is None or not task.active:
+            MEASURES.count_records(topics, "skipped")
             self._rewind(records)
             return
         try:
             await task.process(records)
+            MEASURES.count_records(topics, "committed")
         except TaskFenced:
+            MEASURES.count_records(topics, "fenced")
             log_fields(log, logging.WARNING, "task fenced by a newer owner", partition=partition)
             task.active = False
             self._rewind(records)
         except OUTAGES as exc:
+            MEASURES.count_records(topics, "aborted")
             # Nothing was committed: read the batch again once the store or broker is back.
             log_fields(log, logging.WARNING, "store or broker unavailable; pausing", partition=partition,
                        error=type(exc).__name__)
             self._rewind(records)
             await asyncio.sleep(1.0)
         self._timer_wake.set()
+
+    async def _measure_lag(self) -> None:
+        """Records not read yet on each assigned partition, for the metrics endpoint; at most
+        once a second (position and the last stable offset are known locally: no request)."""
+        if time.monotonic() - self._lag_measured < 1.0:
+            return
+        self._lag_measured = time.monotonic()
+        assert self.consumer is not None
+        lags = {}
+        for tp in self.consumer.assignment():
+            # Known once a fetch for it answered (then so is the position); a partition
+            # revoked meanwhile is left out.
+            with contextlib.suppress(IllegalStateError, AssertionError):
+                end = self.consumer.last_stable_offset(tp)
+                if end is not None and end >= 0:
+                    lags[(self.settings.logical_topic(tp.topic), tp.partition)] = max(
+                        0, end - await self.consumer.position(tp))
+        MEASURES.set_lag(lags)
 
     def _rewind(self, records: list[InRecord]) -> None:
         assert self.consumer is not None
@@ -405,6 +437,36 @@ class ServiceRuntime:
     async def state_of(self, key: str) -> dict[str, Any] | None:
         entry = await self._read(key)
         return entry.state if entry else None
+
+    async def wait_for_state(self, key: str, done: Callable[[dict[str, Any] | None], bool],
+                             within: float) -> dict[str, Any] | None:
+        """The state of `key` once `done(state)` holds, or None after `within` seconds. Woken
+        by the commits that touch the key, not by polling: a caller waiting for its command to
+        be applied costs nothing while it waits."""
+        deadline = time.monotonic() + within
+        while True:
+            woken = asyncio.Event()
+            self._waiting.setdefault(key, set()).add(woken)  # before the read: no commit is missed
+            try:
+                state = await self.state_of(key)
+                if done(state):
+                    return state
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken.wait(), remaining)
+            finally:
+                waiting = self._waiting.get(key)
+                if waiting is not None:
+                    waiting.discard(woken)
+                    if not waiting:
+                        del self._waiting[key]
+
+    def _committed(self, keys: list[str]) -> None:
+        for key in keys:
+            for woken in self._waiting.get(key, ()):
+                woken.set()
 
     async def trace_of(self, key: str) -> dict[str, str]:
         """The trace context that created this aggregate, to keep later requests in its trace."""
