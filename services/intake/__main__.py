@@ -3,19 +3,21 @@
 import asyncio
 import functools
 
-from services.intake import handlers
+from services.intake import handlers, notify
 from services.intake.api import IntakeServicer
 from services.intake.catalogue import LearnedCatalogue
 from services.intake.intake_pb2_grpc import add_IntakeServicer_to_server
+from services.intake.partner_feed import PartnerFeed, submitters
 from tongban import windows
-from tongban.app import main
+from tongban.app import keep_beside, main
 from tongban.config import Settings
 from tongban.handling import Wiring
+from tongban.pii import PiiCipher
+from tongban.pii_policy import party_keyring
 from tongban.runtime import ServiceRuntime
 from tongban.sharing.access import consultations
 
 CATALOGUE = LearnedCatalogue()
-_following: set[asyncio.Task] = set()  # the catalogue reader, kept until the process ends
 
 
 def wiring(settings: Settings) -> Wiring:
@@ -24,8 +26,14 @@ def wiring(settings: Settings) -> Wiring:
 
 def add_servicers(server, runtime: ServiceRuntime) -> None:
     # The formal check uses the catalogue routing publishes and the shared window registry.
-    _following.add(asyncio.get_running_loop().create_task(CATALOGUE.follow(runtime.settings, runtime.registry),
-                                                          name="learn-catalogue"))
+    loop = asyncio.get_running_loop()
+    keep_beside(loop.create_task(CATALOGUE.follow(runtime.settings, runtime.registry), name="learn-catalogue"))
+    keep_beside(loop.create_task(notify.run_sender(runtime.settings, runtime.registry, notify.local_notifier()),
+                                 name="send-notices"))
+    # Partners seal their submissions for themselves: intake opens them with each one's key.
+    openers = {partner: PiiCipher(party_keyring(partner)) for partner in submitters()}
+    feed = PartnerFeed(runtime, runtime.registry, openers, CATALOGUE, windows.registry())
+    keep_beside(loop.create_task(feed.follow(runtime.settings), name="partner-submissions"))
     access_log = functools.partial(consultations, tls_dir=runtime.settings.grpc_tls_dir)
     add_IntakeServicer_to_server(IntakeServicer(runtime, CATALOGUE, windows.registry(), access_log), server)
 

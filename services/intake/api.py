@@ -15,9 +15,8 @@ fields that differ (never their values).
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 
 import grpc
 from google.protobuf import any_pb2
@@ -41,8 +40,8 @@ NOT_YOURS = "the caller may not see this application (another system received it
 # How long Submit waits for its own commands to be applied before it says UNAVAILABLE (the
 # application is then recorded all the same: a retry with the same key answers with it).
 APPLIED_WITHIN = 15.0
-# How often Watch looks at the committed view (a local read, no database query).
-WATCH_EVERY = 0.1
+# Watch wakes on each commit of its application; this long without one it looks again anyway.
+WATCH_QUIET = 30.0
 
 
 def _submission(request: intake_pb2.SubmitRequest) -> domain.Submission:
@@ -111,18 +110,17 @@ def compared_fields(request: intake_pb2.SubmitRequest) -> dict[str, object]:
     }
 
 
-def bad_request(problems: list[str]) -> grpc.Status:
-    """INVALID_ARGUMENT with a google.rpc.BadRequest: one field violation per problem."""
+def bad_request(problems: list[str], code: int = code_pb2.INVALID_ARGUMENT) -> grpc.Status:
+    """INVALID_ARGUMENT (or `code`) with a google.rpc.BadRequest: one field violation per problem."""
     details = error_details_pb2.BadRequest(field_violations=[
         error_details_pb2.BadRequest.FieldViolation(field=domain.field_of(p), description=p) for p in problems])
     packed = any_pb2.Any()
     packed.Pack(details)
-    return rpc_status.to_status(status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message="; ".join(problems),
-                                                  details=[packed]))
+    return rpc_status.to_status(status_pb2.Status(code=code, message="; ".join(problems), details=[packed]))
 
 
-async def refuse(context, problems: list[str]) -> None:
-    status = bad_request(problems)
+async def refuse(context, problems: list[str], code: int = code_pb2.INVALID_ARGUMENT) -> None:
+    status = bad_request(problems, code)
     await context.abort(status.code, status.details, status.trailing_metadata)
 
 
@@ -146,6 +144,10 @@ class IntakeServicer(intake_pb2_grpc.IntakeServicer):
             request.source_system = caller.source_system
             if not request.client_reference:
                 await refuse(context, ["client_reference is required"])
+            if self.windows is not None and (bound := domain.window_binding(
+                    caller.source_system, caller.role, request.window_id, self.windows)):
+                status, problem = bound
+                await refuse(context, [problem], getattr(code_pb2, status))
             try:
                 domain.check_submission(_submission(request), self.catalogue, self.windows)
             except domain.InvalidSubmission as exc:
@@ -176,16 +178,12 @@ class IntakeServicer(intake_pb2_grpc.IntakeServicer):
                                           application_number=view.get("application_number", ""))
 
     async def _applied(self, context, application_id: str, done: Callable[[dict | None], bool]) -> dict:
-        """The view once the owner has applied our command (a read of the committed entry)."""
-        deadline = time.monotonic() + APPLIED_WITHIN
-        pause = 0.005
-        while not done(view := await self.runtime.state_of(application_id)):
-            if time.monotonic() > deadline:
-                await context.abort(grpc.StatusCode.UNAVAILABLE,
-                                    "the application is recorded but not yet numbered; retry with the same key")
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 0.02)  # local reads: a short pause keeps the answer close to the commit
-        assert view is not None, "done() saw it"
+        """The view once the owner has applied our command (woken by its commit, not polled)."""
+        view = await self.runtime.wait_for_state(application_id, done, APPLIED_WITHIN)
+        if view is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                "the application is recorded but not yet numbered; retry with the same key")
+        assert view is not None, "abort raises"
         return view
 
     async def Track(self, request, context):  # noqa: N802
@@ -243,8 +241,8 @@ class IntakeServicer(intake_pb2_grpc.IntakeServicer):
                     sent = step["sequence"]
                 if state["terminal"]:
                     return
-                await asyncio.sleep(WATCH_EVERY)
-                state = await self.runtime.state_of(request.application_id) or state
+                state = await self.runtime.wait_for_state(
+                    request.application_id, partial(_moved_on, state), WATCH_QUIET) or state
 
     async def Withdraw(self, request, context):  # noqa: N802
         caller = await authorize(context, "intake.Withdraw", RATERS)
@@ -291,21 +289,45 @@ class IntakeServicer(intake_pb2_grpc.IntakeServicer):
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "rating_reference is required")
             problem = domain.too_long("rating_reference", request.rating_reference, domain.MAX_REFERENCE_LENGTH)
             progress = await self._visible(context, "intake.Rate", caller, request.application_id)
+            role = request.rated_role or domain.SERVICE
             try:
                 if problem:
                     raise domain.InvalidSubmission([problem])
-                domain.check_rating(progress, request.level, request.channel, request.comment)
+                domain.check_rating(progress, request.level, request.channel, request.comment, role,
+                                    request.interaction_id)
             except domain.InvalidSubmission as exc:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             command_id = f"rate:{request.application_id}:{request.rating_reference}"
+            rating_id = handlers.rating_id_for(command_id)
+
+            def settled(view: dict | None) -> str | None:
+                """None once our rating is in the view; why not, once another of its kind is."""
+                if view is None or rating_id in {r["rating_id"] for r in view["ratings"]}:
+                    return None
+                return domain.repeated_rating(view, role, request.channel, request.interaction_id) or ""
+
+            # A retry of a rating that was applied is answered with its id, not refused.
+            if repeated := settled(progress):
+                await context.abort(grpc.StatusCode.ALREADY_EXISTS, repeated)
             payload = {"level": request.level, "channel": request.channel, "comment": request.comment,
-                       "rated_at": now_utc()}
+                       "rated_at": now_utc(), "rated_role": role, "interaction_id": request.interaction_id}
             await self.runtime.submit(handlers.RATE, request.application_id, command_id, payload)
-            return intake_pb2.RateReply(rating_id=handlers.rating_id_for(command_id))
+            # Two ratings of one kind sent at once both pass the check above; the owner applies
+            # one and refuses the other, so the answer waits for the owner's verdict.
+            view = await self.runtime.wait_for_state(
+                request.application_id, lambda v: v is not None and settled(v) != "", APPLIED_WITHIN)
+            if view is None:
+                await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                    "the rating is recorded but not applied yet; retry with the same rating_reference")
+            if repeated := settled(view):
+                await context.abort(grpc.StatusCode.ALREADY_EXISTS, repeated)
+            return intake_pb2.RateReply(rating_id=rating_id)
 
     async def _visible(self, context, method: str, caller: Caller, application_id: str) -> dict:
         """The application's progress view, if it exists (NOT_FOUND) and the caller may see
         it (PERMISSION_DENIED)."""
+        if not application_id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "application_id is required")
         state = None if domain.is_numbering_key(application_id) else await self.runtime.state_of(application_id)
         if state is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, "no such application")
@@ -313,6 +335,10 @@ class IntakeServicer(intake_pb2_grpc.IntakeServicer):
         if not domain.may_see(state, caller.source_system, caller.role):
             await deny(context, method, caller, NOT_YOURS)
         return state
+
+
+def _moved_on(seen: dict, now: dict | None) -> bool:
+    return now is not None and now != seen
 
 
 def _step(step: dict) -> intake_pb2.ProgressStep:

@@ -210,6 +210,29 @@ class Catalogue(Protocol):
 class WindowRegistry(Protocol):
     def may_receive(self, window_id: str, matter_code: str, division: str) -> bool: ...
 
+    def window(self, window_id: str) -> object | None: ...
+
+    def speaks_for(self, caller: str, window_id: str) -> bool: ...
+
+
+PERMISSION_DENIED, INVALID_ARGUMENT = "PERMISSION_DENIED", "INVALID_ARGUMENT"
+
+
+def window_binding(caller: str, role: str, window_id: str, windows: WindowRegistry) -> tuple[str, str] | None:
+    """A window system submits for a window it operates (windows.toml `systems`), never for
+    another's: the application then carries that window as the one that received it. The
+    problem's status and text, or None. A wrong window is the caller's mistake
+    (INVALID_ARGUMENT); a window of someone else's is not its to name (PERMISSION_DENIED)."""
+    if role != "window":
+        return None  # portals and partners receive on their own account; may_receive checks a named window
+    if not window_id:
+        return INVALID_ARGUMENT, "window_id is required when a window system submits (the window that received)"
+    if windows.window(window_id) is None:
+        return INVALID_ARGUMENT, "window_id: not a registered 跨省通办 window"
+    if not windows.speaks_for(caller, window_id):
+        return PERMISSION_DENIED, "window_id: the window is operated by another system than the caller"
+    return None
+
 
 def form_problems(submission: Submission, catalogue: Catalogue | None, windows: WindowRegistry | None) -> list[str]:
     """The catalogue's and the registry's part of the formal check (each skipped when intake
@@ -265,6 +288,11 @@ def sealed_problems(submission: Submission) -> list[str]:
     fields += [(f"commitments[{i}]", value) for i, value in enumerate(submission.commitments)]
     fields += [(f"deferred_materials[{i}]", value) for i, value in enumerate(submission.deferred_materials)]
     return [f"{field}: {SEALED_INPUT}" for field, value in fields if looks_sealed(value)]
+
+
+def partner_system(partner: str) -> str:
+    """A partner's source system: its Kafka principal and client certificate name."""
+    return f"partner-{partner}"
 
 
 def application_id_for(source_system: str, client_reference: str) -> str:
@@ -474,10 +502,63 @@ def may_see(progress: dict, source_system: str, role: str) -> bool:
     return role == "portal" and progress.get("source_role") == "portal"
 
 
-def check_rating(progress: dict, level: int, channel: str, comment: str | None = None) -> None:
+# 好差评 in 异地代收代办 (国办发 2019 51号): the receiving window and the deciding authority
+# are each rated, against their own division; SERVICE is an office that did both.
+SERVICE, RECEIVING, DECIDING = "SERVICE", "RECEIVING", "DECIDING"
+RATED_ROLES = (SERVICE, RECEIVING, DECIDING)
+ONSITE = "ONSITE"  # 一次一评: one rating per service interaction; every other channel 一事一评
+# The service a role is rated for has been given: the window's once it received (any stage),
+# the authority's once it decided (or refused to accept), the whole service once concluded.
+_AUTHORITY_DONE = ("DECIDED", "DELIVERED", "DENIED")
+
+
+def rating_problems(progress: dict, rated_role: str, channel: str, interaction_id: str) -> list[str]:
+    """Whom a rating is for and whether that service has been given yet."""
+    if rated_role not in RATED_ROLES:
+        return [f"rated_role must be one of {', '.join(RATED_ROLES)}"]
     problems = []
-    if progress["stage"] not in RATEABLE:
-        problems.append("an application can be rated once it is concluded")
+    if problem := too_long("interaction_id", interaction_id, MAX_REFERENCE_LENGTH):
+        problems.append(problem)
+    elif channel == ONSITE and not interaction_id:
+        problems.append("interaction_id is required on site (一次一评: one rating per service interaction)")
+    stage = progress["stage"]
+    refused = any(n["kind"] == NON_ACCEPTANCE for n in progress.get("notices", []))
+    if rated_role == RECEIVING and not progress.get("window_id"):
+        problems.append("rated_role: RECEIVING rates the window that received; this application came in online")
+    elif rated_role == DECIDING and not (stage in _AUTHORITY_DONE or refused):
+        problems.append("rated_role: the deciding authority can be rated once it has decided")
+    elif rated_role == SERVICE and stage not in (*RATEABLE, "DECIDED"):
+        problems.append("an application can be rated once it is concluded or decided")
+    return problems
+
+
+def rated_party(progress: dict, rated_role: str) -> tuple[str, str]:
+    """The party and division a rating counts against, from the application (never from the
+    caller): the receiving window in the receiving division, the deciding authority in its own."""
+    if rated_role == RECEIVING:
+        return progress.get("window_id", ""), progress.get("receiving_division", "")
+    if rated_role == DECIDING:
+        return (progress.get("deciding_partner", ""),
+                progress.get("deciding_division") or progress.get("home_division", ""))
+    return progress.get("deciding_partner", ""), progress.get("receiving_division", "")
+
+
+def repeated_rating(progress: dict, rated_role: str, channel: str, interaction_id: str) -> str | None:
+    """Why a rating is one too many, or None: online one per matter and rated party (一事一评),
+    on site one per interaction (一次一评)."""
+    for given in progress.get("ratings", []):
+        if given.get("rated_role", SERVICE) != rated_role:
+            continue
+        if channel == ONSITE and given.get("channel") == ONSITE and given.get("interaction_id") == interaction_id:
+            return f"this interaction was already rated for {rated_role} (一次一评: one rating per interaction)"
+        if channel != ONSITE and given.get("channel") != ONSITE:
+            return f"the application was already rated online for {rated_role} (一事一评: one rating per matter)"
+    return None
+
+
+def check_rating(progress: dict, level: int, channel: str, comment: str | None = None,
+                 rated_role: str = SERVICE, interaction_id: str = "") -> None:
+    problems = rating_problems(progress, rated_role, channel, interaction_id)
     if not 1 <= level <= 5:
         problems.append("level must be 1 (非常满意) to 5 (非常不满意)")
     if channel not in RATING_CHANNELS:

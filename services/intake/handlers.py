@@ -1,12 +1,15 @@
 """Intake service.
 
-Inputs:  gRPC Submit / Withdraw / SupplementMaterials / Rate as commands; its own
+Inputs:  gRPC Submit / Withdraw / SupplementMaterials / Rate as commands, and partners'
+         submissions (services.intake.partner_feed) as PartnerSubmit / PartnerRefuse; its own
          tongban.application.received (the numbered application comes back to the view);
          lifecycle events on tongban.application.{routed, verified, accepted, decided,
          delivered}.
 Outputs: ApplicationReceived (v2, numbered), ApplicationWithdrawn and SupplementSubmitted on
          tongban.application.received; NoticeServed on tongban.application.notices;
-         ServiceRating on tongban.feedback.ratings (keyed by application id: 一事一评).
+         ServiceRating (v2: the rated role, party and division from the view) on
+         tongban.feedback.ratings (keyed by application id); SubmissionReceived and
+         SubmissionRefused on tongban.partner.<P>.acknowledgements.
 State:   one progress view per application (services.intake.domain), no personal data:
          the details it shows are scrubbed of ID and phone numbers (tongban.scrub); and
          NUMBER_SHARDS numbering counters (`numbering:<shard>`).
@@ -15,11 +18,14 @@ Submitting takes two commands: SUBMIT, keyed by the application, records the vie
 the fingerprints a retry is compared with); NUMBER, keyed by the application's numbering
 counter, takes the next number and publishes the numbered ApplicationReceived, which comes
 back to the view. The API sends NUMBER only once the view holds its own submission, so a
-concurrent retry with another payload can never be the one that is published.
+concurrent retry with another payload can never be the one that is published. The
+partner feed sends PartnerSubmit and NUMBER in that order for each submission it reads in
+order, which gives the same guarantee (see partner_feed).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 
 from services.intake import domain
@@ -40,6 +46,10 @@ INPUTS = [
     topics.APPLICATION_DELIVERED,
 ]
 SUBMIT = "intake.Submit"
+# A partner's submission (services/intake/partner_feed.py): checked and either recorded like
+# SUBMIT (then numbered by NUMBER) or refused back to the partner.
+PARTNER_SUBMIT = "intake.PartnerSubmit"
+PARTNER_REFUSE = "intake.PartnerRefuse"
 NUMBER = "intake.Number"
 WITHDRAW = "intake.Withdraw"
 SUPPLEMENT = "intake.SupplementMaterials"
@@ -56,11 +66,69 @@ async def submit(event: Event, state: dict | None) -> Outcome:
     progress = domain.new_progress(body["application_id"], body["matter_code"], body["submitted_at"],
                                    receiver.get("source_system", ""), receiver.get("role", ""))
     progress["receiving_division"] = body["receiving_division"]
+    # Who is rated for what (Rate): the receiving window in its division, the deciding
+    # authority in the home division.
+    progress["window_id"] = body.get("window_id") or ""
+    progress["home_division"] = body["home_division"]
     # As a list: field names hold dots, which the archive (MongoDB) does not take as keys.
     progress["fingerprints"] = [{"field": name, "digest": digest}
                                 for name, digest in sorted(body["fingerprints"].items())]
     progress["application_number"] = ""  # the numbering command fills it in
     return Outcome(state=progress)
+
+
+async def partner_submit(event: Event, state: dict | None) -> Outcome:
+    """`event.payload`: `partner`, `submission_id`, `fingerprints` and the ApplicationReceived
+    body. The first submission under the partner's id is recorded like SUBMIT; a resend is a
+    duplicate; another payload under the same id is refused, naming what differs."""
+    body = event.payload
+    partner, submission_id = body["partner"], body["submission_id"]
+    if state is not None and not state.get("fingerprints") and state.get("application_number"):
+        # NUMBER's owner was quicker than this one (the two commands are on different
+        # partitions): the numbered application is this submission, the first one NUMBER saw.
+        return _adopt(state, body)
+    if state is not None:
+        kept = {f["field"]: f["digest"] for f in state.get("fingerprints") or []}
+        if changed := domain.differing(kept, body["fingerprints"]):
+            return _refuse_partner(partner, submission_id, body["submitted_at"],
+                                   [f"submission_id was used for another submission; it differs in: "
+                                    f"{', '.join(changed)}"])
+        return Outcome()
+    received = {k: v for k, v in body.items() if k not in ("partner", "submission_id")}
+    outcome = await submit(Event(event.event_id, SUBMIT, event.key, {
+        **received, "received_by": {"source_system": domain.partner_system(partner), "role": "partner"}},
+        event.envelope, event.topic), None)
+    assert outcome.state is not None, "a new application is recorded"
+    return Outcome(state={**outcome.state, "partner_submission": {"partner": partner, "submission_id": submission_id}})
+
+
+def _adopt(view: dict, body: dict) -> Outcome:
+    origin = {"partner": body["partner"], "submission_id": body["submission_id"]}
+    kept = [{"field": name, "digest": digest} for name, digest in sorted(body["fingerprints"].items())]
+    view = {**view, "source_system": domain.partner_system(body["partner"]), "source_role": "partner",
+            "fingerprints": kept, "partner_submission": origin}
+    return Outcome(state=view, emits=[_received_answer(view, body["submitted_at"])])
+
+
+def _received_answer(view: dict, at: datetime) -> Emit:
+    """The partner learns the application number its submission became."""
+    origin = view["partner_submission"]
+    answer = {"submission_id": origin["submission_id"], "application_id": view["application_id"],
+              "application_number": view["application_number"], "received_at": at}
+    return Emit(topics.partner_acknowledgements(origin["partner"]), topics.SUBMISSION_RECEIVED_EVENT,
+                origin["submission_id"], answer)
+
+
+async def partner_refuse(event: Event, state: dict | None) -> Outcome:
+    """A partner's submission that failed the formal check: every problem goes back to it."""
+    body = event.payload
+    return _refuse_partner(body["partner"], body["submission_id"], body["refused_at"], body["problems"])
+
+
+def _refuse_partner(partner: str, submission_id: str, at: datetime, problems: list[str]) -> Outcome:
+    refused = {"submission_id": submission_id, "problems": problems, "refused_at": at}
+    return Outcome(emits=[Emit(topics.partner_acknowledgements(partner), topics.SUBMISSION_REFUSED_EVENT,
+                               submission_id, refused)])
 
 
 async def number(event: Event, counter: dict | None) -> Outcome:
@@ -88,13 +156,17 @@ async def on_received(event: Event, state: dict | None) -> Outcome:
     p = event.payload
     if state is None:  # received elsewhere than through Submit: operators see it
         state = domain.new_progress(p["application_id"], p["matter_code"], p["submitted_at"])
-        state["receiving_division"] = p["receiving_division"]
+        state.update(receiving_division=p["receiving_division"], home_division=p["home_division"],
+                     window_id=p.get("window_id") or "")
     if state.get("application_number"):
         return Outcome()
     number = p.get("application_number", "")
     state = domain.advance(state, event.key, "NUMBERED", p["submitted_at"], number, domain.RECEIPT,
                            application_number=number)
-    return _serve(event, state, domain.RECEIPT, p["submitted_at"])
+    served = _serve(event, state, domain.RECEIPT, p["submitted_at"])
+    if not state.get("partner_submission"):
+        return served
+    return replace(served, emits=[*served.emits, _received_answer(state, p["submitted_at"])])
 
 
 async def withdraw(event: Event, state: dict | None) -> Outcome:
@@ -139,26 +211,38 @@ def rating_id_for(command_id: str) -> str:
 
 
 async def rate(event: Event, state: dict | None) -> Outcome:
+    """好差评: the rated party and its division come from the application, never from the
+    caller; a second rating of the same kind is refused with the reason (the API checked
+    both; a rating that raced another is checked again here)."""
     if state is None:
         raise Rejected("no such application")
     body = event.payload
+    role = body.get("rated_role") or domain.SERVICE
+    interaction_id = body.get("interaction_id") or ""
     try:
-        domain.check_rating(state, body["level"], body["channel"], body.get("comment"))
+        domain.check_rating(state, body["level"], body["channel"], body.get("comment"), role, interaction_id)
     except domain.InvalidSubmission as exc:
         raise Rejected(str(exc)) from exc
+    if repeated := domain.repeated_rating(state, role, body["channel"], interaction_id):
+        raise Rejected(repeated)
     rating_id = rating_id_for(event.event_id)
+    party, division = domain.rated_party(state, role)
     rating = {
         "rating_id": rating_id,
         "application_id": event.key,
         "matter_code": state["matter_code"],
-        "division_code": state.get("receiving_division", ""),
-        "party": state.get("deciding_partner", ""),
+        "division_code": division,
+        "party": party,
         "level": body["level"],
         "channel": body["channel"],
         "comment": body.get("comment") or None,
         "rated_at": body["rated_at"],
+        "rated_role": role,
+        "interaction_id": interaction_id or None,
     }
-    state["ratings"] = [*state["ratings"], {"rating_id": rating_id, "level": body["level"]}]
+    kept = {"rating_id": rating_id, "level": body["level"], "rated_role": role, "channel": body["channel"],
+            "interaction_id": interaction_id}
+    state["ratings"] = [*state["ratings"], kept]
     return Outcome(state=state, finished=state["terminal"],
                    emits=[Emit(RATINGS, topics.SERVICE_RATING_EVENT, event.key, rating)])
 
@@ -166,11 +250,16 @@ async def rate(event: Event, state: dict | None) -> Outcome:
 async def on_routed(event: Event, state: dict | None) -> Outcome:
     p = event.payload
     return _advance(event, state, "ROUTED", p["mode"], deciding_partner=p["deciding_partner"],
-                    due_at=p["due_at"], matter_code=p["matter_code"])
+                    deciding_division=p.get("deciding_division"), due_at=p["due_at"], matter_code=p["matter_code"])
 
 
 async def on_unroutable(event: Event, state: dict | None) -> Outcome:
     return _advance(event, state, "REJECTED", event.payload["reason"])
+
+
+async def on_under_review(event: Event, state: dict | None) -> Outcome:
+    # Waits for an operator in routing's review queue: a step, not a stage (a re-route moves it on).
+    return _advance(event, state, "UNDER_REVIEW", event.payload["reason"])
 
 
 async def on_verified(event: Event, state: dict | None) -> Outcome:
@@ -263,6 +352,7 @@ HANDLERS: dict[str, Handler] = {
     topics.APPLICATION_RECEIVED_EVENT: on_received,
     topics.APPLICATION_ROUTED_EVENT: on_routed,
     topics.APPLICATION_UNROUTABLE_EVENT: on_unroutable,
+    topics.APPLICATION_UNDER_REVIEW_EVENT: on_under_review,
     topics.APPLICATION_VERIFIED_EVENT: on_verified,
     topics.APPLICATION_VERIFICATION_FAILED_EVENT: on_verification_failed,
     topics.APPLICATION_ACCEPTED_EVENT: on_accepted,
@@ -275,4 +365,4 @@ HANDLERS: dict[str, Handler] = {
     topics.APPLICATION_DELIVERED_EVENT: on_delivered,
 }
 COMMANDS: dict[str, Handler] = {SUBMIT: submit, NUMBER: number, WITHDRAW: withdraw, SUPPLEMENT: supplement,
-                                RATE: rate}
+                                RATE: rate, PARTNER_SUBMIT: partner_submit, PARTNER_REFUSE: partner_refuse}

@@ -4,15 +4,37 @@ messages to the applicant (SMS or app push) through a `Notifier`.
 A message carries nothing personal but the application number: the applicant's contact is
 looked up by the sender's own system from the number, and the notice's reasons and remedy
 are read in Track. Sending is at least once; `notice_id` lets the sender drop a repeat.
+
+`run_sender` runs in intake's process (services/intake/__main__.py) as its own Kafka
+principal and consumer group (`tongban-notify`, infra/topics.toml): it commits a batch's
+offsets only after every message of it was handed to the notifier, so a crash sends a
+notice again and the notifier drops it by `notice_id`. Locally the notifier is a file of
+JSON lines (TONGBAN_NOTIFY_FILE) or, without one, the console.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
+import os
+import sys
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Protocol
 
+from aiokafka.errors import KafkaError
+
 from services.intake import domain
+from tongban import bus, telemetry, topics
+from tongban.codec import CodecError, SchemaRegistry, UnknownSchema
+from tongban.config import Settings
+
+log = logging.getLogger(__name__)
+SENDER = "tongban-notify"  # the sender's principal and consumer group
+NOTIFY_FILE = "TONGBAN_NOTIFY_FILE"
+RETRY_SECONDS = 1
 
 _TEXT = {
     domain.RECEIPT: "已收到您的申请（编号{number}），正在转交有权机关。",
@@ -65,3 +87,83 @@ class SimulatedSender:
 
     async def send(self, message: Message) -> None:
         self.sent.setdefault(message.notice_id, message)
+
+
+class FileSender:
+    """The local sender: one JSON line per message, in a file or (path None) on the console.
+    A notice already in the file is not written again, across restarts too: the file is
+    what the applicant received."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.sent: set[str] = set()
+        if path is not None and path.exists():
+            self.sent = {json.loads(line)["notice_id"] for line in path.read_text().splitlines() if line}
+
+    async def send(self, message: Message) -> None:
+        if message.notice_id in self.sent:
+            return
+        line = json.dumps(asdict(message), ensure_ascii=False) + "\n"
+        if self.path is None:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+        else:
+            await asyncio.to_thread(self._append, self.path, line)
+        self.sent.add(message.notice_id)
+
+
+    @staticmethod
+    def _append(path: Path, line: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as sink:
+            sink.write(line)
+
+
+def local_notifier(env: dict[str, str] | None = None) -> FileSender:
+    path = (os.environ if env is None else env).get(NOTIFY_FILE)
+    return FileSender(Path(path) if path else None)
+
+
+async def run_sender(settings: Settings, registry: SchemaRegistry, notifier: Notifier) -> None:
+    """Send every notice on the notices topic, at least once, until cancelled."""
+    settings = settings.as_principal(SENDER)
+    while True:
+        try:
+            await _consume(settings, registry, notifier)
+        except (KafkaError, OSError) as exc:
+            telemetry.log(log, logging.WARNING, "notification sender paused", error=type(exc).__name__)
+            await asyncio.sleep(RETRY_SECONDS)
+
+
+async def _consume(settings: Settings, registry: SchemaRegistry, notifier: Notifier) -> None:
+    consumer = bus.make_consumer(settings, [settings.topic(topics.APPLICATION_NOTICES)],
+                                 group=settings.topic(SENDER))
+    await consumer.start()
+    try:
+        while True:
+            batch = await consumer.getmany(timeout_ms=500)
+            for records in batch.values():
+                await deliver([n for record in records if (n := await _notice(settings, registry, record))],
+                              notifier)
+            if batch:
+                await consumer.commit()
+    finally:
+        await consumer.stop()
+
+
+async def _notice(settings: Settings, registry: SchemaRegistry, record) -> dict | None:
+    """The NoticeServed body of a record; None (logged, left to Track) for one this sender
+    cannot read even after learning the writers' schemas."""
+    for attempt in range(2):
+        try:
+            event_type, body = registry.decode(record.value)
+        except UnknownSchema:
+            if attempt == 0:
+                await bus.learn_schemas(settings, registry)
+                continue
+            break
+        except CodecError:
+            break
+        return body if event_type == topics.NOTICE_SERVED_EVENT else None
+    telemetry.log(log, logging.WARNING, "unreadable notice", partition=record.partition, offset=record.offset)
+    return None

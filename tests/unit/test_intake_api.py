@@ -387,3 +387,11 @@ async def test_a_retry_of_an_application_received_before_numbering_is_not_publis
     reply = await call("Submit", request)
     assert (reply.application_id, reply.application_number) == (application_id, "")
     assert runtime.commands == []
+
+
+@pytest.mark.parametrize("method", ["Track", "Consultations"])
+async def test_an_empty_application_id_is_an_invalid_argument_on_every_instance(intake, method):
+    """Not UNAVAILABLE: no instance owns the empty key, and a retry would never help."""
+    call, _, _ = intake
+    error = await refused(call, method, intake_pb2.TrackRequest(application_id=""))
+    assert (error.code(), error.details()) == (grpc.StatusCode.INVALID_ARGUMENT, "application_id is required")

@@ -194,8 +194,10 @@ async def test_a_concluded_application_can_be_rated_once_per_rating_and_the_rati
         "tongban.feedback.ratings", "tongban.feedback.ServiceRating", APP)
     assert emit.payload == {"rating_id": derive_event_id("rate-1", "rating"), "application_id": APP,
                             "matter_code": "KSTB-MED-01", "division_code": "430102", "party": "420000",
-                            "level": 5, "channel": "MOBILE", "comment": "太慢", "rated_at": T0}
-    assert outcome.state["ratings"] == [{"rating_id": derive_event_id("rate-1", "rating"), "level": 5}]
+                            "level": 5, "channel": "MOBILE", "comment": "太慢", "rated_at": T0,
+                            "rated_role": "SERVICE", "interaction_id": None}
+    assert outcome.state["ratings"] == [{"rating_id": derive_event_id("rate-1", "rating"), "level": 5,
+                                         "rated_role": "SERVICE", "channel": "MOBILE", "interaction_id": ""}]
     assert outcome.finished is True, "the rated application goes back to the archive"
 
 
@@ -211,11 +213,12 @@ async def test_an_empty_comment_is_published_as_none():
     assert (await rate(state, comment="")).emits[0].payload["comment"] is None
 
 
-async def test_ratings_accumulate():
+async def test_a_second_online_rating_of_the_same_service_is_refused():
     state, _ = await feed(REFUSED, state=await submitted())
     state = (await rate(state, level=1)).state
-    state = (await rate(state, level=4, event_id="rate-2")).state
-    assert [r["level"] for r in state["ratings"]] == [1, 4]
+    with pytest.raises(Rejected, match="一事一评"):
+        await rate(state, level=4, event_id="rate-2")
+    assert [r["level"] for r in state["ratings"]] == [1]
 
 
 async def test_an_application_still_in_progress_cannot_be_rated():
@@ -321,7 +324,7 @@ def test_a_long_list_of_too_long_materials_is_one_problem_that_counts_the_rest()
 def test_every_rating_problem_is_named_exactly():
     with pytest.raises(domain.InvalidSubmission) as invalid:
         domain.check_rating({"stage": "ROUTED"}, 0, "FAX")
-    assert invalid.value.problems == ["an application can be rated once it is concluded",
+    assert invalid.value.problems == ["an application can be rated once it is concluded or decided",
                                       "level must be 1 (非常满意) to 5 (非常不满意)",
                                       "channel must be one of ONSITE, ONLINE, MOBILE, HOTLINE"]
 
