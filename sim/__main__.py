@@ -1,6 +1,8 @@
 """python -m sim [--deny-matters CODE,...] [--supplement-matters CODE,...] [--supplement-share F]
-[--refuse-matters CODE,...] [--broken-commitment-matters CODE,...] [--carrier-ledger FILE]
-[--carrier-delay S] [--windows ID,...]: every declared authority partner, the carrier, the
+[--refuse-matters CODE,...] [--broken-commitment-matters CODE,...] [--deny-legs CODE:STEP,...]
+[--carrier-ledger FILE]
+[--carrier-delay S] [--windows ID,...] [--absent-authorities ID,...]: every declared authority
+partner (but the absent ones, which a real partner system answers for), the carrier, the
 e-licence wallet and the windows (sim/carrier.py)."""
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from tongban.pii import PiiCipher
 from tongban.pii_policy import party_keyring
 
 
-async def run(answers: Answers, carrier_ledger: Path | None, carrier_delay: float, windows: str) -> None:
+async def run(answers: Answers, carrier_ledger: Path | None, carrier_delay: float, windows: str,
+              absent: frozenset[str] = frozenset()) -> None:
     settings = load_settings("partner-sim")
     telemetry.setup(settings)
     registry = SchemaRegistry.load()
@@ -38,7 +41,7 @@ async def run(answers: Answers, carrier_ledger: Path | None, carrier_delay: floa
     tasks = [
         run_partner(settings, registry, pid, f"tongban.partner.{pid}.assignments",
                     authority(pid, answers, ciphers[pid]), stopping)
-        for pid in authorities()
+        for pid in authorities() if pid not in absent
     ]
     # Results the carrier hands to a window (结果转送); the windows the simulator operates record them.
     handed: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
@@ -70,16 +73,21 @@ def main() -> None:
     parser.add_argument("--refuse-matters", default="", help="matter codes the simulated authorities do not accept")
     parser.add_argument("--broken-commitment-matters", default="",
                         help="matter codes whose 告知承诺 the simulated authorities find broken when checking")
+    parser.add_argument("--deny-legs", default="",
+                        help="joint-matter legs (CODE:STEP,...) the simulated authorities deny")
     parser.add_argument("--carrier-ledger", type=Path, help="a file where the carrier notes every parcel")
     parser.add_argument("--carrier-delay", type=float, default=0.0,
                         help="seconds the carrier takes to report a parcel delivered or returned")
+    parser.add_argument("--absent-authorities", default="",
+                        help="authority ids the simulator does not answer for (a real partner system does)")
     parser.add_argument("--windows", default="*",
                         help="window ids whose arrivals and pick-ups the simulator records ('*' every one, '' none)")
     args = parser.parse_args()
     answers = Answers(codes(args.deny_matters), codes(args.supplement_matters), args.supplement_share,
-                      codes(args.refuse_matters), codes(args.broken_commitment_matters))
+                      codes(args.refuse_matters), codes(args.broken_commitment_matters), codes(args.deny_legs))
     try:
-        asyncio.run(run(answers, args.carrier_ledger, args.carrier_delay, args.windows))
+        asyncio.run(run(answers, args.carrier_ledger, args.carrier_delay, args.windows,
+                        codes(args.absent_authorities)))
     except ConfigError as exc:
         raise SystemExit(f"partner simulator: configuration error: {exc}") from None
 

@@ -2,7 +2,8 @@
 
 - An **authority** (another province, a city under a point-to-point agreement, or Hunan's own
   departments) reads `tongban.partner.<id>.assignments`, accepts (受理) and decides: it approves
-  unless the matter is on its deny list (the demo's stand-in for a substantive review). It
+  unless the matter, or a joint matter's leg, is on its deny lists (the demo's stand-in for a
+  substantive review). It
   answers a 补正 notice instead for the matters of its supplement list and a share of the
   rest (`Answers`), then accepts and decides once the materials come back
   (MaterialsSupplemented); it does not accept (不予受理, with the remedy) the matters of its
@@ -64,6 +65,7 @@ class Answers:
     supplement_share: float = 0.0  # of the other assignments, chosen by assignment id (a redelivery answers alike)
     refuse_matters: frozenset[str] = frozenset()  # 不予受理
     broken_commitment_matters: frozenset[str] = frozenset()  # a 告知承诺 check fails
+    deny_legs: frozenset[str] = frozenset()  # 多地联办: legs denied, as "<matter code>:<step>"
 
     def supplements(self, assigned: dict) -> bool:
         if assigned["matter_code"] in self.supplement_matters:
@@ -80,9 +82,9 @@ REFUSAL = ("申请事项依法不属于本机关职权范围 (simulated)",
 def authority(partner_id: str, answers: Answers, cipher: PiiCipher) -> Respond:
     decisions = f"tongban.partner.{partner_id}.decisions"
 
-    def accept_and_decide(base: dict, matter_code: str | None) -> list[Reply]:
+    def accept_and_decide(base: dict, matter_code: str | None, step: str = "") -> list[Reply]:
         accepted = {**base, "outcome": "ACCEPTED", "reason": None, "accepted_at": now_utc()}
-        if matter_code in answers.deny_matters:
+        if matter_code in answers.deny_matters or f"{matter_code}:{step}" in answers.deny_legs:
             decided = {**base, "outcome": "DENIED", "result_reference": None,
                        "reason": "不符合法定条件 (simulated substantive review)", "decided_at": now_utc()}
         else:
@@ -128,7 +130,8 @@ def authority(partner_id: str, answers: Answers, cipher: PiiCipher) -> Respond:
             notice = {**base, "outcome": "SUPPLEMENT_REQUIRED", "reason": SUPPLEMENT_REASON,
                       "missing_materials": missing, "accepted_at": now_utc()}
             return [Reply(decisions, "tongban.partner.AuthorityAcceptance", notice)]
-        return accept_and_decide(base, assigned["matter_code"])
+        # Each leg of a joint matter is its own assignment, answered alike (MatterAssigned v2 names the step).
+        return accept_and_decide(base, assigned["matter_code"], assigned.get("step", ""))
 
     return respond
 

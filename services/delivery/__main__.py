@@ -3,19 +3,19 @@
 import os
 import secrets
 from datetime import timedelta
-from pathlib import Path
 
 from services.delivery import acceptance, handlers, matters
 from services.delivery.api import DeliveryServicer
 from services.delivery.channels.base import Deployment, Policy
 from services.delivery.delivery_pb2_grpc import add_DeliveryServicer_to_server
+from tongban import paths
 from tongban.app import main
 from tongban.config import Settings
 from tongban.handling import Wiring
 from tongban.partners import authorities
 from tongban.runtime import ServiceRuntime
 
-SECRET_FILE = Path(__file__).resolve().parents[2] / "var" / "delivery" / "dispatch.secret"
+SECRET_FILE = paths.var_dir() / "delivery" / "dispatch.secret"
 
 
 def dispatch_secret() -> bytes:

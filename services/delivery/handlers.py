@@ -10,7 +10,10 @@ Inputs:  ApplicationReceived / Routed / Verified (the file, the deciding authori
          SupplementSubmitted from intake on tongban.application.received; AuthorityClockChange
          on tongban.partner.<id>.decisions; the timers `supplement-deadline` and `deferred-promise`;
          告知承诺: the timer `commitment-check`, CommitmentCheckResult on the partner's decisions.
-Outputs: MatterAssigned on tongban.partner.<id>.assignments; ApplicationAccepted/Refused on
+Outputs: MatterAssigned on tongban.partner.<id>.assignments (a joint matter's legs in turn,
+         each to its own party: LegCompleted on tongban.application.decided for each leg before
+         the last; a failing leg gives LegFailed, AssignmentCancelled to the party of every leg
+         done, and the application's denial); ApplicationAccepted/Refused on
          tongban.application.accepted; ApplicationDecided on tongban.application.decided;
          PostalDispatch on tongban.partner.ems.dispatches, WalletEntry on
          tongban.partner.wallet.dispatches; DeliveryProgress and ApplicationDelivered on
@@ -133,24 +136,56 @@ def make_handlers(cipher: PiiCipher, registry: SchemaRegistry | None = None,
     def assign(key: str, file: dict) -> Outcome:
         if not domain.ready_to_assign(file):
             return Outcome(state=file)
+        return Outcome(state=file, emits=[assign_leg(key, file, 1)])
+
+    def assign_leg(key: str, file: dict, number: int) -> Emit:
+        """Leg `number` goes to its party; `file` takes it as its current assignment."""
         received, routed = file["received"], file["routed"]
-        partner = routed["deciding_partner"]
-        assignment_id = domain.assignment_id_for(key, partner)
-        file["assignment"] = {"assignment_id": assignment_id, "partner_id": partner}
+        leg = domain.leg(routed, number)
+        file["assignment"] = domain.assignment_of(key, routed, number)
         assigned = {
-            "assignment_id": assignment_id,
+            "assignment_id": file["assignment"]["assignment_id"],
             "application_id": key,
             "matter_code": routed["matter_code"],
             "mode": routed["mode"],
-            "deciding_division": routed["deciding_division"],
+            "deciding_division": leg.division_code,
             # Opened here, sealed again by the runtime for this partner only.
             "applicant": opener.received(key, file)["applicant"],
             "materials": received["materials"],
-            "promised_working_days": routed["promised_working_days"],
+            "promised_working_days": leg.working_days,
             "due_at": routed["due_at"],
+            "step": leg.step, "leg": leg.number, "legs": leg.count,
         }
-        topic = topics.partner_assignments(partner)
-        return Outcome(state=file, emits=[Emit(topic, topics.MATTER_ASSIGNED_EVENT, key, assigned)])
+        return Emit(topics.partner_assignments(leg.partner_id), topics.MATTER_ASSIGNED_EVENT, key, assigned)
+
+    def leg_body(key: str, file: dict) -> dict:
+        assignment, leg = file["assignment"], domain.current_leg(file)
+        return {"application_id": key, "assignment_id": assignment["assignment_id"], "partner_id": leg.partner_id,
+                "step": leg.step, "leg": leg.number, "legs": leg.count}
+
+    def leg_done(key: str, file: dict, reference: str | None, at: datetime) -> list[Emit]:
+        """A joint leg before the last is done: routing's ledger closes its clock, and the next
+        leg goes to its own party."""
+        done = leg_body(key, file)
+        file["legs_done"] = [*file.get("legs_done", []),
+                             {k: done[k] for k in ("assignment_id", "partner_id", "step")}]
+        completed = Emit(topics.APPLICATION_DECIDED, topics.LEG_COMPLETED_EVENT, key,
+                         {**done, "result_reference": reference, "completed_at": at}, qualifier=str(done["leg"]))
+        return [completed, assign_leg(key, file, done["leg"] + 1)]
+
+    def leg_failed(key: str, file: dict, reason: str, at: datetime) -> Outcome:
+        """A joint leg failed: the application ends denied with the reason, and the party of
+        every leg already done is told to undo its part (nothing is left dangling)."""
+        failed, done = leg_body(key, file), file.get("legs_done", [])
+        why = f"leg {failed['leg']} of {failed['legs']} ({failed['step']}) failed: {reason}"
+        emits = [Emit(topics.APPLICATION_DECIDED, topics.LEG_FAILED_EVENT, key,
+                      {**failed, "reason": reason, "compensated": done, "failed_at": at})]
+        emits += [cancel(key, leg, f"{why}; undo {leg['step']}", at, done=True) for leg in done]
+        decided = {"application_id": key, "deciding_partner": failed["partner_id"], "outcome": "DENIED",
+                   "result_reference": None, "reason": why, "decided_at": at}
+        emits.append(Emit(topics.APPLICATION_DECIDED, topics.APPLICATION_DECIDED_EVENT, key, decided))
+        return Outcome(state=_finished({**file, "decision": "DENIED", "failed_leg": failed["leg"]}), emits=emits,
+                       finished=True, cancel_timers=[acceptance.DEFERRED_PROMISE])
 
     async def on_received(event: Event, state: dict | None) -> Outcome:
         p = event.payload
@@ -188,6 +223,8 @@ def make_handlers(cipher: PiiCipher, registry: SchemaRegistry | None = None,
         p = event.payload
         assignment = _check(event, state)
         assert state is not None  # _check refuses a file without an assignment
+        if assignment.get("leg", 1) > 1:
+            return later_leg_answer(event, state)
         partner = assignment["partner_id"]
         missing = p.get("missing_materials") or {}
         in_order(event.key, state, lambda: acceptance.check_answer(state, p["outcome"], missing))
@@ -212,11 +249,33 @@ def make_handlers(cipher: PiiCipher, registry: SchemaRegistry | None = None,
         return Outcome(state=_finished(file), finished=True, cancel_timers=[acceptance.DEFERRED_PROMISE],
                        emits=[Emit(topics.APPLICATION_ACCEPTED, topics.APPLICATION_REFUSED_EVENT, event.key, body)])
 
+    def later_leg_answer(event: Event, file: dict) -> Outcome:
+        """A later leg's party takes up work the application's acceptance already covers: it
+        confirms, or refuses its leg, which fails it. The 补正 notice is the accepting
+        authority's, once (一次性告知), so a later leg cannot send one."""
+        p = event.payload
+        if p["outcome"] == "ACCEPTED":
+            if file["assignment"].get("accepted"):
+                raise Rejected("this leg's party already took it up")
+            return Outcome(state={**file, "assignment": {**file["assignment"], "accepted": True}})
+        if p["outcome"] == "REFUSED":
+            reason = scrub(p["reason"] or "", opener.parties(event.key, file)) or "refused"
+            return leg_failed(event.key, file, reason, p["accepted_at"])
+        raise Rejected(f"acceptance outcome {p['outcome']!r} is not open to a later leg of a joint matter "
+                       "(ACCEPTED or REFUSED; 补正 was the accepting authority's)")
+
     async def on_decision(event: Event, state: dict | None) -> Outcome:
         p = event.payload
         assignment = _check(event, state)
         assert state is not None  # _check refuses a file without an assignment
         in_order(event.key, state, lambda: acceptance.check_decision(state, p["outcome"]))
+        if domain.is_joint(state["routed"]):
+            if p["outcome"] != "APPROVED":
+                reason = scrub(p["reason"] or "", opener.parties(event.key, state)) or "denied"
+                return leg_failed(event.key, dict(state), reason, p["decided_at"])
+            if not domain.current_leg(state).last:
+                file = dict(state)
+                return Outcome(state=file, emits=leg_done(event.key, file, p["result_reference"], p["decided_at"]))
         file = {**state, "decision": p["outcome"], "result_reference": p["result_reference"]}
         if p["outcome"] == "APPROVED":
             check_result(event.key, file)
@@ -384,16 +443,19 @@ def make_handlers(cipher: PiiCipher, registry: SchemaRegistry | None = None,
         promise it was set for."""
         return Timer(acceptance.DEFERRED_PROMISE, due_at, {"due_at": due_at.isoformat()})
 
-    def cancel_assignment(key: str, file: dict, reason: str, at: datetime) -> Emit:
-        """The authority stops work on the file."""
-        assignment = file["assignment"]
+    def cancel(key: str, assignment: dict, reason: str, at: datetime, done: bool = False) -> Emit:
+        """The party stops work on its assignment, or (`done`) undoes a joint leg it has done;
+        those are told apart by their assignment in the event id."""
         body = {"assignment_id": assignment["assignment_id"], "application_id": key, "reason": reason,
                 "cancelled_at": at}
-        return Emit(topics.partner_assignments(assignment["partner_id"]), topics.ASSIGNMENT_CANCELLED_EVENT, key, body)
+        return Emit(topics.partner_assignments(assignment["partner_id"]), topics.ASSIGNMENT_CANCELLED_EVENT, key, body,
+                    qualifier=assignment["assignment_id"] if done else "")
 
     def close(key: str, file: dict, status: acceptance.Stage, reason: str, at: datetime) -> Outcome:
-        """The application ends without a decision; assigned work is cancelled."""
-        emits = [cancel_assignment(key, file, reason, at)] if "assignment" in file else []
+        """The application ends without a decision; assigned work is cancelled, and a joint
+        matter's legs already done are undone."""
+        emits = [cancel(key, leg, reason, at, done=True) for leg in file.get("legs_done", [])]
+        emits += [cancel(key, file["assignment"], reason, at)] if "assignment" in file else []
         body = {"application_id": key, "status": status.value, "reason": reason, "closed_at": at}
         emits.append(Emit(topics.APPLICATION_ACCEPTED, topics.APPLICATION_CLOSED_EVENT, key, body))
         return Outcome(state=_finished({**file, "closed": status.value}), emits=emits, finished=True,

@@ -21,7 +21,8 @@ def wiring(settings: Settings) -> Wiring:
     clock = handlers.SlaClock(timedelta(days=settings.sla_clock_ahead_days))
     policy = SlaPolicy.load()
     rules = handlers.make_handlers(API.catalogue, API.partners, calendar, policy, clock)
-    return Wiring("routing", inputs=handlers.INPUTS, handlers=rules,
+    commands = {name: rules.pop(name) for name in handlers.COMMANDS}
+    return Wiring("routing", inputs=handlers.INPUTS, handlers=rules, commands=commands, keys=handlers.keys(),
                   timers=handlers.make_timers(calendar, policy, clock))
 
 

@@ -1,8 +1,12 @@
-"""Routing's gRPC query API over the catalogue (了解政策、查找事项): a thin adapter from
-requests to the catalogue's search; it reads only the data files routing runs with.
+"""Routing's gRPC APIs: the query API over the catalogue (了解政策、查找事项), a thin adapter
+from requests to the catalogue's search over the data files routing runs with; and the
+review queue for unroutable work.
 
-Who may call (the role comes from the caller's client certificate, tongban.grpc_tls):
-windows, portals, partner systems and operators. Answers hold no personal data.
+Who may call (the role comes from the caller's client certificate, tongban.grpc_tls): the
+catalogue API, windows, portals, partner systems and operators; the review queue, operators.
+Answers hold no personal data. A re-route or rejection is first tried against the committed
+state with the very handler that will apply it (handlers are pure), so a rule it breaks is
+FAILED_PRECONDITION at once; then it is written to routing's command topic.
 """
 
 from __future__ import annotations
@@ -12,17 +16,20 @@ import logging
 
 import grpc
 
-from services.routing import routing_pb2, routing_pb2_grpc
+from services.routing import handlers, review, routing_pb2, routing_pb2_grpc
 from services.routing.catalogue import MODES, SUBJECTS, Catalogue, Matter, Query
 from services.routing.domain import PartnerRegistry
 from services.routing.publishing import publish_catalogue
 from tongban import divisions
 from tongban.app import grpc_call
+from tongban.events import now_utc
 from tongban.grpc_tls import authorize
+from tongban.handling import Event, Handler
 from tongban.runtime import ServiceRuntime
 
 log = logging.getLogger(__name__)
 READERS = ("window", "portal", "partner", "operator")
+OPERATORS = ("operator",)
 
 
 def matter_message(matter: Matter, deciding_partner: str = "") -> routing_pb2.Matter:
@@ -96,8 +103,52 @@ class CatalogueServicer(routing_pb2_grpc.CatalogueServicer):
             return reply
 
 
+class ReviewServicer(routing_pb2_grpc.ReviewServicer):
+    def __init__(self, runtime: ServiceRuntime, handlers_by_command: dict[str, Handler]) -> None:
+        self.runtime = runtime
+        self.handlers = handlers_by_command
+
+    async def ListUnroutable(self, request, context):  # noqa: N802 (gRPC method name)
+        await authorize(context, "routing.ListUnroutable", OPERATORS)
+        async with grpc_call(context, "routing.ListUnroutable"):
+            queue = await self.runtime.state_of(review.QUEUE) or {}
+            entries = sorted(queue.get("entries", {}).values(), key=lambda e: (e["since_ms"], e["application_id"]))
+            return routing_pb2.ListUnroutableReply(entries=[
+                routing_pb2.UnroutableEntry(application_id=e["application_id"], matter_code=e["matter_code"],
+                                            reason=e["reason"], since_millis=e["since_ms"]) for e in entries])
+
+    async def Reroute(self, request, context):  # noqa: N802
+        caller = await authorize(context, "routing.Reroute", OPERATORS)
+        async with grpc_call(context, "routing.Reroute", lambda: self.runtime.trace_of(request.application_id)):
+            payload = {"deciding_partner": request.deciding_partner, "reason": request.reason,
+                       "operator": caller.source_system}
+            await self._command(context, handlers.REROUTE, request.application_id,
+                                f"reroute:{request.application_id}", payload)
+            return routing_pb2.ReviewAccepted(application_id=request.application_id)
+
+    async def RejectUnroutable(self, request, context):  # noqa: N802
+        caller = await authorize(context, "routing.RejectUnroutable", OPERATORS)
+        async with grpc_call(context, "routing.RejectUnroutable",
+                             lambda: self.runtime.trace_of(request.application_id)):
+            payload = {"reason": request.reason, "operator": caller.source_system}
+            await self._command(context, handlers.REJECT, request.application_id,
+                                f"reject:{request.application_id}", payload)
+            return routing_pb2.ReviewAccepted(application_id=request.application_id)
+
+    async def _command(self, context, command: str, key: str, command_id: str, payload: dict) -> None:
+        """Try the request on the committed state (a broken rule raises Rejected:
+        FAILED_PRECONDITION), then hand it to the owner. One resolution per application: a
+        second is the same command id, which the owner drops."""
+        state = await self.runtime.state_of(key)
+        if state is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "no such application")
+        trial = Event(command_id, command, key, payload, {"occurred_at": now_utc(), "correlation_id": key}, "command")
+        await self.handlers[command](trial, state)
+        await self.runtime.submit(command, key, command_id, payload)
+
+
 class RoutingApi:
-    """What routing adds to its process: the query servicer, and the catalogue publication
+    """What routing adds to its process: the query and review servicers, and the catalogue publication
     started once the runtime serves its partitions (the task is kept here so it lives)."""
 
     def __init__(self, catalogue: Catalogue, partners: PartnerRegistry) -> None:
@@ -107,6 +158,7 @@ class RoutingApi:
 
     def add_servicers(self, server: grpc.aio.Server, runtime: ServiceRuntime) -> None:
         routing_pb2_grpc.add_CatalogueServicer_to_server(CatalogueServicer(self.catalogue, self.partners), server)
+        routing_pb2_grpc.add_ReviewServicer_to_server(ReviewServicer(runtime, runtime.wiring.commands), server)
         self.publishing = asyncio.get_running_loop().create_task(
             publish_catalogue(runtime, self.catalogue), name="publish-catalogue")
         self.publishing.add_done_callback(_report_failure)

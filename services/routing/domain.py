@@ -172,12 +172,15 @@ class RoutingDecision:
 
 
 class Unroutable(Exception):
-    """No rule applies; the file goes to the operators' review queue. The reason never
-    echoes unvalidated input, which could hold personal data typed in the wrong field."""
+    """No rule applies; the file goes to the operators' review queue, unless no operator could
+    route it either (`reviewable` False: the matter is not in the catalogue), when it is
+    refused at once. The reason never echoes unvalidated input, which could hold personal data
+    typed in the wrong field."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, reviewable: bool = True) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.reviewable = reviewable
 
 
 # Last millisecond of the day: survives Avro timestamp-millis unchanged.
@@ -222,7 +225,7 @@ def decide_route(
 ) -> RoutingDecision:
     matter = catalogue.get(facts.matter_code)
     if matter is None:
-        raise Unroutable("matter code is not in the catalogue")
+        raise Unroutable("matter code is not in the catalogue", reviewable=False)
     preference = CHANNEL_MODES.get(facts.channel)
     if preference is None:
         raise Unroutable(f"channel is not one of {sorted(CHANNEL_MODES)}")

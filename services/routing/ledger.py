@@ -223,8 +223,8 @@ class Ledger:
         """The authority accepted: the statutory clock starts (unless §32 started it already)."""
         self._authority_has_file(at)
         acceptance = self.clock(ACCEPTANCE)
-        if acceptance is None or acceptance.status == DEEMED:
-            return
+        if acceptance is None or acceptance.status != RUNNING:
+            return  # deemed by §32, or shown already by a joint leg's result read first
         acceptance.end(DONE, _day(at))
         self._start_next_decision(_day(at))
 
@@ -282,6 +282,7 @@ class Ledger:
 
     def leg_completed(self, step: str, at: datetime) -> None:
         """A joint leg is done: the next one starts the same day."""
+        self._leg_reached(step, at)
         clock = self.clock(DECISION, step)
         if clock is not None and clock.status == RUNNING:
             clock.end(DONE, _day(at))
@@ -290,6 +291,7 @@ class Ledger:
     def leg_failed(self, step: str, at: datetime) -> list[Clock]:
         """A leg failed: the application ends; the legs already done stay done and are
         returned (their parties are told to undo their part)."""
+        self._leg_reached(step, at)
         clock = self.clock(DECISION, step)
         if clock is not None:
             clock.end(FAILED, _day(at))
@@ -334,6 +336,21 @@ class Ledger:
         transit = self._running(TRANSIT)
         if transit is not None:
             transit.end(DONE, _day(at))
+
+    def _leg_reached(self, step: str, at: datetime) -> None:
+        """A leg's result shows the file was accepted and the legs before it done, whatever
+        was heard of them: the acceptance and the leg results travel on different topics."""
+        day = _day(at)
+        self._authority_has_file(at)
+        acceptance = self.clock(ACCEPTANCE)
+        if acceptance is not None and acceptance.status == RUNNING:
+            acceptance.end(DONE, day)
+        for clock in self._decision_clocks():
+            if clock.step == step:
+                if clock.status == WAITING:
+                    clock.start(day)
+                return
+            clock.end(DONE, day)  # only a waiting or running clock changes
 
     def _start_next_decision(self, on: date) -> None:
         waiting = next((c for c in self._decision_clocks() if c.status == WAITING), None)

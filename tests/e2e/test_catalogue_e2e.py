@@ -71,11 +71,11 @@ async def test_an_application_is_decided_at_the_place_its_matter_names(stack, na
         await produce(namespace, topics.APPLICATION_RECEIVED, application_id.encode(), value)
     async with Sink(namespace, [topics.APPLICATION_ROUTED]) as sink:
         seen = await sink.wait_for(lambda s: s.events(topics.APPLICATION_ROUTED_EVENT, at_property)
-                                   and s.events(topics.APPLICATION_UNROUTABLE_EVENT, no_property), within=60)
+                                   and s.events(topics.APPLICATION_UNDER_REVIEW_EVENT, no_property), within=60)
     [routed] = seen.events(topics.APPLICATION_ROUTED_EVENT, at_property)
     assert (routed["deciding_partner"], routed["deciding_division"], routed["mode"]) == (
         "440000", "440103", "RECEIVE_HERE_HANDLE_THERE")
-    [unroutable] = seen.events(topics.APPLICATION_UNROUTABLE_EVENT, no_property)
+    [unroutable] = seen.events(topics.APPLICATION_UNDER_REVIEW_EVENT, no_property)  # an operator may route it
     assert unroutable["reason"] == ("the matter is handled at the PROPERTY place; "
                                     "the application names no PROPERTY division")
 

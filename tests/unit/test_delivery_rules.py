@@ -142,7 +142,7 @@ async def test_the_assignment_carries_what_the_deciding_authority_needs():
     assert outcomes[-1].emits[0].payload == {
         "assignment_id": ASSIGNMENT_ID, "application_id": APP, "matter_code": "KSTB-MKT-01",
         "mode": "RECEIVE_HERE_HANDLE_THERE", "deciding_division": "440300", "applicant": APPLICANT,
-        "materials": MATERIALS, "promised_working_days": 3, "due_at": T0}
+        "materials": MATERIALS, "promised_working_days": 3, "due_at": T0, "step": "DECIDE", "leg": 1, "legs": 1}
 
 
 def test_delivery_reads_every_partners_decisions_and_the_carriers_and_wallets_receipts():

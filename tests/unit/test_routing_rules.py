@@ -37,13 +37,16 @@ async def route(**changes) -> Outcome:
 
 def test_routing_reads_received_applications_and_the_lifecycle_its_clocks_run_on():
     assert handlers.INPUTS == ["tongban.application.received", "tongban.application.accepted",
-                               "tongban.application.decided", "tongban.application.delivered"]
+                               "tongban.application.decided", "tongban.application.delivered",
+                               "tongban.application.routed"]
     assert sorted(handlers.make_handlers(*RULES)) == sorted([
         RECEIVED, "tongban.application.ApplicationAccepted", "tongban.application.ApplicationRefused",
         "tongban.application.SupplementRequested", "tongban.application.MaterialsSupplemented",
         "tongban.application.ApplicationClockChanged", "tongban.application.ApplicationClosed",
         "tongban.application.ApplicationWithdrawn",
-        "tongban.application.ApplicationDecided", "tongban.application.ApplicationDelivered"])
+        "tongban.application.ApplicationDecided", "tongban.application.ApplicationDelivered",
+        "tongban.application.LegCompleted", "tongban.application.LegFailed",
+        "tongban.application.ApplicationUnderReview", "tongban.application.ReviewResolved", *handlers.COMMANDS])
     assert list(handlers.make_timers(RULES[2])) == ["sla"]
 
 
@@ -82,21 +85,21 @@ async def test_a_joint_matter_gets_its_legs_alternating_from_home():
     assert all(set(leg) == {"partner_id", "division_code", "step", "working_days"} for leg in payload["legs"])
 
 
+# A matter not in the catalogue is refused at once: tests/unit/test_review_queue.py
 @pytest.mark.parametrize(("changes", "reason"), [
-    ({"matter_code": "KSTB-NOPE-99"}, "matter code is not in the catalogue"),
     ({"home_division": "990000"}, "home division is not a known GB/T 2260 code"),
     ({"home_division": "370102", "receiving_division": "430102"},
      "no partner agreement covers home division 370102 for files received in 430102"),
 ])
-async def test_an_unroutable_application_is_published_with_its_reason_and_the_work_is_done(changes, reason):
+async def test_an_unroutable_application_is_published_with_its_reason_and_waits_for_review(changes, reason):
     outcome = await route(**changes)
     [emit] = outcome.emits
     assert (emit.topic, emit.event_type, emit.key) == (
-        "tongban.application.routed", "tongban.application.ApplicationUnroutable", APP)
+        "tongban.application.routed", "tongban.application.ApplicationUnderReview", APP)
     assert emit.payload == {"application_id": APP, "matter_code": changes.get("matter_code", "KSTB-MED-01"),
                             "reason": reason}
-    assert outcome.state == {"unroutable": reason}
-    assert outcome.finished is True
+    assert outcome.state["review"]["reason"] == reason  # the operator's review queue: tests/unit/test_review_queue.py
+    assert outcome.finished is False
 
 
 async def test_an_unroutable_reason_never_echoes_personal_data_typed_into_a_field():

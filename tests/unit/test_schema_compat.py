@@ -170,7 +170,9 @@ def test_changing_a_component_changes_every_event_using_it(schemas_copy):
     assert changed == {"tongban.application.Applicant.v1.avsc",
                        "tongban.application.ApplicationReceived.v1.avsc",
                        "tongban.application.ApplicationReceived.v2.avsc",
-                       "tongban.partner.MatterAssigned.v1.avsc"}
+                       "tongban.partner.MatterAssigned.v1.avsc",
+                       "tongban.partner.MatterAssigned.v2.avsc",
+                       "tongban.partner.PartnerSubmission.v1.avsc"}
 
 
 def test_new_version_must_be_locked_and_update_lock_appends(schemas_copy):
