@@ -1,12 +1,14 @@
 """The supervision report: who is rated badly, complained about, late, and slow to rectify.
 
-    python -m devtools.report [--namespace NS] [--out FILE]      (make report, after make demo)
+    python -m devtools.report [--namespace NS] [--out FILE] [--window-days N]   (make report, after make demo)
 
-Reads tongban.feedback.facts (ratings, complaints and SLA breaches counted against a matter ×
-division × party, their withdrawals, overdue rectifications) and tongban.feedback.flags
-from the start, as the operator, and prints rankings, standing flags, the draft 通报 list and
-public figures as terminal tables (rich); writes the same as one self-contained HTML page
-whose charts are drawn in the browser from the data embedded in it (inline SVG, no network).
+Reads tongban.feedback.facts (ratings, complaints, SLA breaches and decisions counted against a
+matter × division × party, their withdrawals, overdue rectifications) and tongban.feedback.flags
+from the start, as the operator, and prints rankings, standing flags, the draft 通报 list,
+public figures and the SLA breach rate (breaches ÷ applications decided) per matter ×
+division × party over the last `--window-days`, as terminal tables (rich); writes the same
+as one self-contained HTML page whose charts are drawn in the browser from the data
+embedded in it (inline SVG, no network).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from rich.console import Console
 from rich.table import Table
 
+from services.feedback.domain import sla_breach_rate
 from tongban import topics
 from tongban.codec import CodecError, SchemaRegistry
 from tongban.ops.topics import kafka_client_settings, load_declared
@@ -40,6 +43,7 @@ SOURCES = (topics.FEEDBACK_FACTS, topics.FEEDBACK_FLAGS, topics.CATALOGUE_CHANGE
            topics.APPLICATION_DECIDED)
 # The plan's timetable: 国办发[2020]35号 lists each matter's deadline in its `source` (the catalogue's words).
 PLAN_DUES = (("2020年底前", "2020-12-31"), ("2021年底前", "2021-12-31"))
+BREACH_WINDOW = timedelta(days=30)  # the SLA breach rate's window, as the flags' longest (flags.toml)
 
 
 @dataclass
@@ -50,12 +54,17 @@ class PartyFigures:
     bad_ratings: int = 0
     complaints: int = 0
     sla_breaches: int = 0
+    decided: int = 0  # applications decided with this party holding a leg of them
     overdue_rectifications: int = 0
     flags: int = 0  # standing
 
     @property
     def bad_rating_rate(self) -> float:
         return self.bad_ratings / self.ratings if self.ratings else 0.0
+
+    @property
+    def sla_breach_rate(self) -> float:
+        return sla_breach_rate(self.sla_breaches, self.decided)
 
 
 @dataclass
@@ -67,11 +76,33 @@ class Supervision:
     rankings: dict[str, list[PartyFigures]] = field(default_factory=dict)
     rollout: list[dict[str, Any]] = field(default_factory=list)  # per plan deadline and mode
     notice: list[str] = field(default_factory=list)  # draft 通报: units that missed targets
+    # per matter × division × party over the window: breaches, decisions, their rate (None: nothing decided)
+    breach_rates: list[dict[str, Any]] = field(default_factory=list)
+    window: tuple[datetime, datetime] | None = None  # the breach rate's window, when there were facts
 
 
-def figures(events: Iterable[tuple[str, dict[str, Any]]]) -> Supervision:
+def breach_rates(facts: Iterable[dict[str, Any]], end: datetime, window: timedelta) -> list[dict[str, Any]]:
+    """SLA breaches ÷ applications decided per matter × division × party, counting the facts
+    that occurred in (end - window, end]: the worst first, then those with nothing decided."""
+    groups: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for f in facts:
+        if f["kind"] not in ("SLA_BREACH", "DECISION") or not end - window < f["occurred_at"] <= end:
+            continue
+        row = groups.setdefault((f["matter_code"], f["division_code"], f["party"]), {
+            "matter_code": f["matter_code"], "division_code": f["division_code"], "party": f["party"],
+            "sla_breaches": 0, "decided": 0})
+        row["sla_breaches" if f["kind"] == "SLA_BREACH" else "decided"] += 1
+    rows = [{**r, "rate": sla_breach_rate(r["sla_breaches"], r["decided"]) if r["decided"] else None}
+            for r in groups.values()]
+    return sorted(rows, key=lambda r: (r["rate"] is None, -(r["rate"] or 0), -r["sla_breaches"],
+                                       r["matter_code"], r["division_code"], r["party"]))
+
+
+def figures(events: Iterable[tuple[str, dict[str, Any]]], *, end: datetime | None = None,
+            window: timedelta = BREACH_WINDOW) -> Supervision:
     """Figures from the facts and flags topics' events, in log order: a withdrawn fact no
-    longer counts anywhere; a flag stands until it is cleared."""
+    longer counts anywhere; a flag stands until it is cleared. The SLA breach rate per group
+    is over `window` up to `end` (default: the latest fact)."""
     counted: dict[tuple[str, str], dict[str, Any]] = {}  # (group, fact id) -> fact
     excluded: list[dict[str, Any]] = []
     overdue: dict[tuple[str, str], int] = defaultdict(int)
@@ -90,7 +121,8 @@ def figures(events: Iterable[tuple[str, dict[str, Any]]]) -> Supervision:
             decided[e["application_id"]] = e["envelope"]["occurred_at"]
         if event_type == topics.SUPERVISION_FACT_EVENT:
             key = (f"{e['matter_code']}|{e['division_code']}|{e['party']}", e["fact_id"])
-            matters.add(e["matter_code"])
+            if e["kind"] != "DECISION":
+                matters.add(e["matter_code"])
             if e["counted"]:
                 counted[key] = e
             elif counted.pop(key, None) is not None and e["kind"] == "RATING":
@@ -116,6 +148,8 @@ def figures(events: Iterable[tuple[str, dict[str, Any]]]) -> Supervision:
             p.complaints += 1
         elif fact["kind"] == "SLA_BREACH":
             p.sla_breaches += 1
+        elif fact["kind"] == "DECISION":
+            p.decided += 1
     for (party, division), n in overdue.items():
         of(party, division).overdue_rectifications = n
     for flag in flags.values():
@@ -142,6 +176,10 @@ def figures(events: Iterable[tuple[str, dict[str, Any]]]) -> Supervision:
         "overdue rectifications": sorted((p for p in report.parties if p.overdue_rectifications),
                                          key=lambda p: -p.overdue_rectifications)[:TOP]}
     report.rollout = rollout(catalogue.values())
+    if counted:
+        end = end or max(f["occurred_at"] for f in counted.values())
+        report.window = (end - window, end)
+        report.breach_rates = breach_rates(counted.values(), end, window)
     report.notice = [f"{p.party} ({p.division_code}): {p.flags} standing flag(s), "
                      f"{p.overdue_rectifications} overdue rectification(s)"
                      for p in report.parties if p.flags or p.overdue_rectifications]
@@ -199,7 +237,24 @@ async def read_all(namespace: str, registry: SchemaRegistry) -> list[tuple[str, 
 
 COLUMNS = (("party", "party"), ("division", "division_code"), ("ratings", "ratings"), ("bad", "bad_ratings"),
            ("bad rate", "bad_rating_rate"), ("complaints", "complaints"), ("SLA breaches", "sla_breaches"),
-           ("overdue rectif.", "overdue_rectifications"), ("flags", "flags"))
+           ("decided", "decided"), ("breach rate", "sla_breach_rate"), ("overdue rectif.", "overdue_rectifications"),
+           ("flags", "flags"))
+RATE_COLUMNS = (("matter", "matter_code"), ("division", "division_code"), ("party", "party"),
+                ("SLA breaches", "sla_breaches"), ("decided", "decided"), ("breach rate", "rate"))
+
+
+def rate_cell(row: dict[str, Any], column: str) -> str:
+    value = row[column]
+    if column == "rate":
+        return "-" if value is None else f"{value:.0%}"  # nothing decided in the window: no rate
+    return str(value)
+
+
+def window_title(report: Supervision) -> str:
+    if report.window is None:
+        return "SLA breach rate per matter × division × party"
+    start, end = report.window
+    return f"SLA breach rate per matter × division × party, {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC"
 
 
 def cell(p: PartyFigures, attribute: str) -> str:
@@ -227,6 +282,12 @@ def print_report(report: Supervision, console: Console) -> None:
     for p in report.parties:
         every.add_row(*(cell(p, a) for _, a in COLUMNS))
     console.print(every)
+    rates = Table(title=window_title(report))
+    for header, _ in RATE_COLUMNS:
+        rates.add_column(header)
+    for row in report.breach_rates:
+        rates.add_row(*(rate_cell(row, c) for _, c in RATE_COLUMNS))
+    console.print(rates)
     flags = Table(title="Standing flags")
     for header in ("matter", "division", "party", "rule", "window", "since"):
         flags.add_column(header)
@@ -279,7 +340,8 @@ for (const fig of document.querySelectorAll('figure.chart')) {
 
 def html_report(report: Supervision) -> str:
     def rows(parties: list[PartyFigures]) -> list[dict[str, Any]]:
-        return [{**asdict(p), "bad_rating_rate": p.bad_rating_rate} for p in parties]
+        return [{**asdict(p), "bad_rating_rate": p.bad_rating_rate, "sla_breach_rate": p.sla_breach_rate}
+                for p in parties]
 
     # the embedded JSON must not close its own <script> element
     data = json.dumps({"rankings": {name: rows(ps) for name, ps in report.rankings.items()}},
@@ -296,6 +358,9 @@ def html_report(report: Supervision) -> str:
                        for x in report.excluded) or "<li>none</li>"
     notice = "".join(f"<li>{esc(line)}</li>" for line in report.notice) or "<li>none</li>"
     head = "".join(f"<th>{esc(h)}</th>" for h, _ in COLUMNS)
+    rate_head = "".join(f"<th>{esc(h)}</th>" for h, _ in RATE_COLUMNS)
+    rates = "".join("<tr>" + "".join(f"<td>{esc(rate_cell(r, c))}</td>" for _, c in RATE_COLUMNS) + "</tr>"
+                    for r in report.breach_rates)
     plan = "".join(f"<tr><td>{esc(r['due'])}</td><td>{esc(r['mode'])}</td><td>{r['planned']}</td><td>{r['live']}</td>"
                    f"<td>{r['live_in_time']}</td></tr>" for r in report.rollout)
     return f"""<!doctype html>
@@ -307,6 +372,7 @@ svg text{{font-size:12px}}</style></head><body>
 <h2>Public figures</h2><table>{public}</table>
 <h2>Rankings</h2>{charts}
 <h2>Every party</h2><table><tr>{head}</tr>{table}</table>
+<h2>{esc(window_title(report))}</h2><table><tr>{rate_head}</tr>{rates}</table>
 <h2>Standing flags</h2><ul>{flags}</ul>
 <h2>Rollout against the plan (国办发[2020]35号)</h2>
 <table><tr><th>deadline</th><th>mode</th><th>planned</th><th>live</th><th>live in time</th></tr>{plan}</table>
@@ -318,8 +384,8 @@ svg text{{font-size:12px}}</style></head><body>
 """
 
 
-async def build(namespace: str) -> Supervision:
-    return figures(await read_all(namespace, SchemaRegistry.load()))
+async def build(namespace: str, window: timedelta = BREACH_WINDOW) -> Supervision:
+    return figures(await read_all(namespace, SchemaRegistry.load()), window=window)
 
 
 def write_html(report: Supervision, out: Path) -> None:
@@ -331,8 +397,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--namespace", default=os.environ.get("TONGBAN_NAMESPACE", ""))
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--window-days", type=int, default=BREACH_WINDOW.days,
+                        help="the SLA breach rate's window, up to the latest fact")
     args = parser.parse_args()
-    report = asyncio.run(build(args.namespace))
+    report = asyncio.run(build(args.namespace, timedelta(days=args.window_days)))
     write_html(report, args.out)
     console = Console()
     print_report(report, console)

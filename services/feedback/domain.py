@@ -177,7 +177,8 @@ def duplicate_key(caller_hash: str | None, matter_code: str | None, division_cod
 
 # ---------------------------------------------------------------------------- windows and flags
 
-FACT_KINDS = ("RATING", "COMPLAINT", "SLA_BREACH")
+# DECISION: an application decided with the party holding a leg of it, what its SLA breaches are divided by
+FACT_KINDS = ("RATING", "COMPLAINT", "SLA_BREACH", "DECISION")
 
 
 @dataclass(frozen=True)
@@ -216,10 +217,18 @@ class WindowCounts:
 
     def metrics(self) -> dict[str, float]:
         ratings, bad = self.count("RATING"), self.count("RATING", True)
+        breaches, decided = self.count("SLA_BREACH"), self.count("DECISION")
         # facts: every counted fact, the volume a count-based rule needs before it may flag
         return {"ratings": ratings, "bad_ratings": bad, "bad_rating_rate": bad / ratings if ratings else 0.0,
-                "complaints": self.count("COMPLAINT"), "sla_breaches": self.count("SLA_BREACH"),
-                "facts": len(self.facts)}
+                "complaints": self.count("COMPLAINT"), "sla_breaches": breaches, "decided": decided,
+                "sla_breach_rate": sla_breach_rate(breaches, decided), "facts": len(self.facts)}
+
+
+def sla_breach_rate(breaches: int, decided: int) -> float:
+    """Breaches per application decided (one application can breach several legs, so it can
+    exceed 1). Without a decision it is 0: the rate rule's minimum volume of decisions keeps
+    it from judging, and the count rule still sees the breaches."""
+    return breaches / decided if decided else 0.0
 
 
 @dataclass(frozen=True)

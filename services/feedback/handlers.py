@@ -1,17 +1,26 @@
 """Feedback service: the per-application and per-work-order rules of supervision.
 
-Inputs:  ServiceRating (好差评) on tongban.feedback.ratings; HotlineWorkOrder (12345) on
-         tongban.feedback.workorders; AppealDecided and RectificationStepRecorded (the
-         supervision desk) on tongban.feedback.casework; SlaBreached (routing's SLA
-         ledger) on tongban.sla.breached.
-Outputs: SupervisionFact (a rating, complaint or breach counted against, or withdrawn from,
+Inputs:  ServiceRating (好差评) on tongban.feedback.ratings (intake's Rate) and on the
+         channels' own topics tongban.feedback.ratings.{hall,portal,mobile,website};
+         HotlineWorkOrder (12345) on tongban.feedback.workorders; AppealDecided and
+         RectificationStepRecorded (the supervision desk) on tongban.feedback.casework;
+         SlaBreached (routing's SLA ledger) on tongban.sla.breached; ApplicationRouted and
+         ApplicationDecided, for the decisions an SLA breach rate divides by.
+Outputs: SupervisionFact (a rating, complaint, breach or decision counted against, or withdrawn from,
          a matter × division × party) and RectificationOverdue on tongban.feedback.facts,
          keyed by matter|division|party. The windowed flags are the faust app's
          (services/feedback/windows.py).
 State:   per application (or lone rating): the rating slots taken (一事一评 / 一次一评), each
          rating with its exclusion reason, the open rectification cases and their deadlines;
          per duplicate group of work orders (hashed caller × matter × division): the cases,
-         their merged orders, stages and the unit each complaint counts against.
+         their merged orders, stages and the unit each complaint counts against; per
+         application id (the record key, not re-keyed): its matter and parties until it is decided.
+Owners:  every aggregate is written only by the task that owns its key's partition: the
+         runtime forwards ratings, casework and work orders to their aggregate's partition
+         through tongban.repartition.tongban-feedback (`keys()`); routed and decided
+         applications stay on their record key; breaches keep no state. What is counted per
+         matter × division × party is only emitted, keyed by that group, and aggregated by
+         the faust app, which owns the group's partition of tongban.feedback.facts.
 Rules:   services.feedback.domain.
 """
 
@@ -40,12 +49,18 @@ from tongban import topics
 from tongban.handling import Emit, Event, Handler, KeyOf, Outcome, Rejected, Timer
 
 FACTS = topics.FEEDBACK_FACTS
-INPUTS = [topics.FEEDBACK_RATINGS, topics.FEEDBACK_WORKORDERS, topics.FEEDBACK_CASEWORK, topics.SLA_BREACHED]
+# The channels' topics take ratings of their own channel only; intake's Rate takes every channel.
+CHANNEL_TOPICS = {topics.FEEDBACK_RATINGS_HALL: "ONSITE", topics.FEEDBACK_RATINGS_PORTAL: "ONLINE",
+                  topics.FEEDBACK_RATINGS_MOBILE: "MOBILE", topics.FEEDBACK_RATINGS_WEBSITE: "WEBSITE"}
+INPUTS = [topics.FEEDBACK_RATINGS, *CHANNEL_TOPICS, topics.FEEDBACK_WORKORDERS, topics.FEEDBACK_CASEWORK,
+          topics.SLA_BREACHED, topics.APPLICATION_ROUTED, topics.APPLICATION_DECIDED]
 RATING = topics.SERVICE_RATING_EVENT
 WORK_ORDER = topics.HOTLINE_WORK_ORDER_EVENT
 APPEAL = topics.APPEAL_DECIDED_EVENT
 STEP = topics.RECTIFICATION_STEP_EVENT
 SLA_BREACHED = topics.SLA_BREACHED_EVENT  # routing's SLA ledger (its SlaWarning is not counted)
+ROUTED = topics.APPLICATION_ROUTED_EVENT  # the parties of an application's legs
+DECIDED = topics.APPLICATION_DECIDED_EVENT  # the decision each of those parties' breaches are divided by
 WORK_ORDER_OCCURRENCE = ("work_order_id", "stage", "occurred_at")
 RECTIFICATION_TIMER = "rectification"  # one per aggregate, due at the earliest open deadline
 
@@ -79,6 +94,13 @@ class WorkOrderCase(TypedDict):
 def group_of(matter_code: str, division_code: str, party: str) -> str:
     """The key of facts and windows: what is counted against whom."""
     return f"{matter_code}|{division_code}|{party}"
+
+
+def division_of_party(party: str) -> str:
+    """A party's own division where the party is one (a partner province, a receiving
+    division); a window or the carrier has none of its own ("-"). Breaches and the
+    decisions they are divided by are counted under the same one."""
+    return party if party.isdigit() else "-"
 
 
 def fact(kind: str, fact_id: str, matter: str, division: str, party: str, occurred_at: datetime, *,
@@ -128,6 +150,9 @@ def make_handlers(policies: RectificationPolicies, add_working_days: Callable[[d
                                    p.get("interaction_id"), p.get("indicator_set") or INDICATOR_SET)
         except InvalidRating as exc:
             raise Rejected(str(exc)) from exc
+        channel = CHANNEL_TOPICS.get(event.topic)
+        if channel is not None and rating.channel != channel:
+            raise Rejected(f"{event.topic} carries {channel} ratings only, this one says {rating.channel}")
         st = _rating_state(state)
         if rating.rating_id in st["ratings"]:
             return Outcome()  # the same rating again: counted once already
@@ -232,7 +257,7 @@ def make_handlers(policies: RectificationPolicies, add_working_days: Callable[[d
         return Outcome(state=st, emits=emits)
 
     handlers: dict[str, Handler] = {RATING: on_rating, APPEAL: on_appeal, STEP: on_step, WORK_ORDER: on_work_order,
-                                    SLA_BREACHED: on_sla_breached}
+                                    SLA_BREACHED: on_sla_breached, ROUTED: on_routed, DECIDED: on_decided}
     return handlers, {RECTIFICATION_TIMER: on_rectification_due}
 
 
@@ -247,9 +272,42 @@ async def on_sla_breached(event: Event, state: dict | None) -> Outcome:
     the party is one (a partner province, a receiving division); a window or the carrier
     has none of its own in the breach ("-")."""
     p = event.payload
-    division = p["party"] if p["party"].isdigit() else "-"
-    return Outcome(emits=[fact("SLA_BREACH", breach_id(event), p["matter_code"], division, p["party"],
-                               p["deadline"], reason=p["leg"])])
+    return Outcome(emits=[fact("SLA_BREACH", breach_id(event), p["matter_code"], division_of_party(p["party"]),
+                               p["party"], p["deadline"], reason=p["leg"])])
+
+
+# ---------------------------------------------------------------------------- decisions per party
+
+
+async def on_routed(event: Event, state: dict | None) -> Outcome:
+    """The matter and the parties holding a leg of the application: whose decisions it counts for."""
+    p = event.payload
+    st: dict[str, Any] = state if state is not None else {}
+    if "matter_code" in st:
+        return Outcome()  # routed once: a re-route names the same matter
+    parties = [p["deciding_partner"], *(leg["partner_id"] for leg in p["legs"]), *st.get("parties", [])]
+    st.update(matter_code=p["matter_code"], parties=list(dict.fromkeys(parties)))
+    return _decisions(event, st)
+
+
+async def on_decided(event: Event, state: dict | None) -> Outcome:
+    """The application is decided (granted or denied): once, whatever decision came later."""
+    st: dict[str, Any] = state if state is not None else {}
+    if "decided_at" in st:
+        return Outcome()
+    st.update(decided_at=event.payload["decided_at"],
+              parties=list(dict.fromkeys([*st.get("parties", []), event.payload["deciding_partner"]])))
+    return _decisions(event, st)
+
+
+def _decisions(event: Event, st: dict[str, Any]) -> Outcome:
+    """Once both the routing and the decision are known, one DECISION fact per party of the
+    application, in the division its breaches count under; then the aggregate is done."""
+    if "matter_code" not in st or "decided_at" not in st:
+        return Outcome(state=st)  # the other one is still to come (they travel on different topics)
+    return Outcome(state=st, finished=True, emits=[
+        fact("DECISION", f"decided|{event.key}", st["matter_code"], division_of_party(party), party, st["decided_at"])
+        for party in st["parties"]])
 
 
 def _count_against(primary: str, case: WorkOrderCase, p: dict[str, Any]) -> list[Emit]:

@@ -42,7 +42,7 @@ def test_a_fact_falls_in_every_window_that_contains_it(spec, at, starts):
 
 def test_the_configured_windows_and_rules_load():
     assert [(w.name, w.size_days, w.step_days) for w in CONFIG.windows] == [("7d", 7, 7), ("30d-hop7d", 30, 7)]
-    assert {r.name for r in CONFIG.rules} == {"bad-ratings", "complaints", "sla-breaches"}
+    assert {r.name for r in CONFIG.rules} == {"bad-ratings", "complaints", "sla-breaches", "sla-breach-rate"}
     with pytest.raises(ValueError, match="clear_below <= threshold"):
         FlagRule("x", "complaints", threshold=1, clear_below=2, volume="complaints")
 
@@ -51,7 +51,7 @@ def test_metrics_of_a_window():
     counts = WindowCounts({"a": ("RATING", True), "b": ("RATING", False), "c": ("COMPLAINT", False),
                            "d": ("SLA_BREACH", False)})
     assert counts.metrics() == {"ratings": 2, "bad_ratings": 1, "bad_rating_rate": 0.5, "complaints": 1,
-                                "sla_breaches": 1, "facts": 4}
+                                "sla_breaches": 1, "decided": 0, "sla_breach_rate": 0.0, "facts": 4}
 
 
 def test_bad_ratings_flag_once_the_minimum_volume_is_there_in_both_windows():
@@ -113,6 +113,25 @@ def test_a_withdrawn_fact_leaves_the_window_and_can_clear_a_flag():
     run(table, fact(1, kind="COMPLAINT", counted=False))
     cleared = run(table, fact(2, kind="COMPLAINT", counted=False))
     assert ("CLEAR", f"{GROUP}|7d|2026-11-05|complaints#1") in cleared
+
+
+def test_the_sla_breach_rate_flags_breaches_per_decision_once_enough_were_decided_and_clears_when_diluted():
+    table: dict = {}
+    assert run(table, fact(100, kind="SLA_BREACH"), *(fact(n, kind="DECISION") for n in range(4))) == [], \
+        "4 decisions: under the minimum of 5"
+    assert table[GROUP]["windows"]["7d|2026-11-05T00:00:00+00:00"]["F100"] == ["SLA_BREACH", False]
+    assert run(table, fact(4, kind="DECISION")) == [("FLAG", f"{GROUP}|7d|2026-11-05|sla-breach-rate#1"),
+                                                    ("FLAG", f"{GROUP}|30d-hop7d|2026-10-08|sla-breach-rate#1")], \
+        "1 breach in 5 decisions: 20 %"
+    assert run(table, *(fact(n, kind="DECISION") for n in range(5, 20))) == [], "1 in 20: 5 %, not under 5 % yet"
+    assert ("CLEAR", f"{GROUP}|7d|2026-11-05|sla-breach-rate#1") in run(table, fact(20, kind="DECISION"))
+
+
+@pytest.mark.parametrize(("breaches", "decided", "rate"), [(0, 0, 0.0), (3, 0, 0.0), (1, 4, 0.25), (3, 2, 1.5)])
+def test_the_breach_rate_is_breaches_per_decision(breaches, decided, rate):
+    counts = WindowCounts({**{f"b{n}": ("SLA_BREACH", False) for n in range(breaches)},
+                           **{f"d{n}": ("DECISION", False) for n in range(decided)}})
+    assert (counts.metrics()["sla_breach_rate"], counts.metrics()["decided"]) == (rate, decided)
 
 
 def test_flagged_again_in_the_same_window_is_a_new_flag_id():

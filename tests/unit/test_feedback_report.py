@@ -80,3 +80,35 @@ def test_rollout_against_the_plan_and_public_figures():
     assert report.public["matters live (catalogue)"] == 3
     assert (report.public["applications received"], report.public["applications decided"]) == (3, 2)
     assert report.public["average handling time (received to decided)"] == "1 day, 15:00:00"
+
+
+def timed(fact_id: str, party: str, kind: str, at: datetime, matter: str = "M1", division: str = "420000",
+          counted: bool = True) -> tuple[str, dict]:
+    return topics.SUPERVISION_FACT_EVENT, {"fact_id": fact_id, "kind": kind, "matter_code": matter,
+                                           "division_code": division, "party": party, "rated_role": "SERVICE",
+                                           "bad": False, "counted": counted, "reason": None, "occurred_at": at}
+
+
+def test_the_sla_breach_rate_is_breaches_per_decision_per_matter_division_and_party_over_the_window():
+    old = T0 - timedelta(days=40)
+    report = figures([
+        *(timed(f"D{n}", "420000", "DECISION", T0) for n in range(4)),
+        timed("B1", "420000", "SLA_BREACH", T0), timed("B2", "420000", "SLA_BREACH", old),  # B2: before the window
+        timed("D1", "420000", "DECISION", T0, matter="M2"), timed("B1", "420000", "SLA_BREACH", T0, matter="M2"),
+        timed("B3", "420000", "SLA_BREACH", T0, matter="M2"),
+        timed("B9", "ems", "SLA_BREACH", T0, division="-"),  # nothing decided: no rate
+        timed("B4", "440000", "SLA_BREACH", T0, division="440000"),
+        timed("B4", "440000", "SLA_BREACH", T0, division="440000", counted=False),  # withdrawn
+    ], window=timedelta(days=30))
+    assert [(r["matter_code"], r["division_code"], r["party"], r["sla_breaches"], r["decided"], r["rate"])
+            for r in report.breach_rates] == [("M2", "420000", "420000", 2, 1, 2.0),
+                                              ("M1", "420000", "420000", 1, 4, 0.25),
+                                              ("M1", "-", "ems", 1, 0, None)]
+    assert report.window == (T0 - timedelta(days=30), T0)
+    by_party = {(p.party, p.division_code): p for p in report.parties}
+    assert (by_party["420000", "420000"].decided, by_party["420000", "420000"].sla_breaches) == (5, 4)
+    assert by_party["420000", "420000"].sla_breach_rate == 4 / 5, "all time, in the party table"
+    assert report.public["matters rated or complained about"] == 2, "decisions alone rate nothing"
+    page = html_report(report)
+    assert "<td>M2</td><td>420000</td><td>420000</td><td>2</td><td>1</td><td>200%</td>" in page
+    assert "<td>M1</td><td>-</td><td>ems</td><td>1</td><td>0</td><td>-</td>" in page

@@ -47,13 +47,14 @@ def fired(timer) -> tuple:
     return TIMER_FIRED, {"timer_id": "t1", "name": timer.name, "payload": timer.payload}
 
 
-async def feed(*steps, state: dict | None = None, key: str = "application|TB1") -> tuple[dict | None, list[Outcome]]:
+async def feed(*steps, state: dict | None = None, key: str = "application|TB1",
+               topic: str = "t") -> tuple[dict | None, list[Outcome]]:
     outcomes = []
     # made inside each test (not at import) so that mutation testing sees which test runs them
     on_events, on_timers = handlers.make_handlers(RectificationPolicies(), CALENDAR.add_working_days,
                                                   DuplicateRule(days=7))
     for n, (event_type, payload) in enumerate(steps):
-        e = Event(f"id-{n}", event_type, key, payload, {"occurred_at": T0 + timedelta(minutes=n)}, "t")
+        e = Event(f"id-{n}", event_type, key, payload, {"occurred_at": T0 + timedelta(minutes=n)}, topic)
         handler = on_timers[payload["name"]] if event_type == TIMER_FIRED else on_events[event_type]
         outcome = await handler(e, state)
         # kept as the runtime keeps it (BSON), so what does not survive the store fails here
@@ -71,8 +72,11 @@ def facts(outcomes: list[Outcome]) -> list[tuple]:
 # ---------------------------------------------------------------------------- wiring
 
 def test_feedback_reads_ratings_work_orders_and_casework_and_writes_facts_only():
-    assert handlers.INPUTS == ["tongban.feedback.ratings", "tongban.feedback.workorders", "tongban.feedback.casework",
-                               "tongban.sla.breached"]
+    assert handlers.INPUTS == ["tongban.feedback.ratings", "tongban.feedback.ratings.hall",
+                               "tongban.feedback.ratings.portal", "tongban.feedback.ratings.mobile",
+                               "tongban.feedback.ratings.website", "tongban.feedback.workorders",
+                               "tongban.feedback.casework", "tongban.sla.breached", "tongban.application.routed",
+                               "tongban.application.decided"]
     assert handlers.FACTS == "tongban.feedback.facts"
 
 
@@ -309,3 +313,80 @@ def test_a_breach_resent_under_another_event_id_is_the_same_business_fact():
     e2 = Event("id-2", handlers.SLA_BREACHED, "TB1", breach("420000"), {}, "t")
     ids = handlers.business_ids()[handlers.SLA_BREACHED]
     assert ids(e1) == ids(e2) != ids(Event("id-3", handlers.SLA_BREACHED, "TB1", breach("420000", "DELIVERY"), {}, "t"))
+
+
+# ---------------------------------------------------------------------------- rating channels
+
+@pytest.mark.parametrize(("topic", "channel"), [("tongban.feedback.ratings.hall", "ONSITE"),
+                                                ("tongban.feedback.ratings.portal", "ONLINE"),
+                                                ("tongban.feedback.ratings.mobile", "MOBILE"),
+                                                ("tongban.feedback.ratings.website", "WEBSITE")])
+async def test_a_channel_topic_counts_ratings_of_its_own_channel(topic, channel):
+    _, outcomes = await feed(rating(2, 1, channel=channel), topic=topic)
+    assert facts(outcomes) == [("RATING", "R1", PARTY, True, False)]
+
+
+async def test_a_channel_topic_refuses_a_rating_that_claims_another_channel():
+    refusal = r"tongban\.feedback\.ratings\.hall carries ONSITE ratings only, this one says ONLINE"
+    with pytest.raises(Rejected, match=refusal):
+        await feed(rating(2, 1, channel="ONLINE"), topic="tongban.feedback.ratings.hall")
+
+
+async def test_intakes_topic_takes_every_channel():
+    _, outcomes = await feed(rating(2, 1, channel="WEBSITE"), topic="tongban.feedback.ratings")
+    assert facts(outcomes) == [("RATING", "R1", PARTY, True, False)]
+
+
+async def test_one_matter_rated_on_two_online_channels_is_one_rating_and_the_second_is_refused():
+    """一事一评 holds across the channels: the portal's rating takes the slot, the app's is refused."""
+    state, outcomes = await feed(rating(2, 1, channel="ONLINE"), topic="tongban.feedback.ratings.portal")
+    assert facts(outcomes) == [("RATING", "R1", PARTY, True, False)]
+    with pytest.raises(Rejected, match=r"一事一评: this matter was already rated for application TB1 .*rating R1"):
+        await feed(rating(5, 2, channel="MOBILE"), state=state, topic="tongban.feedback.ratings.mobile")
+
+
+async def test_at_the_hall_each_visit_is_rated_once_beside_the_online_rating():
+    state, _ = await feed(rating(2, 1, channel="ONLINE"), topic="tongban.feedback.ratings.portal")
+    state, outcomes = await feed(rating(1, 2, channel="ONSITE", interaction_id="visit-1"), state=state,
+                                 topic="tongban.feedback.ratings.hall")
+    assert facts(outcomes) == [("RATING", "R2", PARTY, True, False)]
+    with pytest.raises(Rejected, match="一次一评: this service interaction was already rated"):
+        await feed(rating(4, 3, channel="ONSITE", interaction_id="visit-1"), state=state,
+                   topic="tongban.feedback.ratings.hall")
+
+
+# ---------------------------------------------------------------------------- decisions per party
+
+def routed(application: str = "TB1", legs: tuple[str, ...] = ("420000",)) -> tuple:
+    return handlers.ROUTED, {"application_id": application, "matter_code": MATTER, "mode": "PROXY",
+                             "deciding_partner": "420000", "deciding_division": "420100",
+                             "legs": [{"partner_id": p, "division_code": p, "step": "DECIDE", "working_days": 15}
+                                      for p in legs], "promised_working_days": 15, "due_at": T0}
+
+
+def decided(application: str = "TB1", partner: str = "420000", outcome: str = "APPROVED") -> tuple:
+    return handlers.DECIDED, {"application_id": application, "deciding_partner": partner, "outcome": outcome,
+                              "result_reference": None, "reason": None, "decided_at": T0 + timedelta(days=3)}
+
+
+@pytest.mark.parametrize("order", ["routed first", "decided first"])
+async def test_a_decided_application_counts_once_for_each_party_of_its_legs(order):
+    steps = [routed(legs=("430102", "420000")), decided()]
+    state, outcomes = await feed(*(steps if order == "routed first" else steps[::-1]), key="TB1")
+    emits = [e for o in outcomes for e in o.emits]
+    assert sorted((e.key, e.payload["kind"], e.payload["fact_id"]) for e in emits) == [
+        (f"{MATTER}|420000|420000", "DECISION", "decided|TB1"), (f"{MATTER}|430102|430102", "DECISION", "decided|TB1")]
+    assert [o.finished for o in outcomes] == [False, True], "done once both are known"
+    assert emits[0].payload["occurred_at"] == T0 + timedelta(days=3), "counted in the window of its decision"
+    _, again = await feed(decided(outcome="DENIED"), routed(), state=state, key="TB1")
+    assert [o.emits for o in again] == [[], []], "a second decision or route counts nothing more"
+
+
+async def test_a_decision_is_counted_in_the_division_its_breaches_count_under():
+    """The breach rate divides breaches by decisions of one matter × division × party."""
+    _, outcomes = await feed(routed(legs=("ems",)), decided(), key="TB1")
+    decision_groups = {e.key for o in outcomes for e in o.emits}
+    on_events, _ = handlers.make_handlers(RectificationPolicies(), CALENDAR.add_working_days, DuplicateRule())
+    breaches = [Event("b", handlers.SLA_BREACHED, "TB1", breach(p), {}, "t") for p in ("420000", "ems")]
+    breach_groups = {(await on_events[handlers.SLA_BREACHED](e, None)).emits[0].key for e in breaches}
+    assert decision_groups == breach_groups == {f"{MATTER}|420000|420000", f"{MATTER}|-|ems"}
