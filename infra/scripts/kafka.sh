@@ -130,7 +130,8 @@ format_once() {
     return 0
   fi
   local uuid scram=() arg
-  uuid="$(java_cp kafka.tools.StorageTool random-uuid 2>/dev/null | tail -1)"
+  # The nodes of one cluster (infra/scripts/cluster.sh) are formatted with one shared id.
+  uuid="${TONGBAN_KAFKA_CLUSTER_ID:-$(java_cp kafka.tools.StorageTool random-uuid 2>/dev/null | tail -1)}"
   [[ -n "$uuid" ]] || die "kafka.tools.StorageTool random-uuid printed nothing"
   while IFS= read -r arg; do scram+=(--add-scram "$arg"); done \
     < <("$VENV_PY" -m tongban.ops principals scram-args)
@@ -177,6 +178,9 @@ status() {
     echo "kafka ($KAFKA_INSTANCE): stopped"; return 1
   fi
 }
+
+# infra/scripts/cluster.sh sources this file for its functions, once per node.
+[[ "${BASH_SOURCE[0]}" == "$0" ]] || return 0
 
 case "${1:-}" in
   start) start ;;
