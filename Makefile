@@ -9,13 +9,14 @@ PY      := .venv/bin/python
 SCRIPTS := infra/scripts
 
 .PHONY: help setup venv protos kafka-jars ferretdb pii-key grpc-certs kafka-secrets kafka-rotate up down status \
-        topics topics-plan acl-matrix run demo test lint clean-data chromium report
+        topics topics-plan acl-matrix run demo test lint clean-data chromium report chaos \
+        cluster cluster-down cluster-test promtool alerts-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
 
 # ------------------------------------------------------------------------------ setup
-setup: venv protos kafka-jars ferretdb pii-key grpc-certs kafka-secrets chromium ## venv, gRPC stubs, Kafka jars, FerretDB binary, personal-data keys, gRPC certificates, Kafka secrets, Chromium
+setup: venv protos kafka-jars ferretdb pii-key grpc-certs kafka-secrets chromium promtool ## venv, gRPC stubs, Kafka jars, FerretDB binary, personal-data keys, gRPC certificates, Kafka secrets, Chromium, promtool
 
 venv: .venv/.tongban-installed
 .venv/.tongban-installed: requirements.txt requirements.lock pyproject.toml
@@ -36,6 +37,12 @@ grpc-certs: venv ## local gRPC CA, server and caller certificates in var/tls/grp
 
 chromium: ## Debian's Chromium (/usr/bin/chromium) for the report's browser test
 	$(SCRIPTS)/chromium.sh
+
+promtool: ## Prometheus's rule checker into var/bin/promtool (from Debian's prometheus package, not installed)
+	$(SCRIPTS)/promtool.sh
+
+alerts-check: promtool ## promtool check and test rules on infra/alerts (the Prometheus alert rules)
+	cd infra/alerts && ../../var/bin/promtool check rules tongban.rules.yml && ../../var/bin/promtool test rules tongban.rules.test.yml
 
 kafka-secrets: venv ## a Kafka secret per principal in var/kafka/principals.secrets (mode 600; adds only what is missing)
 	$(PY) -m tongban.ops principals init
@@ -65,6 +72,15 @@ topics-plan: venv ## show differences between infra/topics.toml and the broker (
 acl-matrix: setup ## every pair of declared partners: cross reads and writes denied, own traffic works
 	TONGBAN_ACL_MATRIX=all $(SCRIPTS)/run-tests.sh tests/integration/test_acls.py
 
+cluster: venv kafka-jars kafka-secrets ## a local three-broker KRaft cluster (brokers 127.0.0.1:29292-29294, 3 controllers; data in var/cluster)
+	$(SCRIPTS)/cluster.sh start
+
+cluster-down: ## stop the three-broker cluster
+	$(SCRIPTS)/cluster.sh stop
+
+cluster-test: venv kafka-jars kafka-secrets ferretdb ## brokers killed mid-flow on the cluster (started and stopped if not running); docs/cluster.md
+	$(SCRIPTS)/cluster.sh test
+
 clean-data: down ## stop and delete the local broker, store and service state (var/kafka/data, var/ferretdb, var/state)
 	rm -rf var/kafka/data var/ferretdb var/state
 
@@ -78,6 +94,9 @@ demo: topics ## setup, up, topics, then the scripted demo; exits with its code
 report: venv ## the supervision report from the feedback topics (after make demo): terminal tables and var/report/supervision.html
 	$(PY) -m devtools.report
 
+chaos: setup ## the reliability proof (< 1 h): 10,000 applications, two instances per service, kills, broker and store outages, bad input; on a broker and store of its own; var/chaos/latest.json, docs/reliability.md
+	$(PY) -m devtools.chaos --applications $(or $(APPLICATIONS),10000)
+
 bench: topics ## throughput, latency, restore, idle CPU, memory (< 15 min); var/bench/latest.json, docs/benchmarks.md
 	$(PY) -m devtools.bench
 
@@ -90,3 +109,7 @@ lint: venv protos ## ruff and mypy (mypy reads the generated gRPC stubs)
 
 mutate: venv ## mutation testing (mutmut) of the rules and runtime against tests/unit; writes var/mutate/latest.json
 	$(PY) infra/scripts/mutate.py
+
+.PHONY: partner-java
+partner-java: ## the partner kit's Java example (docs/partner-kit/java): target/tongban-partner.jar, offline when Maven's local repository has its jars
+	cd docs/partner-kit/java && (mvn -q -B -o package || mvn -q -B package)

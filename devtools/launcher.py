@@ -27,6 +27,12 @@ from tongban.sharing.endpoints import PROVIDERS, ensure_certificates
 ROOT = Path(__file__).resolve().parents[1]
 SERVICES = ("intake", "routing", "verification", "delivery", "feedback")
 MONITOR = "tongban-monitor"  # the caller health checks are made as
+INSTANCE = "@"  # "intake@2": a further instance of a service, in the same consumer group
+
+
+def instance(service: str, number: int) -> str:
+    """The launcher's name for instance `number` (1 is the service's own name)."""
+    return service if number == 1 else f"{service}{INSTANCE}{number}"
 
 
 def free_port() -> int:
@@ -52,12 +58,25 @@ class Stack:
         host = self.env.get("TONGBAN_GRPC_HOST") or "127.0.0.1"
         return listen_address("127.0.0.1" if host in ("0.0.0.0", "::", "[::]") else host, self.ports[service])
 
+    def add_instance(self, service: str, number: int) -> str:
+        """A further instance of a service: the same consumer group, its own gRPC port and its
+        own local state (two RocksDB stores of one task must not share a directory)."""
+        name = instance(service, number)
+        self.ports.setdefault(name, free_port())
+        return name
+
     def start(self, name: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
-        module = "sim" if name == "sim" else "services.datasharing" if name in PROVIDERS else f"services.{name}"
+        service, _, number = name.partition(INSTANCE)
+        module = "sim" if name == "sim" else "services.datasharing" if name in PROVIDERS else f"services.{service}"
         args = [sys.executable, "-m", module,
                 *(self.sim_args if name == "sim" else ("serve", name) if name in PROVIDERS else ())]
-        env = {**self.env, **{f"TONGBAN_GRPC_PORT_{s.upper()}": str(p) for s, p in self.ports.items()},
-               **(extra_env or {})}
+        env = {**self.env, **{f"TONGBAN_GRPC_PORT_{s.upper()}": str(p) for s, p in self.ports.items()
+                              if INSTANCE not in s}}
+        if number:
+            state = Path(self.env.get("TONGBAN_STATE_DIR") or ROOT / "var" / "state")
+            env.update({f"TONGBAN_GRPC_PORT_{service.upper()}": str(self.ports[name]),
+                        "TONGBAN_STATE_DIR": str(state / f"instance-{number}")})
+        env.update(extra_env or {})
         with open(self.log_dir / f"{name}.log", "ab") as log:
             process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         self.processes[name] = process

@@ -34,6 +34,7 @@ from typing import Any
 
 import grpc
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from devtools.bench.common import (
     OUT,
@@ -119,6 +120,15 @@ class Tracker:
             await asyncio.gather(self._task, return_exceptions=True)
         await stop_quietly(self.consumer)
 
+    async def reconnect(self) -> None:
+        """A new consumer from the start (after a broker restart the old one may fetch nothing
+        more); events already seen change nothing."""
+        await self.stop()
+        self.consumer = AIOKafkaConsumer(**kafka_options(), group_id=None, enable_auto_commit=False,
+                                         isolation_level="read_committed", auto_offset_reset="earliest",
+                                         max_poll_records=5000)
+        await self.start()
+
     def pause(self) -> None:
         self.consumer.pause(*self.consumer.assignment())
 
@@ -146,7 +156,11 @@ class Tracker:
         from tongban.codec import CodecError
 
         while True:
-            batch = await self.consumer.getmany(timeout_ms=100)
+            try:
+                batch = await self.consumer.getmany(timeout_ms=100)
+            except KafkaError:  # the broker is away (devtools.chaos restarts it): devtools.chaos reconnects
+                await asyncio.sleep(0.5)
+                continue
             now = time.time()
             for records in batch.values():
                 for record in records:
@@ -212,14 +226,19 @@ async def open_channel(target: str, caller: str) -> grpc.aio.Channel:
 
 class Submitter:
     """Submits the samples that end DELIVERED through intake's gRPC API, each with a new
-    client reference, and registers them with the tracker before the call."""
+    client reference, and registers them with the tracker before the call. Given several
+    intake instances (devtools.chaos), it spreads the calls over them and a retry goes to
+    the next one, as a client behind a load balancer would; `retry_for` is how long a
+    call is retried while intake is unavailable."""
 
-    def __init__(self, channel: grpc.aio.Channel, tracker: Tracker) -> None:
+    def __init__(self, channel: grpc.aio.Channel, tracker: Tracker, *more: grpc.aio.Channel,
+                 retry_for: float = 5.0) -> None:
         from services.intake import intake_pb2_grpc
         from sim.samples import samples
 
-        self.channel = channel
-        self.stub = intake_pb2_grpc.IntakeStub(channel)
+        self.channels = [channel, *more]
+        self.stubs = [intake_pb2_grpc.IntakeStub(c) for c in self.channels]
+        self.retry_for = retry_for
         self.tracker = tracker
         self.templates = [s.request for s in samples("bench") if s.expected == "DELIVERED"]
         self.run = f"bench-{os.getpid()}-{int(time.time())}"
@@ -233,7 +252,8 @@ class Submitter:
         return samples("bench")[0].request.source_system
 
     async def close(self) -> None:
-        await self.channel.close()
+        for channel in self.channels:
+            await channel.close()
 
     def _next(self) -> tuple[str, Any]:
         from services.intake import intake_pb2
@@ -248,21 +268,26 @@ class Submitter:
 
     async def submit(self) -> asyncio.Future[None] | None:
         """Submit one application; returns the future of its terminal event, None on failure."""
+        number = self.count
         application_id, request = self._next()
         waiter = self.tracker.expect(application_id)
-        for attempt in range(20):
+        deadline = time.monotonic() + self.retry_for
+        attempt = 0
+        while True:
             try:
-                await self.stub.Submit(request, timeout=30)
+                # the same client reference on every attempt: a retry is the same application
+                await self.stubs[(number + attempt) % len(self.stubs)].Submit(request, timeout=30)
                 return waiter
             except grpc.aio.AioRpcError as exc:
                 code = exc.code().name
-                if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) \
-                        or attempt == 19:
+                # CANCELLED: the instance died during the call (devtools.chaos kills them)
+                if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                                      grpc.StatusCode.CANCELLED) or time.monotonic() > deadline:
                     self.errors[code] = self.errors.get(code, 0) + 1
                     waiter.cancel()
                     return None
+                attempt += 1
                 await asyncio.sleep(0.25)
-        return None
 
 
 class ClosedLoop:
