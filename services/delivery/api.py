@@ -22,7 +22,7 @@ from tongban.app import grpc_call
 from tongban.events import now_utc
 from tongban.grpc_tls import authorize, deny
 from tongban.handling import Event, Handler
-from tongban.runtime import NotReady, ServiceRuntime
+from tongban.runtime import ServiceRuntime
 
 WINDOWS = ("window",)
 REDIRECTORS = ("window", "portal")
@@ -102,15 +102,9 @@ class DeliveryServicer(delivery_pb2_grpc.DeliveryServicer):
 
     async def _command(self, context, command: str, key: str, command_id: str, payload: dict) -> None:
         """Try the request on the committed file (a broken rule raises Rejected: FAILED_PRECONDITION),
-        then hand it to the owner. With several instances, the file may be another one's: then
-        the request goes straight to that owner through the command topic, where the same
-        handler applies it (a broken rule is dead-lettered there with its reason); answering
-        UNAVAILABLE instead left windows retrying an instance that never owns the file."""
-        try:
-            state = await self._file(context, key)
-        except NotReady:
-            await self.runtime.submit(command, key, command_id, payload)
-            return
+        then hand it to the owner. An instance that does not own the file answers UNAVAILABLE
+        (NotReady): the client asks another instance, and only the owner can try the rule."""
+        state = await self._file(context, key)
         trial = Event(command_id, command, key, payload, {"occurred_at": now_utc(), "correlation_id": key}, "command")
         await self.handlers[command](trial, state)
         await self.runtime.submit(command, key, command_id, payload)
