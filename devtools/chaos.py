@@ -614,6 +614,7 @@ class Chaos:
         terminal: Counter[str] = Counter()
         once: Counter[tuple[str, str]] = Counter()
         ids: Counter[str] = Counter()
+        kind_of: dict[str, str] = {}  # event id -> "topic EventType"
         facts: Counter[str] = Counter()
         dead_letters: dict[tuple[str, str, int, int], str] = {}
         for record in records:
@@ -633,6 +634,7 @@ class Chaos:
             event_id = body.get("envelope", {}).get("event_id")
             if event_id and not topic.endswith(PARTNER_WRITTEN):
                 ids[event_id] += 1
+                kind_of[event_id] = f"{topic} {event_type.rsplit('.', 1)[-1]}"
             application_id = body.get("application_id")
             if event_type in TERMINAL and application_id:
                 terminal[application_id] += 1
@@ -665,6 +667,8 @@ class Chaos:
             "lost_sample": lost[:10],
             "more_than_one_terminal": sum(1 for a in submitted if terminal[a] > 1),
             "duplicate_events": sum(1 for n in ids.values() if n > 1),
+            # where they are, so a failed run names the topic and event type to look at
+            "duplicate_events_by_kind": dict(Counter(kind_of[i] for i, n in ids.items() if n > 1)),
             "duplicate_lifecycle": sum(1 for n in once.values() if n > 1),
             "duplicate_deliveries": sum(1 for a in submitted if once[(APP + "ApplicationDelivered", a)] > 1)
             + sum(1 for n in parcels.values() if n > 1),
