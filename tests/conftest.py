@@ -1,4 +1,4 @@
-"""Fixtures shared by the integration and end-to-end tests."""
+"""Fixtures shared by the tests."""
 
 import pytest
 
@@ -13,3 +13,15 @@ def namespace():
     namespace = new_namespace()
     yield namespace
     drop_namespace(namespace)
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory):
+    """A local gRPC CA with the service and caller certificates (`make grpc-certs` in a
+    temporary directory), for in-process servers over mutual TLS. A module that needs other
+    certificates defines its own `tls`."""
+    from tongban.ops import certs
+
+    directory = tmp_path_factory.mktemp("tls")
+    certs.setup(directory)
+    return directory

@@ -10,14 +10,6 @@ from services.routing.api import CatalogueServicer
 from services.routing.catalogue import Catalogue
 from services.routing.domain import PartnerRegistry
 from tongban.grpc_tls import client_channel, server_credentials
-from tongban.ops import certs
-
-
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("tls")
-    certs.setup(directory)
-    return directory
 
 
 @pytest.fixture

@@ -4,8 +4,9 @@ runtime core, one task per partition over in-memory stores and transactions; inp
 on the partition of their record key, as a producer puts them, and what a task forwards
 through the repartition topic is handed to the task of the partition it names."""
 
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+
+from test_runtime_core import Rec  # a consumed record, as the runtime's own tests build them
 
 from services.feedback import __main__ as feedback_main
 from services.feedback import handlers
@@ -27,14 +28,6 @@ T0 = datetime(2026, 11, 2, 1, 0, tzinfo=UTC)
 MATTER, DIVISION, PARTY = "KSTB-MKT-01", "430102", "430000"
 
 
-@dataclass(frozen=True)
-class Rec:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: tuple = ()
 
 
 class Instances:

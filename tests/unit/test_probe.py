@@ -11,14 +11,7 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from tongban.grpc_tls import server_credentials
-from tongban.ops import certs, probe
-
-
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("tls")
-    certs.setup(directory)
-    return directory
+from tongban.ops import probe
 
 
 async def test_probe_follows_the_health_status(tls, monkeypatch: pytest.MonkeyPatch):

@@ -14,16 +14,8 @@ from services.intake import intake_pb2_grpc
 from services.intake.api import IntakeServicer
 from tongban import reflection
 from tongban.grpc_tls import client_channel, server_credentials
-from tongban.ops import certs
 
 INTAKE = "tongban.intake.v1.Intake"
-
-
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("tls")
-    certs.setup(directory)
-    return directory
 
 
 @pytest.fixture

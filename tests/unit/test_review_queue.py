@@ -15,7 +15,6 @@ from services.routing.ledger import Ledger
 from tongban import topics
 from tongban.grpc_tls import client_channel, server_credentials
 from tongban.handling import Event, Outcome, Rejected
-from tongban.ops import certs
 from tongban.workdays import WorkingCalendar
 
 APP = "TBREVIEW"
@@ -203,13 +202,6 @@ class FakeRuntime:
 
     async def submit(self, command_type: str, key: str, command_id: str, payload: dict) -> None:
         self.submitted.append((command_type, key, command_id, payload))
-
-
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("tls")
-    certs.setup(directory)
-    return directory
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ from sim.samples import samples
 from tongban import telemetry
 from tongban.grpc_tls import client_channel, server_credentials
 from tongban.handling import Emit, Event, Outcome, Rejected, Wiring
-from tongban.ops import certs
 
 NAME, ID_NUMBER, PHONE = "张三丰", "430102198801011234", "13800138000"
 ALLOWED_LABELS = {"topic", "outcome", "kind", "type", "event_type", "error", "timer", "method", "code", "partition",
@@ -117,13 +116,6 @@ class NoRuntime:
 
     async def submit(self, *args):
         raise AssertionError("not reached in this test")
-
-
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("tls")
-    certs.setup(directory)
-    return directory
 
 
 async def test_grpc_calls_are_counted_by_method_and_the_code_the_client_saw(measured, tls):
