@@ -1,7 +1,7 @@
 """The audit trail of evidence access: one hash chain per provider, insert-only.
 
 Every access (who, for which application, what, why, when, the answer) is an entry whose
-hash covers its content and the previous entry's hash; a unique (chain, sequence) index
+hash covers its content and the previous entry's hash; its `_id`, `<chain>:<sequence>`,
 keeps two entries from claiming one place. An edited entry breaks its own hash. A tail
 rewritten with fresh hashes is consistent in itself, so the chain's head is also anchored
 outside the store (published to a compacted topic, see `services.datasharing.anchor`) and
@@ -28,7 +28,8 @@ from pymongo.errors import DuplicateKeyError
 from tongban.events import millis, now_utc
 from tongban.store import retry_transient
 
-COLLECTION = "audit"
+PREFIX = "audit_"  # then `<chain>_<block>`: see `collection_of`
+BLOCK = 1_000
 GENESIS = "0" * 64
 # What an entry records; the hash covers exactly these, in this order, and the previous hash.
 CONTENT = ("chain", "sequence", "at_millis", "requester", "application_id", "matter_code", "evidence_type",
@@ -115,27 +116,56 @@ def check_extension(entries: Sequence[dict[str, Any]], anchor: Head | None) -> B
     return _links(entries[1:], anchor)[0]
 
 
+def collection_of(chain: str, sequence: int) -> str:
+    """The collection holding entry `sequence` of `chain`: each chain is kept in blocks of
+    `BLOCK` entries, one collection each, so that what a round of anchoring reads (the
+    entries since the last anchor) costs the same after a million accesses as after ten.
+    On FerretDB v1 every read scans its whole collection (docs/platform.md); one shared
+    collection made each round cost grow with every access ever recorded."""
+    return f"{PREFIX}{chain}_{(sequence - 1) // BLOCK:06d}"
+
+
+def _blocks(names: Sequence[str], chain: str) -> list[int]:
+    """The block numbers of `chain` among the store's collection names, in order."""
+    prefix = f"{PREFIX}{chain}_"
+    return sorted(int(name[len(prefix):]) for name in names
+                  if name.startswith(prefix) and name[len(prefix):].isdigit() and len(name) == len(prefix) + 6)
+
+
 class AuditChain:
-    """One provider's chain in the data-sharing audit collection."""
+    """One provider's chain in the data-sharing store, in blocks of `BLOCK` entries."""
 
     def __init__(self, db: AsyncDatabase, chain: str) -> None:
         self.db = db
-        self._docs = db[COLLECTION]
         self.chain = chain
         self._head: Head | None = None
+        self._indexed: set[str] = set()
         self._lock = asyncio.Lock()
 
     async def ensure_indexes(self) -> None:
-        await retry_transient(self._docs.create_index, [("chain", ASCENDING), ("sequence", ASCENDING)], unique=True)
-        await retry_transient(self._docs.create_index, [("application_id", ASCENDING)])
+        """Read the head (the store is reachable) and index the block it is in."""
+        head = await self.head()
+        await self._index(collection_of(self.chain, head.sequence + 1))
+
+    async def _index(self, name: str) -> None:
+        # `_id` is `<chain>:<sequence>`, unique in its block: two writers cannot both take one
+        # place. The application index serves `accesses_for` on MongoDB.
+        if name not in self._indexed:
+            await retry_transient(self.db[name].create_index, [("application_id", ASCENDING)])
+            self._indexed.add(name)
 
     async def head(self) -> Head:
         """The chain's last entry. This process appends to the chain, so after one look it
-        knows its head without asking the store: on FerretDB v1 a sorted query scans the whole
-        collection, a cost that would grow with every access ever recorded."""
+        knows its head without asking the store again."""
         if self._head is None:
-            last = await retry_transient(self._docs.find_one, {"chain": self.chain}, sort=[("sequence", DESCENDING)])
-            self._head = Head(last["sequence"], last["hash"]) if last else Head(0, GENESIS)
+            self._head = Head(0, GENESIS)
+            names = await retry_transient(self.db.list_collection_names)
+            for block in reversed(_blocks(names, self.chain)):
+                last = await retry_transient(self.db[collection_of(self.chain, block * BLOCK + 1)].find_one,
+                                             {"chain": self.chain}, sort=[("sequence", DESCENDING)])
+                if last is not None:
+                    self._head = Head(last["sequence"], last["hash"])
+                    break
         return self._head
 
     async def append(self, access: Access) -> Head:
@@ -145,8 +175,11 @@ class AuditChain:
             while True:
                 head = await self.head()
                 entry = new_entry(self.chain, head, access, now_utc())
+                name = collection_of(self.chain, entry["sequence"])
+                await self._index(name)
                 try:
-                    await retry_transient(self._docs.insert_one, {"_id": f"{self.chain}:{entry['sequence']}", **entry})
+                    await retry_transient(self.db[name].insert_one,
+                                          {"_id": f"{self.chain}:{entry['sequence']}", **entry})
                 except DuplicateKeyError:
                     self._head = None
                     continue
@@ -154,16 +187,12 @@ class AuditChain:
                 return self._head
 
     async def entries_between(self, first: int, last: int) -> list[dict[str, Any]]:
-        """Entries first..last, in one query; stops at the first one missing. The anchor asks
-        once per round, never once per entry: FerretDB v1 on SQLite answers every filter,
-        even `_id` equality, by scanning the collection (its `_id` index is built on another
-        expression than the pushed-down filter, docs/platform.md), so per-entry reads made
+        """Entries first..last, one query per block they are in; stops at the first one
+        missing. The anchor asks once per round, never once per entry: per-entry reads made
         anchoring cost grow with the square of the chain's length."""
-        async def read() -> list[dict[str, Any]]:
-            cursor = self._docs.find({"chain": self.chain, "sequence": {"$gte": first, "$lte": last}}, {"_id": 0})
-            return await cursor.to_list(None)
-
-        by_sequence = {entry["sequence"]: entry for entry in await retry_transient(read)}
+        by_sequence: dict[int, dict[str, Any]] = {}
+        for block in range((first - 1) // BLOCK, (last - 1) // BLOCK + 1):
+            by_sequence.update(await self._read(collection_of(self.chain, block * BLOCK + 1), first, last))
         found = []
         for sequence in range(first, last + 1):
             if sequence not in by_sequence:
@@ -171,14 +200,33 @@ class AuditChain:
             found.append(by_sequence[sequence])
         return found
 
+    async def _read(self, name: str, first: int, last: int) -> dict[int, dict[str, Any]]:
+        async def read() -> list[dict[str, Any]]:
+            query = {"chain": self.chain, "sequence": {"$gte": first, "$lte": last}}
+            return await self.db[name].find(query, {"_id": 0}).to_list(None)
+
+        return {entry["sequence"]: entry for entry in await retry_transient(read)}
+
     async def entries(self, since: int = 1) -> list[dict[str, Any]]:
-        cursor = self._docs.find({"chain": self.chain, "sequence": {"$gte": since}}, {"_id": 0}).sort(
-            "sequence", ASCENDING)
-        return await cursor.to_list(None)
+        """Every entry from `since` on, in sequence order (the check of the whole chain)."""
+        names = await retry_transient(self.db.list_collection_names)
+        found: list[dict[str, Any]] = []
+        for block in _blocks(names, self.chain):
+            if (block + 1) * BLOCK < since:
+                continue
+            cursor = self.db[collection_of(self.chain, block * BLOCK + 1)].find(
+                {"chain": self.chain, "sequence": {"$gte": since}}, {"_id": 0})
+            found.extend(sorted(await cursor.to_list(None), key=lambda entry: entry["sequence"]))
+        return found
 
 
 async def accesses_for(db: AsyncDatabase, application_id: str) -> list[dict[str, Any]]:
     """Every recorded access about one application, over all providers' chains, oldest first
-    (what PIPL art. 35 lets the applicant see: who consulted which record, why, when)."""
-    cursor = db[COLLECTION].find({"application_id": application_id}, {"_id": 0}).sort("at_millis", ASCENDING)
-    return await cursor.to_list(None)
+    (what PIPL art. 35 lets the applicant see: who consulted which record, why, when). It
+    asks every block: on MongoDB an index read each; on FerretDB v1 a scan of the whole
+    trail, which is why only this rare, per-applicant read does it."""
+    found: list[dict[str, Any]] = []
+    for name in await db.list_collection_names():
+        if name.startswith(PREFIX):
+            found.extend(await db[name].find({"application_id": application_id}, {"_id": 0}).to_list(None))
+    return sorted(found, key=lambda entry: (entry["at_millis"], entry["chain"], entry["sequence"]))

@@ -16,7 +16,7 @@ from pymongo import AsyncMongoClient
 from stdnum.cn import ric
 
 from services.datasharing.__main__ import check
-from services.datasharing.audit import COLLECTION, Access, Head, new_entry
+from services.datasharing.audit import Access, Head, collection_of, new_entry
 from services.intake import intake_pb2, intake_pb2_grpc
 from sim.samples import samples
 from tests.pii_parties import sealed_by
@@ -224,7 +224,7 @@ async def test_the_audit_chain_holds_and_an_edited_entry_and_a_rewritten_tail_ar
     assert entries >= 4
 
     client = AsyncMongoClient("mongodb://127.0.0.1:27217/", tz_aware=True)
-    audit = client[f"{namespace.replace('-', '_')}tongban_datasharing"][COLLECTION]
+    audit = client[f"{namespace.replace('-', '_')}tongban_datasharing"][collection_of("moe", 1)]  # entries 1 to 1,000
     try:
         # an insider edits one entry in place: its own hash gives it away
         original = await audit.find_one({"chain": "moe", "sequence": 2})

@@ -5,15 +5,17 @@ from datetime import UTC, datetime
 
 import pytest
 
+from services.datasharing import audit as audit_module
 from services.datasharing.anchor import _anchor_if_moved
 from services.datasharing.audit import (
-    COLLECTION,
     GENESIS,
     Access,
     AuditChain,
     Head,
+    accesses_for,
     check_chain,
     check_extension,
+    collection_of,
     entry_hash,
     new_entry,
 )
@@ -106,31 +108,57 @@ def test_an_anchorer_anchors_only_a_head_that_extends_the_last_anchor():
 
 
 class Documents:
-    """The audit collection as the chain uses it: the one sorted read of the head, range reads
-    of a chain, inserts. Counts the reads and the entries they return (every read scans the
+    """One audit block as the chain uses it: the one sorted read of the head, range reads of
+    a chain, inserts. Counts the reads and the entries they return (every read scans the
     collection on FerretDB v1, so the anchor must ask once per round, for new entries only)."""
 
-    def __init__(self) -> None:
+    def __init__(self, store: "Store") -> None:
         self.docs: dict[str, dict] = {}
-        self.range_reads = 0
-        self.entries_read = 0
-        self.sorted_reads = 0
+        self.store = store
+
+    async def create_index(self, keys: list) -> None:
+        pass
 
     async def find_one(self, query: dict, projection: dict | None = None, sort: list | None = None) -> dict | None:
-        self.sorted_reads += 1
+        self.store.sorted_reads += 1
         mine = sorted((d for d in self.docs.values() if d["chain"] == query["chain"]), key=lambda d: d["sequence"])
         return mine[-1] if mine else None
 
     def find(self, query: dict, projection: dict | None = None) -> "Cursor":
-        self.range_reads += 1
-        bounds = query["sequence"]
-        found = [{k: v for k, v in d.items() if k != "_id"} for d in self.docs.values()
-                 if d["chain"] == query["chain"] and bounds["$gte"] <= d["sequence"] <= bounds["$lte"]]
-        self.entries_read += len(found)
+        self.store.range_reads += 1
+        found = [{k: v for k, v in d.items() if k != "_id"} for d in self.docs.values() if matches(d, query)]
+        self.store.entries_read += len(found)
         return Cursor(found[::-1])  # a store returns no particular order
 
     async def insert_one(self, doc: dict) -> None:
         self.docs[doc["_id"]] = doc
+
+
+def matches(doc: dict, query: dict) -> bool:
+    for field, wanted in query.items():
+        if isinstance(wanted, dict):
+            if not wanted.get("$gte", doc[field]) <= doc[field] <= wanted.get("$lte", doc[field]):
+                return False
+        elif doc[field] != wanted:
+            return False
+    return True
+
+
+class Store:
+    """The data-sharing database: a collection per name, created by its first use."""
+
+    def __init__(self) -> None:
+        self.collections: dict[str, Documents] = {}
+        self.range_reads = self.entries_read = self.sorted_reads = 0
+
+    def __getitem__(self, name: str) -> Documents:
+        return self.collections.setdefault(name, Documents(self))
+
+    async def list_collection_names(self) -> list[str]:
+        return list(self.collections)
+
+    def entry(self, chain: str, sequence: int) -> dict:
+        return self[collection_of(chain, sequence)].docs[f"{chain}:{sequence}"]
 
 
 class Cursor:
@@ -150,23 +178,52 @@ class Producer:
 
 
 async def test_the_anchor_reads_new_entries_once_per_round_and_nothing_while_idle():
-    docs, producer = Documents(), Producer()
-    audit = AuditChain({COLLECTION: docs}, "mps")  # type: ignore[arg-type]
+    store, producer = Store(), Producer()
+    audit = AuditChain(store, "mps")  # type: ignore[arg-type]
     settings, registry = load_settings("datasharing", {}), SchemaRegistry.load()
     for n in range(1, 4):
         await audit.append(access(n))
-    assert docs.sorted_reads == 1, "the head is read from the store once, then known"
+    assert store.sorted_reads == 0, "an empty store: the chain starts at genesis"
     anchored = await _anchor_if_moved(producer, settings, registry, audit, None)
-    assert anchored == Head(3, docs.docs["mps:3"]["hash"])
-    assert (docs.range_reads, docs.entries_read, len(producer.sent)) == (1, 3, 1)
+    assert anchored == Head(3, store.entry("mps", 3)["hash"])
+    assert (store.range_reads, store.entries_read, len(producer.sent)) == (1, 3, 1)
     for n in range(4, 6):
         await audit.append(access(n))
     anchored = await _anchor_if_moved(producer, settings, registry, audit, anchored)
-    assert anchored == Head(5, docs.docs["mps:5"]["hash"])
-    assert (docs.range_reads, docs.entries_read) == (2, 3 + 3), "from the anchored entry to the head, in one read"
+    assert anchored == Head(5, store.entry("mps", 5)["hash"])
+    assert (store.range_reads, store.entries_read) == (2, 3 + 3), "from the anchored entry to the head, in one read"
     idle = await _anchor_if_moved(producer, settings, registry, audit, anchored)
-    assert (idle, docs.range_reads, docs.sorted_reads, len(producer.sent)) == (anchored, 2, 1, 2)
-    del docs.docs["mps:5"]  # an entry gone from the store: the head is not anchored over a gap
+    assert (idle, store.range_reads, store.sorted_reads, len(producer.sent)) == (anchored, 2, 0, 2)
+    del store[collection_of("mps", 5)].docs["mps:5"]  # an entry gone: the head is not anchored over a gap
     audit._head = Head(6, "x" * 64)
     assert await _anchor_if_moved(producer, settings, registry, audit, anchored) == anchored
     assert len(producer.sent) == 2
+
+
+async def test_a_chain_kept_in_blocks_reads_only_the_blocks_it_needs(monkeypatch):
+    monkeypatch.setattr(audit_module, "BLOCK", 3)
+    store, producer = Store(), Producer()
+    settings, registry = load_settings("datasharing", {}), SchemaRegistry.load()
+    writer = AuditChain(store, "mps")  # type: ignore[arg-type]
+    for n in range(1, 11):
+        await writer.append(access(n))
+    await AuditChain(store, "moe").append(access(4))  # type: ignore[arg-type]
+    assert sorted(store.collections) == ["audit_moe_000000", *(f"audit_mps_{b:06d}" for b in range(4))]
+    assert [len(store[f"audit_mps_{b:06d}"].docs) for b in range(4)] == [3, 3, 3, 1]
+
+    restarted = AuditChain(store, "mps")  # type: ignore[arg-type]
+    assert await restarted.head() == Head(10, store.entry("mps", 10)["hash"])
+    assert store.sorted_reads == 1, "the head is found in the last block alone"
+
+    anchored = Head(5, store.entry("mps", 5)["hash"])
+    head = await _anchor_if_moved(producer, settings, registry, restarted, anchored)
+    assert head == Head(10, store.entry("mps", 10)["hash"])
+    # entries 5..10 are in blocks 1 to 3 (4-6, 7-9, 10): one read each
+    assert (store.range_reads, store.entries_read) == (3, 6)
+
+    everything = await restarted.entries()
+    assert [e["sequence"] for e in everything] == list(range(1, 11))
+    assert check_chain(everything, head) is None
+    assert [e["sequence"] for e in await restarted.entries(since=8)] == [8, 9, 10]
+    assert [(e["chain"], e["sequence"]) for e in await accesses_for(store, "TB4")] in (  # type: ignore[arg-type]
+        [("mps", 4), ("moe", 1)], [("moe", 1), ("mps", 4)])

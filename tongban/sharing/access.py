@@ -1,7 +1,7 @@
 """Who consulted an applicant's records for an application, and why (PIPL art. 35): the
 call intake's Track (or a portal) makes to the data-sharing exchange.
 
-Every provider answers for all chains (the audit collection is the exchange's), so one
+Every provider answers for all chains (the audit trail is the exchange's), so one
 call to any provider is enough; intake calls as `tongban-intake` (endpoints.TRACK).
 """
 
