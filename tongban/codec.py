@@ -115,6 +115,7 @@ class SchemaRegistry:
         self._learned: dict[str, list[SchemaVersion]] = {}
         self._by_fingerprint: dict[bytes, SchemaVersion] = {}
         self._pii: dict[str, list[tuple[str, ...]]] = {}
+        self._pii_walkers: dict[str, _PiiWalker] = {}  # compiled per type, for its newest schema
         self._validators: dict[bytes, Validator] = {}  # compiled per schema version
 
     # -- loading -----------------------------------------------------------------------
@@ -173,6 +174,7 @@ class SchemaRegistry:
         if current is None or (local and current.version <= version):
             self._by_fingerprint[fp] = sv
         self._pii.pop(name, None)
+        self._pii_walkers.pop(name, None)
         return sv
 
     def add_writer_schema(self, schema_json: str) -> SchemaVersion:
@@ -344,8 +346,11 @@ class SchemaRegistry:
         ``materials[0].name``). ``tongban.pii`` seals and opens values bound to their path."""
         if not self.pii_paths_cached(full_name):
             return record  # nothing personal in this type: no walk, no copy (the hot path)
-        parsed = self._pii_schema(full_name)
-        return _map_pii(parsed, record, parsed["__named_schemas"], change, "")
+        walker = self._pii_walkers.get(full_name)
+        if walker is None:
+            parsed = self._pii_schema(full_name)
+            walker = self._pii_walkers[full_name] = _compile_pii(parsed, parsed["__named_schemas"], {})
+        return cast(dict, walker(record, change, ""))
 
     def pii_paths_cached(self, full_name: str) -> list[tuple[str, ...]]:
         """`pii_paths` without the defensive copy, for the per-record path."""
@@ -609,38 +614,74 @@ def _has_pii(schema: Any, named: Mapping[str, Any]) -> bool:
     return bool(found)
 
 
-def _map_pii(schema: Any, datum: Any, named: Mapping[str, Any], change: Callable[[str, Any], Any],
-             path: str) -> Any:
-    """A copy of ``datum`` with ``change(path, value)`` applied to every non-null pii value.
-    Values whose shape does not match the schema are masked whole if they could hold pii."""
-    if datum is None:
-        return None
+_PiiWalker = Callable[[Any, Callable[[str, Any], Any], str], Any]
+
+
+def _copy_plain(datum: Any) -> Any:
+    """A copy of decoded Avro data: containers rebuilt, everything else immutable and shared."""
+    if isinstance(datum, dict):
+        return {key: _copy_plain(value) for key, value in datum.items()}
+    if isinstance(datum, list):
+        return [_copy_plain(item) for item in datum]
+    return datum
+
+
+def _compile_pii(schema: Any, named: Mapping[str, Any], compiled: dict[str, _PiiWalker]) -> _PiiWalker:
+    """A function giving a copy of a datum of `schema` with ``change(path, value)`` applied to
+    every non-null pii value. It walks only the parts that can hold pii and copies the rest
+    whole: once per type, not per record, the schema is read. Values whose shape does not
+    match the schema are masked whole if they could hold pii."""
     node, kind = _kind(schema, named)
+    if not _has_pii(node, named):
+        return lambda datum, _change, _path: _copy_plain(datum)
+    name = node.get("name") if isinstance(node, dict) else None
+    if name is not None and name in compiled:
+        return compiled[name]
     if kind == "union":
         branches = [b for b in node if b != "null"]
         if len(branches) == 1:
-            return _map_pii(branches[0], datum, named, change, path)
-        return MASK if _has_pii(node, named) else copy.deepcopy(datum)
+            return _compile_pii(branches[0], named, compiled)
+        return lambda datum, _change, _path: None if datum is None else MASK
     if kind in ("record", "error"):
-        if not isinstance(datum, Mapping):
-            return MASK if _has_pii(node, named) else copy.deepcopy(datum)
-        fields = {f["name"]: f for f in node["fields"]}
-        out = {}
-        for key, value in datum.items():
-            f = fields.get(key)
-            if f is None:
-                out[key] = copy.deepcopy(value)
-            elif f.get("pii") is True:
-                out[key] = None if value is None else change(_join(path, key), value)
-            else:
-                out[key] = _map_pii(f["type"], value, named, change, _join(path, key))
-        return out
+        fields: dict[str, _PiiWalker | None] = {}  # None: the field itself is personal
+
+        def record(datum: Any, change: Callable[[str, Any], Any], path: str) -> Any:
+            if datum is None:
+                return None
+            if not isinstance(datum, Mapping):
+                return MASK
+            out = {}
+            for key, value in datum.items():
+                if key not in fields:
+                    out[key] = copy.deepcopy(value)  # not in the schema: nothing to walk
+                elif value is None:
+                    out[key] = None
+                else:
+                    walker = fields[key]
+                    child = f"{path}.{key}" if path else key
+                    out[key] = change(child, value) if walker is None else walker(value, change, child)
+            return out
+
+        compiled[node["name"]] = record  # before the fields: a record may contain itself
+        for f in node["fields"]:
+            fields[f["name"]] = None if f.get("pii") is True else _compile_pii(f["type"], named, compiled)
+        return record
     if kind == "array":
-        if not isinstance(datum, (list, tuple)):
-            return MASK if _has_pii(node, named) else copy.deepcopy(datum)
-        return [_map_pii(node["items"], item, named, change, f"{path}[{i}]") for i, item in enumerate(datum)]
-    if kind == "map":
+        items = _compile_pii(node["items"], named, compiled)
+
+        def array(datum: Any, change: Callable[[str, Any], Any], path: str) -> Any:
+            if datum is None:
+                return None
+            if not isinstance(datum, (list, tuple)):
+                return MASK
+            return [items(item, change, f"{path}[{i}]") for i, item in enumerate(datum)]
+        return array
+    values = _compile_pii(node["values"], named, compiled)  # a map: the last kind that can hold pii
+
+    def mapping(datum: Any, change: Callable[[str, Any], Any], path: str) -> Any:
+        if datum is None:
+            return None
         if not isinstance(datum, Mapping):
-            return MASK if _has_pii(node, named) else copy.deepcopy(datum)
-        return {key: _map_pii(node["values"], value, named, change, f"{path}[{key}]") for key, value in datum.items()}
-    return datum  # a primitive (str, number, bytes, datetime): immutable, shared rather than copied
+            return MASK
+        return {key: values(value, change, f"{path}[{key}]") for key, value in datum.items()}
+    return mapping
