@@ -522,6 +522,21 @@ def test_mask_is_conservative_on_shapes_that_do_not_match(registry):
     assert masked["postal_address"] is None
 
 
+
+def test_a_mapped_record_is_a_copy_with_paths_and_shares_nothing_mutable(registry):
+    record = {**application_received(), "not_in_schema": {"nested": ["x"]}}
+    seen: list[str] = []
+    mapped = registry.map_pii_paths("tongban.application.ApplicationReceived", record,
+                                    lambda path, value: seen.append(path) or f"<{path}>")
+    assert seen == ["applicant.name", "applicant.id_number", "postal_address"]
+    assert mapped["applicant"]["name"] == "<applicant.name>"
+    mapped["materials"][0]["code"] = "changed"
+    mapped["not_in_schema"]["nested"].append("y")
+    mapped["envelope"]["event_id"] = "changed"
+    assert record["materials"][0]["code"] != "changed"
+    assert record["not_in_schema"] == {"nested": ["x"]}
+    assert record["envelope"]["event_id"] != "changed"
+
 # -- event ids ------------------------------------------------------------------------
 
 
