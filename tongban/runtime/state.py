@@ -9,12 +9,13 @@ interface: in memory (tests, benchmarks) and RocksDB through rocksdict (deployme
 
 from __future__ import annotations
 
+import functools
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol, cast
 
-from rocksdict import Options, Rdict, WriteBatch
+from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteBufferManager
 
 CHECKPOINT_KEY = b"\x00checkpoint"
 
@@ -62,13 +63,32 @@ class MemoryStore:
         """Nothing to release: a memory store lives as long as its process."""
 
 
+# One block cache and one write-buffer budget for every task of the process: memory stays
+# the same however many partitions it owns, and RocksDB's index and filter blocks are
+# counted in the cache instead of growing outside it with the data.
+BLOCK_CACHE_BYTES = 32 * 1024 * 1024
+WRITE_BUFFERS_BYTES = 16 * 1024 * 1024
+
+
+@functools.cache
+def _budget() -> tuple[Cache, WriteBufferManager]:
+    # No stall: a write waits for no flush (writes run on the event loop); past the budget
+    # RocksDB flushes the largest memtable early instead.
+    return Cache(BLOCK_CACHE_BYTES), WriteBufferManager(WRITE_BUFFERS_BYTES, False)
+
+
 class RocksStore:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        cache, buffers = _budget()
         options = Options(raw_mode=True)
-        # Small state per task on a 2-core machine: keep RocksDB's memory modest.
         options.set_write_buffer_size(8 * 1024 * 1024)
         options.set_max_write_buffer_number(2)
+        options.set_write_buffer_manager(buffers)
+        table = BlockBasedOptions()
+        table.set_block_cache(cache)
+        table.set_cache_index_and_filter_blocks(True)
+        options.set_block_based_table_factory(table)
         options.increase_parallelism(1)
         self._db = Rdict(str(path), options)
         raw = self._db.get(CHECKPOINT_KEY)
