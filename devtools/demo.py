@@ -22,7 +22,7 @@ import grpc
 
 from devtools.launcher import ROOT, Stack
 from services.intake import intake_pb2, intake_pb2_grpc
-from sim import hotline, raters
+from sim import hotline, raters, submitters
 from sim.samples import DENIED_MATTER, SUPPLEMENT_MATTER, Sample, samples
 from tongban.config import SERVICE_PORTS
 from tongban.grpc_tls import DEFAULT_CALLER, client_channel
@@ -111,6 +111,8 @@ async def feed(stack: Stack, live: bool) -> bool:
         ok = summary(await run_batch(stub))
         say(f"12345: {await hotline.feed_demo()} work-order stages written by the simulated hotline")
         say(f"好差评: {await raters.feed_demo()} ratings written by the simulated hall, portal, app and website")
+        for line in await submitters.feed_demo():  # applications received at partners' windows
+            say(line)
         while live:
             say("live: next batch in 30 s (Ctrl-C to stop)")
             await asyncio.sleep(30)

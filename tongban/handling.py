@@ -35,7 +35,9 @@ class Emit:
     """An outgoing event; `qualifier` tells apart several events of one type from one cause.
     `correlation_id` names the application it is about when that is not the cause's (an event
     one aggregate publishes for another, e.g. intake's numbering counter for an application):
-    personal fields are sealed for it."""
+    personal fields are sealed for it. `source_partner` names the partner an event comes from
+    (the envelope's field), where a service republishes what a partner sent (intake's
+    ApplicationReceived of a partner's submission)."""
 
     topic: str
     event_type: str
@@ -43,6 +45,7 @@ class Emit:
     payload: dict[str, Any]
     qualifier: str = ""
     correlation_id: str = ""
+    source_partner: str = ""
 
 
 @dataclass(frozen=True)

@@ -101,12 +101,19 @@ def partner_acknowledgements(partner_id: str) -> str:
     return f"tongban.partner.{partner_id}.acknowledgements"
 
 
+def partner_originals(partner_id: str) -> str:
+    """资料寄递: original paper materials carried from the receiving window to the deciding
+    authority (writer: the carrier)."""
+    return f"tongban.partner.{partner_id}.originals"
+
+
 PARTNER_STREAMS = (partner_assignments, partner_decisions, partner_dispatches, partner_receipts,
-                   partner_submissions, partner_acknowledgements)
+                   partner_submissions, partner_acknowledgements, partner_originals)
 
 CARRIER = "ems"  # the postal carrier's partner id
 POSTAL_DISPATCHES = partner_dispatches(CARRIER)
 POSTAL_RECEIPTS = partner_receipts(CARRIER)
+POSTAL_ORIGINALS = partner_originals(CARRIER)
 WALLET = "wallet"  # the e-licence wallet's partner id
 WALLET_ENTRIES = partner_dispatches(WALLET)
 WALLET_RECEIPTS = partner_receipts(WALLET)
@@ -149,6 +156,8 @@ APPLICATION_ROUTED_EVENT = "tongban.application.ApplicationRouted"  # on APPLICA
 APPLICATION_UNROUTABLE_EVENT = "tongban.application.ApplicationUnroutable"  # on APPLICATION_ROUTED
 APPLICATION_UNDER_REVIEW_EVENT = "tongban.application.ApplicationUnderReview"  # on APPLICATION_ROUTED (review queue)
 REVIEW_RESOLVED_EVENT = "tongban.application.ReviewResolved"  # on APPLICATION_ROUTED (routing's review queue)
+BUNDLE_MEMBER_HELD_EVENT = "tongban.application.BundleMemberHeld"  # on APPLICATION_ROUTED (一件事一次办: waits)
+BUNDLE_RELEASED_EVENT = "tongban.application.BundleReleased"  # on APPLICATION_ROUTED (一件事一次办: routed together)
 APPLICATION_VERIFIED_EVENT = "tongban.application.ApplicationVerified"  # on APPLICATION_VERIFIED
 APPLICATION_VERIFICATION_FAILED_EVENT = "tongban.application.ApplicationVerificationFailed"  # on APPLICATION_VERIFIED
 APPLICATION_ACCEPTED_EVENT = "tongban.application.ApplicationAccepted"  # on APPLICATION_ACCEPTED
@@ -179,6 +188,8 @@ SUBMISSION_RECEIVED_EVENT = "tongban.partner.SubmissionReceived"  # on partner_a
 SUBMISSION_REFUSED_EVENT = "tongban.partner.SubmissionRefused"  # on partner_acknowledgements
 POSTAL_DISPATCH_EVENT = "tongban.delivery.PostalDispatch"  # on POSTAL_DISPATCHES
 POSTAL_RECEIPT_EVENT = "tongban.delivery.PostalReceipt"  # on POSTAL_RECEIPTS
+MATERIALS_DISPATCHED_EVENT = "tongban.partner.MaterialsDispatched"  # on POSTAL_ORIGINALS (资料寄递)
+MATERIALS_RECEIVED_EVENT = "tongban.partner.MaterialsReceived"  # on POSTAL_ORIGINALS (资料寄递)
 WALLET_ENTRY_EVENT = "tongban.delivery.WalletEntry"  # on WALLET_ENTRIES
 WALLET_RECEIPT_EVENT = "tongban.delivery.WalletReceipt"  # on WALLET_RECEIPTS
 DELIVERY_PROGRESS_EVENT = "tongban.application.DeliveryProgress"  # on APPLICATION_DELIVERED
@@ -205,6 +216,8 @@ EVENT_TYPES = (
     APPLICATION_UNROUTABLE_EVENT,
     APPLICATION_UNDER_REVIEW_EVENT,
     REVIEW_RESOLVED_EVENT,
+    BUNDLE_MEMBER_HELD_EVENT,
+    BUNDLE_RELEASED_EVENT,
     APPLICATION_VERIFIED_EVENT,
     APPLICATION_VERIFICATION_FAILED_EVENT,
     APPLICATION_ACCEPTED_EVENT,
@@ -233,6 +246,8 @@ EVENT_TYPES = (
     SUBMISSION_REFUSED_EVENT,
     POSTAL_DISPATCH_EVENT,
     POSTAL_RECEIPT_EVENT,
+    MATERIALS_DISPATCHED_EVENT,
+    MATERIALS_RECEIVED_EVENT,
     WALLET_ENTRY_EVENT,
     WALLET_RECEIPT_EVENT,
     DELIVERY_PROGRESS_EVENT,

@@ -64,6 +64,7 @@ def _submission(request: intake_pb2.SubmitRequest) -> domain.Submission:
         provided=tuple(m.provided for m in request.materials),
         commitments=tuple(request.commitments),
         deferred_materials=dict(request.deferred_materials),
+        bundle_reference=request.bundle_reference,
     )
 
 
@@ -90,7 +91,7 @@ def received_body(application_id: str, request: intake_pb2.SubmitRequest) -> dic
         "submitted_at": now_utc(),
         "window_id": request.window_id,
         "places": {},
-        "bundle_id": "",
+        "bundle_id": domain.bundle_id_for(request.source_system, request.bundle_reference),
         "commitments": list(request.commitments),
         "deferred_materials": dict(request.deferred_materials),
     }
@@ -98,7 +99,7 @@ def received_body(application_id: str, request: intake_pb2.SubmitRequest) -> dic
 
 def compared_fields(request: intake_pb2.SubmitRequest) -> dict[str, object]:
     """What makes two submissions under one key the same application, by the API's names."""
-    return {
+    compared: dict[str, object] = {
         "matter_code": request.matter_code, "channel": request.channel,
         "receiving_division": request.receiving_division, "home_division": request.home_division,
         "applicant.kind": request.applicant.kind, "applicant.name": request.applicant.name,
@@ -108,6 +109,8 @@ def compared_fields(request: intake_pb2.SubmitRequest) -> dict[str, object]:
         "window_id": request.window_id, "commitments": sorted(request.commitments),
         "deferred_materials": sorted(request.deferred_materials.items()),
     }
+    # Only when given: applications recorded before bundles keep their fingerprints.
+    return compared | ({"bundle_reference": request.bundle_reference} if request.bundle_reference else {})
 
 
 def bad_request(problems: list[str], code: int = code_pb2.INVALID_ARGUMENT) -> grpc.Status:
@@ -203,12 +206,15 @@ class IntakeServicer(intake_pb2_grpc.IntakeServicer):
                 tracking_number=state.get("tracking_number", ""),
                 ratings=[r["level"] for r in state["ratings"]],
                 application_number=state.get("application_number", ""),
-                responsible=domain.responsible_for(state["stage"], state.get("deciding_partner", "")),
+                responsible=domain.responsible_for(state["stage"], domain.acting_party(state)),
                 next_step=domain.next_step(state),
                 deadline_millis=millis(deadline) if deadline else 0,
                 notices=[intake_pb2.Notice(notice_id=n["notice_id"], kind=n["kind"],
                                            served_at_millis=millis(n["served_at"]), reasons=n["reasons"],
                                            remedy=n["remedy"]) for n in state.get("notices", [])],
+                legs=[_leg(leg) for leg in state.get("legs", [])],
+                bundle_id=state.get("bundle_id", ""), bundle_code=state.get("bundle_code", ""),
+                bundle_applications=state.get("bundle_applications", []),
             )
 
     async def Consultations(self, request, context):  # noqa: N802
@@ -344,4 +350,12 @@ def _moved_on(seen: dict, now: dict | None) -> bool:
 def _step(step: dict) -> intake_pb2.ProgressStep:
     return intake_pb2.ProgressStep(stage=step["stage"], at_millis=millis(step["at"]), detail=step["detail"],
                                    sequence=step.get("sequence", 0), responsible=step.get("responsible", ""),
-                                   notice=step.get("notice", ""))
+                                   notice=step.get("notice", ""), leg=step.get("leg", 0), party=step.get("party", ""))
+
+
+def _leg(leg: dict) -> intake_pb2.Leg:
+    times = {f"{name}_millis": millis(leg[name])
+             for name in ("assigned_at", "completed_at", "failed_at", "cancelled_at") if leg.get(name)}
+    return intake_pb2.Leg(number=leg["number"], step=leg.get("step", ""), party=leg.get("party", ""),
+                          division=leg.get("division", ""), state=leg["state"], detail=leg.get("detail", ""),
+                          result_reference=leg.get("result_reference", ""), **times)

@@ -40,6 +40,7 @@ MAX_COMMENT_LENGTH = 500  # a rating's comment
 # Problem field name (as the API names it) -> Submission attribute, limit.
 _STRING_LIMITS = (
     ("client_reference", "client_reference", MAX_REFERENCE_LENGTH),
+    ("bundle_reference", "bundle_reference", MAX_REFERENCE_LENGTH),
     ("source_system", "source_system", MAX_REFERENCE_LENGTH),
     ("matter_code", "matter_code", MAX_CODE_LENGTH),
     ("applicant.name", "applicant_name", MAX_NAME_LENGTH),
@@ -90,6 +91,7 @@ class Submission:
     provided: tuple[bool, ...] = ()
     commitments: tuple[str, ...] = ()
     deferred_materials: Mapping[str, str] = field(default_factory=dict)
+    bundle_reference: str = ""  # 一件事一次办: the caller's id for the bundle the application belongs to
 
 
 def too_long(field: str, value: str | None, limit: int) -> str | None:
@@ -293,6 +295,14 @@ def sealed_problems(submission: Submission) -> list[str]:
 def partner_system(partner: str) -> str:
     """A partner's source system: its Kafka principal and client certificate name."""
     return f"partner-{partner}"
+
+
+def bundle_id_for(source_system: str, bundle_reference: str) -> str:
+    """One bundle per (source, reference), like an application; empty when not in a bundle."""
+    if not bundle_reference:
+        return ""
+    digest = hashlib.sha256(f"{source_system}\x1fbundle\x1f{bundle_reference}".encode()).hexdigest()
+    return f"TBB{digest[:20].upper()}"
 
 
 def application_id_for(source_system: str, client_reference: str) -> str:
@@ -569,3 +579,125 @@ def check_rating(progress: dict, level: int, channel: str, comment: str | None =
         problems.append(f"comment: {SEALED_INPUT}")
     if problems:
         raise InvalidSubmission(problems)
+
+
+# ---------------------------------------------------------------- joint legs (多地联办)
+# A joint matter runs in legs, one party at a time (delivery assigns them in turn). The view
+# keeps each leg's party, step and state with the time it reached each state, learned from
+# the events intake reads: the legs from ApplicationRouted, each leg's end from delivery's
+# LegCompleted / LegFailed and the decision, the undoing of done legs from LegFailed and
+# ApplicationClosed. Events from different topics arrive in any order, so a leg's state only
+# moves forward (a done leg may still be undone: COMPLETED -> CANCELLED).
+JOINT = "JOINT"
+WAITING, ASSIGNED, COMPLETED, FAILED, CANCELLED = "WAITING", "ASSIGNED", "COMPLETED", "FAILED", "CANCELLED"
+_LEG_RANK = {WAITING: 0, ASSIGNED: 1, COMPLETED: 2, FAILED: 3, CANCELLED: 3}
+_LEG_TIME = {ASSIGNED: "assigned_at", COMPLETED: "completed_at", FAILED: "failed_at", CANCELLED: "cancelled_at"}
+OPEN_LEGS = (WAITING, ASSIGNED)
+
+
+def is_joint(view: dict) -> bool:
+    return bool(view.get("legs"))
+
+
+def joint_legs(view: dict, mode: str, legs: list[dict]) -> dict:
+    """ApplicationRouted: a joint matter's legs, in handling order, wait for their turn. What
+    a leg's own events told already (they may come first) is kept."""
+    if mode != JOINT or not legs:
+        return view
+    known = {leg["number"]: leg for leg in view.get("legs", [])}
+    merged = []
+    for number, spec in enumerate(legs, start=1):
+        leg = known.get(number) or {"number": number, "state": WAITING}
+        merged.append({**leg, "count": len(legs), "step": spec["step"], "party": spec["partner_id"],
+                       "division": spec["division_code"]})
+    return {**view, "legs": merged}
+
+
+def leg_reached(view: dict, number: int, state: str, at: datetime, count: int = 0, party: str = "",
+                step: str = "", detail: str = "", result_reference: str | None = None) -> dict:
+    """Leg `number` reached `state` at `at`; a step in the history says so (what Watch sends).
+    A state the leg is already past changes nothing."""
+    legs = {leg["number"]: leg for leg in view.get("legs", [])}
+    leg = legs.get(number) or {"number": number, "state": WAITING, "count": count, "step": step, "party": party,
+                               "division": ""}
+    if _LEG_RANK[state] <= _LEG_RANK[leg["state"]]:
+        return view
+    leg = {**leg, "state": state, _LEG_TIME[state]: at}
+    leg.update({k: v for k, v in (("count", count), ("party", party), ("step", step)) if v and not leg.get(k)})
+    if detail:
+        leg["detail"] = detail
+    if result_reference:
+        leg["result_reference"] = result_reference
+    legs[number] = leg
+    view = {**view, "legs": [legs[n] for n in sorted(legs)]}
+    return {**view, "history": [*view["history"], _leg_step(view, leg, at, detail)]}
+
+
+def _leg_step(view: dict, leg: dict, at: datetime, detail: str) -> dict:
+    sequence = max((h.get("sequence", 0) for h in view["history"]), default=0) + 1
+    what = f"leg {leg['number']} of {leg.get('count') or '?'} ({leg.get('step') or '?'})"
+    party = leg.get("party", "")
+    return {"stage": f"LEG_{leg['state']}", "at": at, "detail": f"{what}: {detail}" if detail else what,
+            "sequence": sequence, "leg": leg["number"], "party": party,
+            "responsible": f"{DECIDING_AUTHORITY}:{party}" if leg["state"] == ASSIGNED and party else NO_ONE}
+
+
+def first_leg_assigned(view: dict, at: datetime) -> dict:
+    """Delivery assigns leg 1 once the application is received, routed and verified
+    (services.delivery.domain.ready_to_assign), unless it ended before; the legs after it are
+    assigned as the one before completes (LegCompleted)."""
+    stages = {h["stage"] for h in view["history"]}
+    if not is_joint(view) or view["terminal"] or not {"ROUTED", "VERIFIED"} <= stages:
+        return view
+    return leg_reached(view, 1, ASSIGNED, at)
+
+
+def leg_completed(view: dict, body: dict) -> dict:
+    """LegCompleted: the leg is done and, in the same transaction, delivery assigned the next."""
+    at, number = body["completed_at"], body["leg"]
+    view = leg_reached(view, number, COMPLETED, at, body["legs"], body["partner_id"], body["step"],
+                       result_reference=body.get("result_reference"))
+    if number < body["legs"] and not view["terminal"]:
+        view = leg_reached(view, number + 1, ASSIGNED, at, body["legs"])
+    return view
+
+
+def leg_failed(view: dict, body: dict, reason: str) -> dict:
+    """LegFailed: the leg failed; the legs done before are undone, the ones after never run."""
+    at, number = body["failed_at"], body["leg"]
+    view = leg_reached(view, number, FAILED, at, body["legs"], body["partner_id"], body["step"], reason)
+    undone = {int(leg["assignment_id"].rsplit(":", 1)[1]) for leg in body["compensated"]}
+    for n in sorted(undone):
+        view = leg_reached(view, n, CANCELLED, at, body["legs"], detail=f"undone: leg {number} failed")
+    for n in range(number + 1, body["legs"] + 1):
+        view = leg_reached(view, n, CANCELLED, at, body["legs"], detail=f"not run: leg {number} failed")
+    return view
+
+
+def last_leg_decided(view: dict, at: datetime) -> dict:
+    """An approval of a joint matter is its last leg's result."""
+    if not is_joint(view):
+        return view
+    last = view["legs"][-1]
+    return leg_reached(view, last["number"], COMPLETED, at, last.get("count", 0))
+
+
+def legs_ended(view: dict, at: datetime, why: str, undo_done: bool = False) -> dict:
+    """The application ended: no open leg will run, and (`undo_done`, delivery's close) the
+    done ones were undone."""
+    ending = (*OPEN_LEGS, COMPLETED) if undo_done else OPEN_LEGS
+    for leg in view.get("legs", []):
+        if leg["state"] in ending:
+            view = leg_reached(view, leg["number"], CANCELLED, at, detail=why)
+    return view
+
+
+def current_leg(view: dict) -> dict | None:
+    return next((leg for leg in view.get("legs", []) if leg["state"] == ASSIGNED), None)
+
+
+def acting_party(view: dict) -> str:
+    """Who holds the application: the party of a joint matter's current leg, else the
+    deciding authority."""
+    leg = current_leg(view)
+    return leg["party"] if leg and leg.get("party") else view.get("deciding_partner", "")

@@ -4,13 +4,15 @@ Inputs:  gRPC Submit / Withdraw / SupplementMaterials / Rate as commands, and pa
          submissions (services.intake.partner_feed) as PartnerSubmit / PartnerRefuse; its own
          tongban.application.received (the numbered application comes back to the view);
          lifecycle events on tongban.application.{routed, verified, accepted, decided,
-         delivered}.
+         delivered}, a joint matter's LegCompleted / LegFailed (on .decided) and a bundle's
+         BundleMemberHeld / BundleReleased (on .routed) among them.
 Outputs: ApplicationReceived (v2, numbered), ApplicationWithdrawn and SupplementSubmitted on
          tongban.application.received; NoticeServed on tongban.application.notices;
          ServiceRating (v2: the rated role, party and division from the view) on
          tongban.feedback.ratings (keyed by application id); SubmissionReceived and
          SubmissionRefused on tongban.partner.<P>.acknowledgements.
-State:   one progress view per application (services.intake.domain), no personal data:
+State:   one progress view per application (services.intake.domain; a joint matter's legs
+         with their party, step, state and times), no personal data:
          the details it shows are scrubbed of ID and phone numbers (tongban.scrub); and
          NUMBER_SHARDS numbering counters (`numbering:<shard>`).
 
@@ -70,6 +72,7 @@ async def submit(event: Event, state: dict | None) -> Outcome:
     # authority in the home division.
     progress["window_id"] = body.get("window_id") or ""
     progress["home_division"] = body["home_division"]
+    progress["bundle_id"] = body.get("bundle_id") or ""  # 一件事一次办: routed with the bundle's other matters
     # As a list: field names hold dots, which the archive (MongoDB) does not take as keys.
     progress["fingerprints"] = [{"field": name, "digest": digest}
                                 for name, digest in sorted(body["fingerprints"].items())]
@@ -133,7 +136,7 @@ def _refuse_partner(partner: str, submission_id: str, at: datetime, problems: li
 
 async def number(event: Event, counter: dict | None) -> Outcome:
     """Number one application and publish it. `event.key` is the numbering counter."""
-    body = {k: v for k, v in event.payload.items() if k not in ("received_by", "fingerprints")}
+    body = {k: v for k, v in event.payload.items() if k not in ("received_by", "fingerprints", "source_partner")}
     application_number, counter = domain.assign_number(counter, event.key, body["receiving_division"],
                                                        body["submitted_at"])
     # Material names and codes are the applicant's free text and travel unsealed: what they
@@ -145,9 +148,10 @@ async def number(event: Event, counter: dict | None) -> Outcome:
                          for m in body["materials"]]
     body["application_number"] = application_number
     # The event is the application's (its key, and its correlation: what its personal fields
-    # are sealed for), though the counter publishes it.
+    # are sealed for), though the counter publishes it; a partner's submission names the partner.
     return Outcome(state=counter, emits=[Emit(RECEIVED, topics.APPLICATION_RECEIVED_EVENT, body["application_id"],
-                                              body, correlation_id=body["application_id"])])
+                                              body, correlation_id=body["application_id"],
+                                              source_partner=event.payload.get("source_partner") or "")])
 
 
 async def on_received(event: Event, state: dict | None) -> Outcome:
@@ -180,7 +184,8 @@ async def withdraw(event: Event, state: dict | None) -> Outcome:
     # The applicant's own words may name people: they travel sealed, and the view (which
     # holds no personal data) records only that the applicant withdrew.
     withdrawn = {"application_id": event.key, "reason": event.payload.get("reason") or "", "withdrawn_at": at}
-    view = domain.advance(view, event.key, "WITHDRAWN", at, "withdrawn by the applicant")
+    view = domain.legs_ended(domain.advance(view, event.key, "WITHDRAWN", at, "withdrawn by the applicant"), at,
+                             "withdrawn by the applicant")
     return Outcome(state=view, finished=True,
                    emits=[Emit(RECEIVED, topics.APPLICATION_WITHDRAWN_EVENT, event.key, withdrawn)])
 
@@ -249,8 +254,18 @@ async def rate(event: Event, state: dict | None) -> Outcome:
 
 async def on_routed(event: Event, state: dict | None) -> Outcome:
     p = event.payload
-    return _advance(event, state, "ROUTED", p["mode"], deciding_partner=p["deciding_partner"],
-                    deciding_division=p.get("deciding_division"), due_at=p["due_at"], matter_code=p["matter_code"])
+    outcome = _advance(event, state, "ROUTED", p["mode"], deciding_partner=p["deciding_partner"],
+                       deciding_division=p.get("deciding_division"), due_at=p["due_at"], matter_code=p["matter_code"])
+    assert outcome.state is not None, "_advance always gives the view"
+    at = event.envelope["occurred_at"]
+    view = domain.first_leg_assigned(domain.joint_legs(outcome.state, p["mode"], p["legs"]), at)
+    # The legs may be learned after the outcome they led to (another topic was read first).
+    decided = next((h["at"] for h in view["history"] if h["stage"] == "DECIDED"), None)
+    if decided is not None:
+        view = domain.last_leg_decided(view, decided)
+    if view["terminal"]:
+        view = domain.legs_ended(view, at, view["stage"])
+    return replace(outcome, state=view)
 
 
 async def on_unroutable(event: Event, state: dict | None) -> Outcome:
@@ -262,8 +277,43 @@ async def on_under_review(event: Event, state: dict | None) -> Outcome:
     return _advance(event, state, "UNDER_REVIEW", event.payload["reason"])
 
 
+async def on_bundle_held(event: Event, state: dict | None) -> Outcome:
+    """一件事一次办: the application waits for the other matters of its bundle (a step, not a stage)."""
+    return _advance(event, state, "BUNDLE_WAITING", "waiting for the other matters of its bundle",
+                    bundle_id=event.payload["bundle_id"])
+
+
+async def on_bundle_released(event: Event, state: dict | None) -> Outcome:
+    """The bundle is complete (routed together) or cannot be (each of its applications under review)."""
+    p = event.payload
+    detail = f"{p['bundle_code'] or 'bundle'}: {p['release']}" + (f": {p['reason']}" if p["reason"] else "")
+    return _advance(event, state, "BUNDLE_RELEASED", detail, bundle_id=p["bundle_id"],
+                    bundle_code=p["bundle_code"] or None, bundle_applications=list(p["applications"]))
+
+
 async def on_verified(event: Event, state: dict | None) -> Outcome:
-    return _advance(event, state, "VERIFIED")
+    outcome = _advance(event, state, "VERIFIED")
+    assert outcome.state is not None, "_advance always gives the view"
+    return replace(outcome, state=domain.first_leg_assigned(outcome.state, event.envelope["occurred_at"]))
+
+
+async def on_leg_completed(event: Event, state: dict | None) -> Outcome:
+    """多地联办: one leg is done and the next one's party has the application."""
+    p = event.payload
+    view = domain.leg_completed(state or _unseen(event), p)
+    return Outcome(state=view, finished=view["terminal"])
+
+
+async def on_leg_failed(event: Event, state: dict | None) -> Outcome:
+    """多地联办: a leg failed; the application's denial follows (ApplicationDecided)."""
+    p = event.payload
+    view = domain.leg_failed(state or _unseen(event), p, scrub(p["reason"]))
+    return Outcome(state=view, finished=view["terminal"])
+
+
+def _unseen(event: Event) -> dict:
+    """A view for an application intake has not recorded (received elsewhere): operators see it."""
+    return domain.new_progress(event.key, "", event.envelope["occurred_at"])
 
 
 async def on_verification_failed(event: Event, state: dict | None) -> Outcome:
@@ -274,13 +324,22 @@ async def on_verification_failed(event: Event, state: dict | None) -> Outcome:
 
 async def on_accepted(event: Event, state: dict | None) -> Outcome:
     p = event.payload
-    return _advance(event, state, "ACCEPTED", p["deciding_partner"], notice=(domain.ACCEPTANCE, [], ""))
+    outcome = _advance(event, state, "ACCEPTED", p["deciding_partner"], notice=(domain.ACCEPTANCE, [], ""))
+    assert outcome.state is not None, "_advance always gives the view"
+    # Leg 1's party accepted: it holds leg 1, whatever was read first.
+    view = outcome.state
+    if domain.is_joint(view):
+        view = domain.leg_reached(view, 1, domain.ASSIGNED, p["accepted_at"])
+    return replace(outcome, state=view)
 
 
 async def on_refused(event: Event, state: dict | None) -> Outcome:
     """不予受理 (v1, or v2 with the authority's own remedy)."""
     p = event.payload
     remedy = p.get("remedy") or domain.REMEDY
+    if state is not None and (leg := domain.current_leg(state)):  # a joint matter's first party refused it
+        state = domain.leg_reached(state, leg["number"], domain.FAILED, event.envelope["occurred_at"],
+                                   detail=scrub(p["reason"]))
     return _advance(event, state, "REJECTED", p["reason"],
                     notice=(domain.NON_ACCEPTANCE, [scrub(p["reason"])], remedy))
 
@@ -306,12 +365,17 @@ async def on_clock_changed(event: Event, state: dict | None) -> Outcome:
 async def on_closed(event: Event, state: dict | None) -> Outcome:
     p = event.payload
     stage = "WITHDRAWN" if p["status"] == "WITHDRAWN" else "CLOSED"
+    # Delivery's close cancels the current leg and undoes the done ones.
+    if state is not None:
+        state = domain.legs_ended(state, p["closed_at"], f"{p['status']}: {scrub(p['reason'])}", undo_done=True)
     return _advance(event, state, stage, f"{p['status']}: {p['reason']}")
 
 
 async def on_decided(event: Event, state: dict | None) -> Outcome:
     p = event.payload
     if p["outcome"] == "APPROVED":
+        if state is not None:  # a joint matter's approval is its last leg's result
+            state = domain.last_leg_decided(state, p["decided_at"])
         return _advance(event, state, "DECIDED", "", result_reference=p.get("result_reference"))
     reason = p.get("reason") or ""
     return _advance(event, state, "DENIED", reason, notice=(domain.DENIAL, [scrub(reason)], domain.REMEDY))
@@ -331,6 +395,8 @@ def _advance(event: Event, state: dict | None, stage: str, detail: str = "",
     if state is not None and state["terminal"]:
         notice = None  # e.g. a 补正 notice crossing a withdrawal: the concluded application is not served it
     progress = domain.advance(state, event.key, stage, at, scrub(detail), notice[0] if notice else "", **facts)
+    if progress["terminal"]:  # a joint matter's legs that have not run never will
+        progress = domain.legs_ended(progress, at, progress["stage"])
     if notice is None:
         # A concluded application leaves the hot state for the archive; Track and Rate still find it.
         return Outcome(state=progress, finished=progress["terminal"])
@@ -363,6 +429,10 @@ HANDLERS: dict[str, Handler] = {
     topics.APPLICATION_CLOSED_EVENT: on_closed,
     topics.APPLICATION_DECIDED_EVENT: on_decided,
     topics.APPLICATION_DELIVERED_EVENT: on_delivered,
+    topics.LEG_COMPLETED_EVENT: on_leg_completed,
+    topics.LEG_FAILED_EVENT: on_leg_failed,
+    topics.BUNDLE_MEMBER_HELD_EVENT: on_bundle_held,
+    topics.BUNDLE_RELEASED_EVENT: on_bundle_released,
 }
 COMMANDS: dict[str, Handler] = {SUBMIT: submit, NUMBER: number, WITHDRAW: withdraw, SUPPLEMENT: supplement,
                                 RATE: rate, PARTNER_SUBMIT: partner_submit, PARTNER_REFUSE: partner_refuse}

@@ -162,8 +162,10 @@ class PartnerFeed:
         await self.runtime.submit(handlers.PARTNER_SUBMIT, application_id, f"partner-submit:{event_id}",
                                   {**body, "partner": partner, "submission_id": submission_id,
                                    "fingerprints": domain.fingerprints(application_id, compared_fields(opened))})
+        # The partner is named in the published application's envelope (source_partner): the
+        # topic it came on says who sent it, and only intake writes its own command topic.
         await self.runtime.submit(handlers.NUMBER, domain.numbering_key(application_id), f"number:{application_id}",
-                                  body)
+                                  {**body, "source_partner": partner})
 
     async def follow(self, settings: Settings) -> None:
         """Read every partner's submissions as they come, from where the group left off; runs until cancelled."""

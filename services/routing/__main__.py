@@ -22,8 +22,9 @@ def wiring(settings: Settings) -> Wiring:
     policy = SlaPolicy.load()
     rules = handlers.make_handlers(API.catalogue, API.partners, calendar, policy, clock)
     commands = {name: rules.pop(name) for name in handlers.COMMANDS}
+    timers = {**handlers.make_timers(calendar, policy, clock), **{name: rules.pop(name) for name in handlers.TIMERS}}
     return Wiring("routing", inputs=handlers.INPUTS, handlers=rules, commands=commands, keys=handlers.keys(),
-                  timers=handlers.make_timers(calendar, policy, clock))
+                  timers=timers)
 
 
 if __name__ == "__main__":

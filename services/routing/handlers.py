@@ -4,12 +4,16 @@ Inputs:  ApplicationReceived and ApplicationWithdrawn on tongban.application.rec
          acceptance lifecycle on tongban.application.accepted (accepted, refused, 补正,
          materials supplemented, clock changes, closed), ApplicationDecided and a joint
          matter's LegCompleted / LegFailed on .decided,
-         ApplicationDelivered on .delivered; its own ApplicationUnderReview and ReviewResolved
+         ApplicationDelivered on .delivered; the carrier's MaterialsDispatched / MaterialsReceived
+         on tongban.partner.ems.originals (资料寄递); its own ApplicationUnderReview and ReviewResolved
          on .routed, re-keyed to the review queue (review.QUEUE); the Review API's commands
          (COMMANDS: re-route, reject).
 Outputs: ApplicationRouted, ApplicationUnroutable (a matter not in the catalogue, or an
          operator's rejection), ApplicationUnderReview, and ReviewResolved on
          tongban.application.routed; SlaWarning and SlaBreached on tongban.sla.breached.
+         一件事一次办 (services.routing.bundles): BundleMemberHeld (an application of a bundle
+         waits; read back into the bundle's aggregate) and BundleReleased (one per application
+         of the bundle, read back by each) on tongban.application.routed.
 State:   the routing decision per application and its SLA ledger (services.routing.ledger),
          kept until the application ends; one durable timer at the ledger's next alert. An
          unroutable application keeps what a re-route needs (codes, no personal data) until
@@ -25,7 +29,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from services.routing import review
+from services.routing import bundles, review
 from services.routing.domain import (
     RECEIVE_HERE_HANDLE_THERE,
     ApplicationFacts,
@@ -44,6 +48,7 @@ from services.routing.ledger import (
     Ledger,
     SlaPolicy,
     end_of,
+    originals_travel,
 )
 from tongban import topics
 from tongban.events import millis
@@ -53,18 +58,21 @@ from tongban.workdays import WorkingCalendar
 ROUTED = topics.APPLICATION_ROUTED
 SLA = topics.SLA_BREACHED
 INPUTS = [topics.APPLICATION_RECEIVED, topics.APPLICATION_ACCEPTED, topics.APPLICATION_DECIDED,
-          topics.APPLICATION_DELIVERED, topics.APPLICATION_ROUTED]
+          topics.APPLICATION_DELIVERED, topics.APPLICATION_ROUTED, topics.POSTAL_ORIGINALS]
 # Requests of the Review API (services/routing/api.py), applied as commands keyed by application.
 REROUTE = "routing.Reroute"
 REJECT = "routing.RejectUnroutable"
 COMMANDS = (REROUTE, REJECT)
 SLA_TIMER = "sla"  # one timer per application, at the ledger's next alert
+TIMERS = (bundles.WAIT_TIMER,)  # make_handlers' timers (the SLA timer is make_timers')
 
 
 def keys() -> dict[str, Callable[[Event], str]]:
-    """Routing reads its own review events into the one queue an operator lists."""
+    """Routing reads its own review events into the one queue an operator lists, and a
+    bundle's held applications into the bundle."""
     return {topics.APPLICATION_UNDER_REVIEW_EVENT: lambda event: review.QUEUE,
-            topics.REVIEW_RESOLVED_EVENT: lambda event: review.QUEUE}
+            topics.REVIEW_RESOLVED_EVENT: lambda event: review.QUEUE,
+            topics.BUNDLE_MEMBER_HELD_EVENT: lambda event: bundles.key(event.payload["bundle_id"])}
 
 
 @dataclass(frozen=True)
@@ -96,6 +104,8 @@ def make_handlers(catalogue: Catalogue, partners: PartnerRegistry, calendar: Wor
             places=p.get("places") or {},
         )
         kept = review.facts_state(facts, p)
+        if p.get("bundle_id"):
+            return held(event.key, kept, p["bundle_id"])
         try:
             decision = decide_route(facts, catalogue, partners, calendar)
         except Unroutable as exc:
@@ -104,9 +114,82 @@ def make_handlers(catalogue: Catalogue, partners: PartnerRegistry, calendar: Wor
             if not exc.reviewable:  # nothing an operator could route: refused at once
                 return Outcome(state={"unroutable": exc.reason}, finished=True,
                                emits=[Emit(ROUTED, topics.APPLICATION_UNROUTABLE_EVENT, event.key, unroutable)])
-            # The application waits in the review queue for an operator (ReviewServicer).
-            return Outcome(state={"review": {**kept, "reason": exc.reason}},
-                           emits=[Emit(ROUTED, topics.APPLICATION_UNDER_REVIEW_EVENT, event.key, unroutable)])
+            return to_review(event.key, kept, exc.reason)
+        return routed_outcome(event.key, kept, decision)
+
+    def to_review(key: str, kept: dict[str, Any], reason: str) -> Outcome:
+        """The application waits in the review queue for an operator (ReviewServicer)."""
+        unroutable = {"application_id": kept["application_id"], "matter_code": kept["matter_code"], "reason": reason}
+        return Outcome(state={"review": {**kept, "reason": reason}},
+                       emits=[Emit(ROUTED, topics.APPLICATION_UNDER_REVIEW_EVENT, key, unroutable)])
+
+    # ------------------------------------------------------------ bundles (一件事一次办, bundles.py)
+    def held(key: str, kept: dict[str, Any], bundle_id: str) -> Outcome:
+        """An application of a bundle waits for the bundle's other matters; the bundle learns
+        whether it is routable on its own."""
+        try:
+            decide_route(review.facts_of(kept), catalogue, partners, calendar)
+            routable, reason = True, ""
+        except Unroutable as exc:
+            routable, reason = False, exc.reason
+        member = {"application_id": kept["application_id"], "matter_code": kept["matter_code"],
+                  "bundle_id": bundle_id, "routable": routable, "reason": reason}
+        return Outcome(state={"held": {**kept, "bundle_id": bundle_id}},
+                       emits=[Emit(ROUTED, topics.BUNDLE_MEMBER_HELD_EVENT, key, member)])
+
+    async def on_member_held(event: Event, state: dict | None) -> Outcome:
+        """The bundle (key bundles.key) takes in one of its applications, and releases all of
+        them once its matters are in (or cannot be)."""
+        p, at = event.payload, _occurred(event)
+        if state and state.get("released"):
+            late = bundles.late(p["bundle_id"])
+            return Outcome(state=state, finished=True, emits=[
+                released(p["application_id"], p["bundle_id"], late, (p["application_id"],), at)])
+        members = bundles.joined((state or {}).get("members", []), p)
+        outcome = bundles.release(catalogue, members)
+        if outcome is None:
+            timers = [] if state else [Timer(bundles.WAIT_TIMER, at + bundles.WAIT, {"bundle_id": p["bundle_id"]})]
+            return Outcome(state={"members": members}, timers=timers)
+        return release_all(p["bundle_id"], members, outcome, at)
+
+    def release_all(bundle_id: str, members: list[dict[str, Any]], outcome: bundles.Release,
+                    at: datetime) -> Outcome:
+        emits = [released(application_id, bundle_id, outcome, outcome.applications, at)
+                 for application_id in outcome.applications]
+        return Outcome(state={"members": members, "released": outcome.release, "bundle_code": outcome.bundle_code},
+                       emits=emits, cancel_timers=[bundles.WAIT_TIMER], finished=True)
+
+    def released(application_id: str, bundle_id: str, outcome: bundles.Release, applications: tuple[str, ...],
+                 at: datetime) -> Emit:
+        body = {"application_id": application_id, "bundle_id": bundle_id, "bundle_code": outcome.bundle_code,
+                "applications": list(applications), "release": outcome.release, "reason": outcome.reason,
+                "released_at": at}
+        # One per application from one input: the qualifier keeps their event ids apart, and each
+        # is the application's own (what follows from it, personal fields sealed for a partner
+        # included, is bound to that application, not to the member that completed the bundle).
+        return Emit(ROUTED, topics.BUNDLE_RELEASED_EVENT, application_id, body, qualifier=application_id,
+                    correlation_id=application_id)
+
+    async def on_bundle_wait(event: Event, state: dict | None) -> Outcome:
+        """The bundle's other matters did not come in time: what came goes to review."""
+        if not state or state.get("released"):
+            return Outcome()
+        return release_all(event.payload["payload"]["bundle_id"], state["members"],
+                           bundles.expired(state["members"]), _occurred(event))
+
+    async def on_bundle_released(event: Event, state: dict | None) -> Outcome:
+        """The application's bundle is released: it is routed now, or waits for an operator."""
+        p = event.payload
+        kept = (state or {}).get("held")
+        if kept is None:
+            return Outcome()  # withdrawn while its bundle waited, or released already
+        kept = {k: v for k, v in kept.items() if k != "bundle_id"}
+        if p["release"] != bundles.ROUTE:
+            return to_review(event.key, kept, p["reason"])
+        try:  # routed as it would have been on arrival (its clock counts from its receipt)
+            decision = decide_route(review.facts_of(kept), catalogue, partners, calendar)
+        except Unroutable as exc:  # the catalogue changed while the bundle waited
+            return to_review(event.key, kept, exc.reason)
         return routed_outcome(event.key, kept, decision)
 
     def routed_outcome(key: str, kept: dict[str, Any], decision: RoutingDecision) -> Outcome:
@@ -125,11 +208,13 @@ def make_handlers(catalogue: Catalogue, partners: PartnerRegistry, calendar: Wor
         # authorities, and who serves the result.
         window = kept["window_id"] or kept["receiving_division"]
         serves = {"POST": topics.CARRIER, "WINDOW": window}.get(kept["delivery_method"], decision.deciding_partner)
+        matter = catalogue.get(kept["matter_code"])  # routed, so in the catalogue
         ledger = Ledger.open(
             kept["received_at"], window=window, deciding_party=decision.deciding_partner,
             decision_legs=[DecisionLeg(leg.partner_id, leg.step, leg.working_days) for leg in decision.legs],
             delivery_party=serves, originals_posted=decision.mode == RECEIVE_HERE_HANDLE_THERE,
-            policy=policy, calendar=calendar)
+            policy=policy, calendar=calendar,
+            originals_tracked=matter is not None and originals_travel(matter.required_materials))
         outcome = _settled({"decision": routed}, ledger, calendar, policy, clock)
         outcome.emits.insert(0, Emit(ROUTED, topics.APPLICATION_ROUTED_EVENT, key, routed))
         return outcome
@@ -189,6 +274,8 @@ def make_handlers(catalogue: Catalogue, partners: PartnerRegistry, calendar: Wor
             kept = state["review"]
             return Outcome(state={"unroutable": kept["reason"]}, finished=True,
                            emits=[resolution(event, kept, review.WITHDRAWN, "", "withdrawn by the applicant")])
+        if state and "held" in state:  # its bundle, once released, finds nothing to route
+            return Outcome(state={"unroutable": "withdrawn while its bundle waited"}, finished=True)
         return await withdrawn(event, state)
 
     def lifecycle(apply: Callable[[Ledger, dict[str, Any]], object]) -> Handler:
@@ -223,6 +310,9 @@ def make_handlers(catalogue: Catalogue, partners: PartnerRegistry, calendar: Wor
         REJECT: on_reject,
         topics.APPLICATION_UNDER_REVIEW_EVENT: on_queued,
         topics.REVIEW_RESOLVED_EVENT: on_resolved,
+        topics.BUNDLE_MEMBER_HELD_EVENT: on_member_held,
+        topics.BUNDLE_RELEASED_EVENT: on_bundle_released,
+        bundles.WAIT_TIMER: on_bundle_wait,
         topics.APPLICATION_RECEIVED_EVENT: on_received,
         topics.APPLICATION_ACCEPTED_EVENT: lifecycle(lambda ledger, p: ledger.accepted(p["accepted_at"])),
         topics.APPLICATION_REFUSED_EVENT: lifecycle(lambda ledger, p: ledger.end(REFUSED)),
@@ -238,6 +328,11 @@ def make_handlers(catalogue: Catalogue, partners: PartnerRegistry, calendar: Wor
         topics.LEG_FAILED_EVENT: lifecycle(lambda ledger, p: ledger.leg_failed(p["step"], p["failed_at"])),
         topics.APPLICATION_DECIDED_EVENT: lifecycle(lambda ledger, p: ledger.decided(p["outcome"], p["decided_at"])),
         topics.APPLICATION_DELIVERED_EVENT: lifecycle(lambda ledger, p: ledger.delivered(p["delivered_at"])),
+        # 资料寄递, as the carrier tracks the parcel of originals.
+        topics.MATERIALS_DISPATCHED_EVENT: lifecycle(lambda ledger, p: ledger.originals_dispatched(
+            p["tracking_number"])),
+        topics.MATERIALS_RECEIVED_EVENT: lifecycle(lambda ledger, p: ledger.originals_received(
+            p["tracking_number"], p["received_by"], p["received_at"])),
     }
 
 

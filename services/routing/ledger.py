@@ -20,12 +20,13 @@ A period never counts the day it starts (see services.routing.workdays).
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
+from services.routing.catalogue import MaterialRequirement
 from tongban.workdays import SHANGHAI, WorkingCalendar
 
 DEFAULT_POLICY = Path(__file__).with_name("sla.toml")
@@ -158,6 +159,12 @@ class Alert:
         return f"{self.leg}:{self.step}|{self.level}|{self.deadline.isoformat()}"
 
 
+def originals_travel(required: Iterable[MaterialRequirement]) -> bool:
+    """资料寄递: a matter needs its paper originals posted to the deciding authority when it
+    requires a material that data sharing cannot supply (no `shared_evidence` in the catalogue)."""
+    return any(not m.shared_evidence for m in required)
+
+
 def start_of(d: date) -> datetime:
     return datetime.combine(d, time(0), SHANGHAI).astimezone(UTC)
 
@@ -191,13 +198,19 @@ class Ledger:
     supplement_notices: int = 0  # before acceptance the law allows one
     sent: list[str] = field(default_factory=list)  # keys of the alerts already given
     ended: str = ""  # how the application ended; "" while it runs
+    # 资料寄递 tracked by the carrier: only the deciding authority's signature for the parcel
+    # ends transit (it may accept on scanned copies while the paper is still on the road).
+    originals_tracked: bool = False
+    parcels: list[str] = field(default_factory=list)  # tracking numbers dispatched for it
 
     @classmethod
     def open(cls, submitted_at: datetime, *, window: str, deciding_party: str,
              decision_legs: Sequence[DecisionLeg], delivery_party: str, originals_posted: bool,
-             policy: SlaPolicy, calendar: WorkingCalendar) -> Ledger:
+             policy: SlaPolicy, calendar: WorkingCalendar, originals_tracked: bool = False) -> Ledger:
         """Clocks for a routed application: receipt is recorded, acceptance (and transit of
-        originals, where they are posted) runs, the decision legs and delivery wait."""
+        originals, where they are posted) runs, the decision legs and delivery wait.
+        `originals_tracked`: the matter's paper originals travel (`originals_travel`), so transit
+        ends on the authority's MaterialsReceived, not on its first act."""
         received_on = calendar.first_working_day(submitted_at)
         receipt = Clock(RECEIPT, window, 0, starts_on=received_on, status=DONE, ended_on=received_on)
         transit = [Clock(TRANSIT, window, policy.transit_working_days, starts_on=received_on, status=RUNNING)]
@@ -206,7 +219,7 @@ class Ledger:
         clocks = [receipt, *(transit if originals_posted else []), acceptance,
                   *(Clock(DECISION, leg.party, leg.working_days, step=leg.step) for leg in decision_legs),
                   Clock(DELIVERY, delivery_party, policy.delivery_working_days)]
-        return cls(_day(submitted_at), received_on, clocks)
+        return cls(_day(submitted_at), received_on, clocks, originals_tracked=originals_posted and originals_tracked)
 
     # ------------------------------------------------------------------ lookups
     def clock(self, leg: str, step: str = "") -> Clock | None:
@@ -259,6 +272,28 @@ class Ledger:
         current = self._after_acceptance()
         if current is not None and (stop := current.stopped_by) is not None and stop.kind == SUPPLEMENT:
             stop.end = day
+
+    def originals_dispatched(self, tracking_number: str) -> None:
+        """资料寄递: the carrier took the originals at the window; the parcel is what a receipt
+        must name. Nothing posted for this application is a mistake to look at, not a clock."""
+        if self.clock(TRANSIT) is None:
+            raise ClockError("no originals are posted for this application")
+        if tracking_number not in self.parcels:
+            self.parcels.append(tracking_number)
+
+    def originals_received(self, tracking_number: str, received_by: str, at: datetime) -> None:
+        """The deciding authority signed for a dispatched parcel: transit is done that day.
+        A parcel signed for by anyone else has not reached the party that decides."""
+        transit = self.clock(TRANSIT)
+        if transit is None:
+            raise ClockError("no originals are posted for this application")
+        if tracking_number not in self.parcels:
+            raise ClockError("the tracking number was not dispatched for this application")
+        acceptance = self.clock(ACCEPTANCE)
+        if acceptance is not None and received_by != acceptance.party:
+            raise ClockError("the originals were signed for by a party that does not decide this application")
+        if transit.status == RUNNING:
+            transit.end(DONE, _day(at))
 
     def extended(self, working_days: int, policy: SlaPolicy) -> None:
         """延期 with approval: the running decision leg gets more days, within the law's cap."""
@@ -332,7 +367,10 @@ class Ledger:
         return self._running(DECISION) or self._running(DELIVERY)
 
     def _authority_has_file(self, at: datetime) -> None:
-        """The authority acting on the file shows the originals reached it."""
+        """The authority acting on the file shows the originals reached it, unless the carrier
+        tracks them: then only its receipt does."""
+        if self.originals_tracked:
+            return
         transit = self._running(TRANSIT)
         if transit is not None:
             transit.end(DONE, _day(at))
@@ -417,7 +455,8 @@ class Ledger:
         return {
             "submitted_on": self.submitted_on.isoformat(), "received_on": self.received_on.isoformat(),
             "deemed_accepted_on": _iso(self.deemed_accepted_on), "supplement_notices": self.supplement_notices,
-            "sent": list(self.sent), "ended": self.ended,
+            "sent": list(self.sent), "ended": self.ended, "originals_tracked": self.originals_tracked,
+            "parcels": list(self.parcels),
             "clocks": [{"leg": c.leg, "party": c.party, "limit": c.limit, "step": c.step,
                         "starts_on": _iso(c.starts_on), "status": c.status, "extension": c.extension,
                         "ended_on": _iso(c.ended_on),
@@ -433,7 +472,9 @@ class Ledger:
                                          for i in c["stops"]], _date(c["ended_on"]))
                   for c in doc["clocks"]]
         return cls(date.fromisoformat(doc["submitted_on"]), date.fromisoformat(doc["received_on"]), clocks,
-                   _date(doc["deemed_accepted_on"]), doc["supplement_notices"], list(doc["sent"]), doc["ended"])
+                   _date(doc["deemed_accepted_on"]), doc["supplement_notices"], list(doc["sent"]), doc["ended"],
+                   # ledgers stored before 资料寄递 was tracked have neither
+                   doc.get("originals_tracked", False), list(doc.get("parcels", [])))
 
 
 def _iso(d: date | None) -> str | None:

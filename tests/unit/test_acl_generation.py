@@ -53,7 +53,8 @@ def test_a_partner_writes_only_its_inbound_topics_and_reads_only_its_outbound_on
         "tongban.partner.420000.decisions", "tongban.partner.420000.submissions", "tongban.schemas"}
     assert topic_rights(granted, "partner-420000", "READ") == {
         "tongban.partner.420000.assignments", "tongban.partner.420000.acknowledgements", "tongban.schemas"}
-    assert topic_rights(granted, "partner-ems", "WRITE") == {"tongban.partner.ems.receipts", "tongban.schemas"}
+    assert topic_rights(granted, "partner-ems", "WRITE") == {"tongban.partner.ems.receipts",
+                                                             "tongban.partner.ems.originals", "tongban.schemas"}
     assert topic_rights(granted, "partner-ems", "READ") == {"tongban.partner.ems.dispatches", "tongban.schemas"}
     assert topic_rights(granted, "partner-12345", "WRITE") == {"tongban.feedback.workorders", "tongban.schemas"}
     assert topic_rights(granted, "partner-12345", "READ") == set()
@@ -74,7 +75,8 @@ def test_a_service_has_its_topics_group_and_transactional_ids_only(granted):
         "tongban.application.delivered", "tongban.schemas", "tongban.retry.tongban-routing",
         "tongban.changelog.tongban-routing", "tongban.commands.tongban-routing", "tongban.repartition.tongban-routing",
         "tongban.catalogue.changes",  # what it published, read back at start
-        "tongban.application.routed"}  # its own review events, for the review queue
+        "tongban.application.routed",  # its own review events, for the review queue
+        "tongban.partner.ems.originals"}  # 资料寄递: the transit clock
     rest = {(a.resource_type, a.pattern, a.name) for a in of(granted, "tongban-routing") if a.resource_type != "TOPIC"}
     assert rest == {("GROUP", "LITERAL", f"{NS}tongban-routing"),
                     ("TRANSACTIONAL_ID", "PREFIXED", f"{NS}tongban-routing-")}

@@ -38,7 +38,7 @@ async def route(**changes) -> Outcome:
 def test_routing_reads_received_applications_and_the_lifecycle_its_clocks_run_on():
     assert handlers.INPUTS == ["tongban.application.received", "tongban.application.accepted",
                                "tongban.application.decided", "tongban.application.delivered",
-                               "tongban.application.routed"]
+                               "tongban.application.routed", "tongban.partner.ems.originals"]
     assert sorted(handlers.make_handlers(*RULES)) == sorted([
         RECEIVED, "tongban.application.ApplicationAccepted", "tongban.application.ApplicationRefused",
         "tongban.application.SupplementRequested", "tongban.application.MaterialsSupplemented",
@@ -46,7 +46,9 @@ def test_routing_reads_received_applications_and_the_lifecycle_its_clocks_run_on
         "tongban.application.ApplicationWithdrawn",
         "tongban.application.ApplicationDecided", "tongban.application.ApplicationDelivered",
         "tongban.application.LegCompleted", "tongban.application.LegFailed",
-        "tongban.application.ApplicationUnderReview", "tongban.application.ReviewResolved", *handlers.COMMANDS])
+        "tongban.application.ApplicationUnderReview", "tongban.application.ReviewResolved",
+        "tongban.application.BundleMemberHeld", "tongban.application.BundleReleased", *handlers.TIMERS,
+        "tongban.partner.MaterialsDispatched", "tongban.partner.MaterialsReceived", *handlers.COMMANDS])
     assert list(handlers.make_timers(RULES[2])) == ["sla"]
 
 

@@ -586,8 +586,8 @@ class Task:
             _, value = encode_event(
                 self.ctx.registry, emit.event_type, emit.payload, cause_id=cause.event_id, qualifier=emit.qualifier,
                 correlation_id=emit.correlation_id or cause.envelope.get("correlation_id") or cause.key,
-                source_system=f"tongban-{settings.service}", cipher=self.ctx.cipher,
-                recipients=pii_policy.recipients(emit.topic),
+                source_system=f"tongban-{settings.service}", source_partner=emit.source_partner or None,
+                cipher=self.ctx.cipher, recipients=pii_policy.recipients(emit.topic),
             )
         except PiiError as exc:
             raise Refused(str(exc)) from None
