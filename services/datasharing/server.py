@@ -132,7 +132,9 @@ async def serve(settings: Settings, provider: str, anchor_every: float) -> None:
     if provider not in catalogue.serving_providers():
         raise SystemExit(f"datasharing: {provider!r} shares nothing in the sharing catalogue")
     telemetry.setup(settings)
-    endpoints.ensure_certificates(settings.grpc_tls_dir, [provider], [settings.grpc_host])
+    if not all(path.exists() for path in grpc_tls.server_files(settings.grpc_tls_dir, provider)):
+        # A local run makes its own; a deployment mounts them read-only, without the CA's key.
+        endpoints.ensure_certificates(settings.grpc_tls_dir, [provider], [settings.grpc_host])
     client, db = store.connect(settings)
     chain = AuditChain(db, provider)
     await chain.ensure_indexes()

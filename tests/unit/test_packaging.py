@@ -37,10 +37,12 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ignore = shutil.ignore_patterns(".venv", "var", ".git", "tests", "__pycache__", "mutants", "build", "*.egg-info")
     shutil.copytree(ROOT, source / "tree", ignore=ignore)
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(out)], cwd=source / "tree", check=True, capture_output=True)
-    (built,) = out.glob("tongban-*.whl")
-    return built
+    # Not quiet: pip shows the build backend's warnings only then (test_the_build_warns_of_nothing).
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "--no-build-isolation",
+                            "-w", str(out)], cwd=source / "tree", check=True, capture_output=True, text=True)
+    (out / "build.log").write_text(built.stdout + built.stderr)
+    (whl,) = out.glob("tongban-*.whl")
+    return whl
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +71,14 @@ def test_the_wheel_holds_every_module_and_data_file_of_the_tree(wheel: Path):
             missing.append(file)
     assert missing == []
     assert "tongban/_packaged/schemas/released.lock" in names
+
+
+def test_the_build_warns_of_nothing(wheel: Path):
+    log = (wheel.parent / "build.log").read_text()
+    assert "Successfully built tongban" in log
+    # A data directory beside a module (services/datasharing/records/) once drew setuptools'
+    # "Package ... is absent from the `packages` configuration" warning.
+    assert "Warning" not in log, log
 
 
 def test_entry_points_name_every_service_and_the_operator_command(wheel: Path):
@@ -105,6 +115,27 @@ def test_installed_wheel_runs_from_outside_the_checkout_on_packaged_data(install
     assert _outside(installed, tmp_path, sys.executable, "-c", probe).returncode != 0
     unlisted = _outside(installed, tmp_path, str(installed / "bin" / "tongban"), "schemas", "list", "--json")
     assert unlisted.returncode != 0 or json.loads(unlisted.stdout) == []
+
+
+def test_installed_wheel_reads_the_providers_records_from_the_package(wheel: Path, installed: Path, tmp_path: Path):
+    checkout = ROOT / "services" / "datasharing" / "records"
+    providers = sorted(p.stem for p in checkout.glob("*.json"))
+    assert providers
+    inside = set(zipfile.ZipFile(wheel).namelist())
+    assert {f"services/datasharing/records/{p}.json" for p in providers} <= inside
+    probe = ("import json, sys, services.datasharing.records as r;"
+             "print(r.HERE); print(json.dumps({p: len(r.RecordStore.load(p).evidence_types()) for p in sys.argv[1:]}))")
+    ran = _outside(installed, tmp_path, sys.executable, "-c", probe, *providers)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    where, counts = ran.stdout.splitlines()
+    assert Path(where).is_relative_to(installed)
+    expected = {p: len({r["evidence"] for r in json.loads((checkout / f"{p}.json").read_text())["records"]})
+                for p in providers}
+    assert json.loads(counts) == expected
+    assert all(expected.values())
+    # Read from the package, not from a checkout: without the installed copy it fails.
+    shutil.rmtree(installed / "services" / "datasharing" / "records")
+    assert _outside(installed, tmp_path, sys.executable, "-c", probe, *providers).returncode != 0
 
 
 def test_paths_follow_their_variables(tmp_path: Path):

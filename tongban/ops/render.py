@@ -1,6 +1,7 @@
 """Deployment artefacts generated from the declarations, never written by hand.
 
     tongban render k8s --out deploy/k8s [--bench var/bench/latest.json]
+    tongban render compose --out deploy/compose.yaml
     tongban render asyncapi --out docs/partner-kit/asyncapi.yaml
     tongban render vectors --out docs/partner-kit/vectors
     tongban topics render --format strimzi [--overlay production] [--out FILE]
@@ -12,6 +13,12 @@
   Memory requests come from `make bench` (the peak RSS per service in var/bench/latest.json),
   else from `DEFAULT_MEMORY_MB`; the figures used are written to `base/sizing.json`, so the
   drift test renders exactly what is checked in.
+- **compose**: the same processes for Docker or Podman: one Kafka node (apache/kafka, KRaft,
+  configured from infra/kafka/ as the local broker is: SCRAM-SHA-512 and ACLs), MongoDB as a
+  one-member replica set, the one-shot `topics` job (`python -m tongban.ops apply`: topics,
+  SCRAM principals, ACLs, quotas), the five services and the data-sharing providers with the
+  k8s containers' settings, probes and security context. Secrets are files from the operator's
+  var/ directory (`make setup` lays it out), mounted one by one as the Deployments mount theirs.
 - **strimzi**: a `KafkaTopic` per declared topic (with the overlay's partitions, replication
   and configs) and a `KafkaUser` per principal but the broker's own admin: SCRAM-SHA-512, the
   ACLs of `tongban.ops.acls.generate` (the same bindings `tongban acls apply` makes) and the
@@ -43,7 +50,8 @@ from tongban.config import KAFKA_ADMIN, SERVICE_PORTS
 from tongban.ops import acls, quotas
 from tongban.ops.principals import declared
 from tongban.ops.topics import TopicSpec, load_declared, load_document
-from tongban.pii_policy import SERVICES_WITH_KEYS
+from tongban.pii_policy import SERVICES_WITH_KEYS, seals_for
+from tongban.sharing import endpoints
 from tongban.telemetry import METRICS_PORTS
 
 VERSION = "0.1.0"
@@ -118,6 +126,41 @@ def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
 
 
+# What every platform gives a service's container alike (Kubernetes and compose).
+
+
+def process_config() -> dict[str, str]:
+    """Settings every process container shares, whatever runs it."""
+    return {
+        "TONGBAN_GRPC_HOST": "0.0.0.0",
+        "TONGBAN_METRICS_HOST": "0.0.0.0",
+        "TONGBAN_GRPC_TLS_DIR": TLS_DIR,
+        "TONGBAN_VAR_DIR": VAR_DIR,
+        "TONGBAN_STATE_DIR": f"{VAR_DIR}/state",
+    }
+
+
+def tls_items(server: str) -> list[tuple[str, str]]:
+    """(secret key, path in the TLS directory) of a gRPC server's container, laid out as
+    tongban.grpc_tls reads a TLS directory: the server's own pair and the monitor's client
+    pair, which the probe presents."""
+    return [("ca.pem", "ca.pem"),
+            ("server.pem", f"server/{server}.pem"), ("server.key", f"server/{server}.key"),
+            ("monitor.pem", "clients/tongban-monitor.pem"), ("monitor.key", "clients/tongban-monitor.key")]
+
+
+def pii_env(service: str) -> dict[str, str]:
+    """Where a service that holds personal-data keys finds its own and the current keys of
+    the parties it seals for (tongban.pii_policy.load_keyring)."""
+    if service not in SERVICES_WITH_KEYS:
+        return {}
+    return {"TONGBAN_PII_KEY_FILE": f"{PII_DIR}/own/{service}.keys", "TONGBAN_PII_KEY_DIR": f"{PII_DIR}/current"}
+
+
+def probe_command(port: int) -> list[str]:
+    return ["tongban-probe", "--port", str(port)]
+
+
 def deployment(service: str, memory_mb: int) -> dict[str, Any]:
     name = f"tongban-{service}"
     port = SERVICE_PORTS[service]
@@ -130,26 +173,18 @@ def deployment(service: str, memory_mb: int) -> dict[str, Any]:
               {"name": "kafka-ca", "mountPath": "/etc/tongban/kafka-ca", "readOnly": True},
               {"name": "var", "mountPath": VAR_DIR}]
     volumes: list[dict[str, Any]] = [
-        # Laid out as tongban.grpc_tls reads a TLS directory: the server's own pair and the monitor's
-        # client pair, which the probe presents.
-        {"name": "grpc-tls", "secret": {"secretName": f"tongban-grpc-tls-{service}", "defaultMode": 0o400, "items": [
-            {"key": "ca.pem", "path": "ca.pem"},
-            {"key": "server.pem", "path": f"server/{service}.pem"},
-            {"key": "server.key", "path": f"server/{service}.key"},
-            {"key": "monitor.pem", "path": "clients/tongban-monitor.pem"},
-            {"key": "monitor.key", "path": "clients/tongban-monitor.key"},
-        ]}},
+        {"name": "grpc-tls", "secret": {"secretName": f"tongban-grpc-tls-{service}", "defaultMode": 0o400,
+                                        "items": [{"key": k, "path": path} for k, path in tls_items(service)]}},
         {"name": "kafka-ca", "secret": {"secretName": f"{STRIMZI_CLUSTER}-cluster-ca-cert"}},
         {"name": "var", "emptyDir": {}},  # the state store is a cache of the changelog: rebuilt on start
     ]
     if service in SERVICES_WITH_KEYS:
-        env += [{"name": "TONGBAN_PII_KEY_FILE", "value": f"{PII_DIR}/own/{service}.keys"},
-                {"name": "TONGBAN_PII_KEY_DIR", "value": f"{PII_DIR}/current"}]
+        env += [{"name": k, "value": v} for k, v in pii_env(service).items()]
         mounts += [{"name": "pii-own", "mountPath": f"{PII_DIR}/own", "readOnly": True},
                    {"name": "pii-current", "mountPath": f"{PII_DIR}/current", "readOnly": True}]
         volumes += [{"name": "pii-own", "secret": {"secretName": f"tongban-pii-{service}", "defaultMode": 0o400}},
                     {"name": "pii-current", "secret": {"secretName": "tongban-pii-current", "defaultMode": 0o400}}]
-    probe = {"exec": {"command": ["tongban-probe", "--port", str(port)]}, "timeoutSeconds": 5}
+    probe = {"exec": {"command": probe_command(port)}, "timeoutSeconds": 5}
     container = {
         "name": service,
         "image": IMAGE,
@@ -250,11 +285,7 @@ def config_map() -> dict[str, Any]:
             "TONGBAN_KAFKA_BOOTSTRAP": KAFKA_BOOTSTRAP,
             "TONGBAN_KAFKA_SECURITY": "SASL_SSL",
             "TONGBAN_KAFKA_CAFILE": "/etc/tongban/kafka-ca/ca.crt",
-            "TONGBAN_GRPC_HOST": "0.0.0.0",
-            "TONGBAN_METRICS_HOST": "0.0.0.0",
-            "TONGBAN_GRPC_TLS_DIR": TLS_DIR,
-            "TONGBAN_VAR_DIR": VAR_DIR,
-            "TONGBAN_STATE_DIR": f"{VAR_DIR}/state",
+            **process_config(),
         },
     }
 
@@ -290,6 +321,225 @@ def render_k8s(out: Path, sizes: Mapping[str, Any]) -> list[Path]:
         path.write_text(text)
         written.append(path)
     return written
+
+
+# ------------------------------------------------------------------------------ compose
+
+COMPOSE_GENERATED = ("# Generated by `tongban render compose --out deploy/compose.yaml` from infra/topics.toml and\n"
+                     "# infra/kafka/; do not edit. How to run it: README.md, \"Production\" (compose).\n")
+KAFKA_IMAGE = "docker.io/apache/kafka:4.1.1"  # the broker version of infra/pom.xml
+MONGO_IMAGE = "docker.io/library/mongo:8.0"
+COMPOSE_VAR = "${TONGBAN_VAR_DIR:-../var}"  # where `make setup` (or the operator) keeps the secrets
+COMPOSE_BOOTSTRAP = "kafka:9092"
+COMPOSE_MONGO_URI = "mongodb://mongo:27017/?replicaSet=rs0"  # a one-member replica set: retryable writes on
+COMPOSE_SECRETS_FILE = "/run/secrets/kafka-principals"
+# A fixed id for the one-node cluster (any 16 bytes, base64url); TONGBAN_KAFKA_CLUSTER_ID overrides it.
+COMPOSE_CLUSTER_ID = "dG9uZ2Jhbi1jb21wb3NlMQ"
+NETWORK_HOLDER = "net"
+UID = "10001"  # the image's user (deploy/Containerfile)
+# The broker formats its data dir once with the admin's SCRAM credential (the controller quorum
+# cannot create it later) and fills in the admin's secret the config leaves open; `topics` adds
+# every other principal. `$$` is a literal `$` in a compose file.
+KAFKA_START = """set -eu
+admin="$$(sed -n 's/^admin=//p' /run/secrets/kafka-principals)"
+[ -n "$$admin" ] || { echo "the kafka-principals secret has no admin= line" >&2; exit 1; }
+sed "s|@ADMIN_PASSWORD@|$$admin|g" /etc/tongban/kafka/server.properties.in > /tmp/server.properties
+/opt/kafka/bin/kafka-storage.sh format --ignore-formatted -t "$$CLUSTER_ID" -c /tmp/server.properties \\
+  --add-scram "SCRAM-SHA-512=[name=admin,password=$$admin]"
+exec /opt/kafka/bin/kafka-server-start.sh /tmp/server.properties
+"""
+MONGO_HEALTH = ("try { rs.status() } catch (e) { rs.initiate({_id: 'rs0', members: [{_id: 0, host: 'mongo:27017'}]}) }"
+                " quit(db.hello().isWritablePrimary ? 0 : 1)")
+
+
+def kafka_properties(templates: Path) -> str:
+    """The local broker's own configuration (infra/kafka), for one node named `kafka` on the
+    compose network: SCRAM-SHA-512 clients on 9092, the admin's SASL/PLAIN controller on
+    loopback, ACLs with no super user but the admin. The admin's secret stays a placeholder."""
+    values = {
+        "LISTENERS": "SASL_PLAINTEXT://0.0.0.0:9092,CONTROLLER://127.0.0.1:9093",
+        "ADVERTISED_LISTENERS": f"SASL_PLAINTEXT://{COMPOSE_BOOTSTRAP}",
+        "INTER_BROKER_LISTENER": "SASL_PLAINTEXT",
+        "INTER_BROKER_LISTENER_LC": "sasl_plaintext",
+        "CONTROLLER_PORT": "9093",
+        "DATA_DIR": "/var/lib/kafka/data",
+        "ADMIN_USER": KAFKA_ADMIN,
+    }
+    text = "".join((templates / name).read_text() for name in ("server.properties.in", "auth.properties.in"))
+    # The templates' comments speak of the local ports and scripts; what they explain is there.
+    lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    settings = "\n".join(re.sub(r"@([A-Z_]+)@", lambda m: values.get(m.group(1), m.group(0)), line)
+                         for line in lines)
+    left = set(re.findall(r"@([A-Z_]+)@", settings)) - {"ADMIN_PASSWORD"}
+    if left:
+        raise ValueError(f"infra/kafka templates name placeholders compose does not fill: {sorted(left)}")
+    return ("# infra/kafka/server.properties.in and auth.properties.in for the compose network (see there\n"
+            "# why each is set); the broker's start fills in the admin's secret.\n" + settings + "\n")
+
+
+def _secret_name(kind: str, path: str) -> str:
+    return f"{kind}.{path.replace('/', '.')}"
+
+
+def _compose_secret(kind: str, path: str, target: str) -> dict[str, Any]:
+    return {"source": _secret_name(kind, path), "target": target, "uid": UID, "gid": UID, "mode": "0400"}
+
+
+def _kafka_secret() -> dict[str, Any]:
+    """Every principal's secret, `principal=secret` a line (what `make setup` writes): each process
+    takes its own line, as on the local platform."""
+    return {"source": "kafka-principals", "target": COMPOSE_SECRETS_FILE, "uid": UID, "gid": UID, "mode": "0400"}
+
+
+def _tongban_process(name: str, command: list[str], principal: str, env: Mapping[str, str],
+                     secrets: list[dict[str, Any]], port: int) -> dict[str, Any]:
+    """A Tongban process in the image, as its Deployment runs it: non-root, read-only, its
+    Kafka identity, its secrets, the gRPC health probe."""
+    return {
+        "image": IMAGE,
+        "build": {"context": "..", "dockerfile": "deploy/Containerfile"},
+        "command": command,
+        # The processes reach each other (the data-sharing providers) on 127.0.0.1, as in a pod.
+        "network_mode": f"service:{NETWORK_HOLDER}",
+        "depends_on": {NETWORK_HOLDER: {"condition": "service_started"},
+                       "topics": {"condition": "service_completed_successfully"},
+                       "mongo": {"condition": "service_healthy"}},
+        "environment": {
+            "TONGBAN_KAFKA_BOOTSTRAP": COMPOSE_BOOTSTRAP,
+            "TONGBAN_KAFKA_SECURITY": "SASL_PLAINTEXT",
+            "TONGBAN_KAFKA_USERNAME": principal,
+            "TONGBAN_KAFKA_SECRETS_FILE": COMPOSE_SECRETS_FILE,
+            "TONGBAN_MONGO_URI": COMPOSE_MONGO_URI,
+            **process_config(),
+            **env,
+        },
+        "secrets": [_kafka_secret(), *secrets],
+        "volumes": [f"{name}-state:{VAR_DIR}"],  # a cache of the changelog, rebuilt on start
+        "user": f"{UID}:{UID}",
+        "read_only": True,
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges:true"],
+        "healthcheck": {"test": ["CMD", *probe_command(port)], "interval": "10s", "timeout": "5s",
+                        "retries": 3, "start_period": "600s"},  # a restore of a long changelog takes minutes
+        "stop_grace_period": "30s",
+        "restart": "unless-stopped",
+    }
+
+
+def _tls_secrets(server: str, callers: Iterable[str] = ()) -> list[dict[str, Any]]:
+    paths = [path for _, path in tls_items(server)]
+    for caller in callers:
+        paths += [f"clients/{caller}.pem", f"clients/{caller}.key"]
+    return [_compose_secret("grpc-tls", path, f"{TLS_DIR}/{path}") for path in paths]
+
+
+def _pii_secrets(service: str) -> list[dict[str, Any]]:
+    if service not in SERVICES_WITH_KEYS:
+        return []
+    own = [_compose_secret("pii", f"{service}.keys", f"{PII_DIR}/own/{service}.keys")]
+    current = [_compose_secret("pii", f"{party}.keys", f"{PII_DIR}/current/{party}.keys")
+               for party in seals_for(service) if party != service]
+    return own + current
+
+
+def compose_document(templates: Path) -> dict[str, Any]:
+    """The compose file: the broker, MongoDB, the one-shot `topics` job, the five services and
+    the data-sharing providers from one image, with the Kubernetes rendering's settings."""
+    services_: dict[str, Any] = {
+        "kafka": {
+            "image": KAFKA_IMAGE,
+            "entrypoint": ["/bin/bash", "-c", KAFKA_START],
+            "environment": {"CLUSTER_ID": f"${{TONGBAN_KAFKA_CLUSTER_ID:-{COMPOSE_CLUSTER_ID}}}"},
+            "configs": [{"source": "kafka-server", "target": "/etc/tongban/kafka/server.properties.in"}],
+            "secrets": [{"source": "kafka-principals", "target": "/run/secrets/kafka-principals"}],
+            "volumes": ["kafka-data:/var/lib/kafka/data"],
+            "healthcheck": {"test": ["CMD", "bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/9092"],
+                            "interval": "5s", "timeout": "5s", "retries": 60},
+            "restart": "unless-stopped",
+        },
+        "mongo": {
+            "image": MONGO_IMAGE,
+            "command": ["mongod", "--replSet", "rs0", "--bind_ip_all"],
+            "volumes": ["mongo-data:/data/db"],
+            # Initiates the one-member replica set on first start; healthy once it is primary.
+            "healthcheck": {"test": ["CMD", "mongosh", "--quiet", "--eval", MONGO_HEALTH],
+                            "interval": "5s", "timeout": "10s", "retries": 60},
+            "restart": "unless-stopped",
+        },
+        # Topics, SCRAM principals, ACLs and quotas from the packaged infra/topics.toml (make topics),
+        # as the broker's admin; run again until the broker takes logins.
+        "topics": {
+            "image": IMAGE,
+            "build": {"context": "..", "dockerfile": "deploy/Containerfile"},
+            "command": ["python", "-m", "tongban.ops", "apply"],
+            "environment": {"TONGBAN_KAFKA_BOOTSTRAP": COMPOSE_BOOTSTRAP, "TONGBAN_KAFKA_SECURITY": "SASL_PLAINTEXT",
+                            "TONGBAN_KAFKA_SECRETS_FILE": COMPOSE_SECRETS_FILE},
+            "secrets": [_kafka_secret()],
+            "depends_on": {"kafka": {"condition": "service_healthy"}},
+            "user": f"{UID}:{UID}",
+            "read_only": True,
+            "cap_drop": ["ALL"],
+            "restart": "on-failure",
+        },
+        # Holds the network namespace the Tongban processes share (a pod's), and publishes the
+        # gRPC APIs on the host's loopback, where the server certificates are valid.
+        NETWORK_HOLDER: {
+            "image": IMAGE,
+            "build": {"context": "..", "dockerfile": "deploy/Containerfile"},
+            "command": ["sleep", "infinity"],
+            "init": True,
+            "ports": [f"127.0.0.1:{port}:{port}" for port in SERVICE_PORTS.values()],
+            "user": f"{UID}:{UID}",
+            "read_only": True,
+            "cap_drop": ["ALL"],
+            "restart": "unless-stopped",
+        },
+    }
+    for service, port in SERVICE_PORTS.items():
+        principal = f"tongban-{service}"
+        callers = [principal] if principal in endpoints.REQUESTERS else []  # it queries the providers
+        services_[service] = _tongban_process(
+            service, [principal], principal, pii_env(service),
+            _tls_secrets(service, callers) + _pii_secrets(service), port)
+    for provider in endpoints.PROVIDERS:
+        name = f"datasharing-{provider.replace('_', '-')}"
+        services_[name] = _tongban_process(
+            name, ["tongban-datasharing", "serve", provider], "tongban-datasharing", {},
+            _tls_secrets(provider), endpoints.port(provider, {}))
+    secrets: dict[str, Any] = {"kafka-principals": {"file": f"{COMPOSE_VAR}/kafka/principals.secrets"}}
+    for spec in services_.values():
+        for secret in spec.get("secrets", []):
+            kind, _, rest = secret["source"].partition(".")
+            if kind == "grpc-tls":
+                secrets[secret["source"]] = {"file": f"{COMPOSE_VAR}/tls/grpc/{secret['target'][len(TLS_DIR) + 1:]}"}
+            elif kind == "pii":
+                secrets[secret["source"]] = {"file": f"{COMPOSE_VAR}/pii/{rest}"}
+    state = [f"{name}-state" for name, spec in services_.items() if spec.get("network_mode")]
+    return {
+        "name": "tongban",
+        "services": services_,
+        "volumes": {v: {} for v in ["kafka-data", "mongo-data", *state]},
+        "configs": {"kafka-server": {"content": kafka_properties(templates)}},
+        "secrets": dict(sorted(secrets.items())),
+    }
+
+
+def render_compose(templates: Path | None = None) -> str:
+    """The compose file's text; multi-line strings (the broker's start script and configuration)
+    as YAML literal blocks, so the file reads like the scripts and properties it carries."""
+    import yaml
+
+    from tongban import paths
+
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    def text(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|" if "\n" in value else None)
+
+    Dumper.add_representer(str, text)
+    document = compose_document(templates or paths.CHECKOUT / "infra" / "kafka")
+    return COMPOSE_GENERATED + yaml.dump(document, Dumper=Dumper, sort_keys=False, allow_unicode=True, width=120)
 
 
 # ------------------------------------------------------------------------------ strimzi
@@ -352,6 +602,7 @@ PARTNER_EVENTS: dict[str, tuple[str, ...]] = {
                                             names.AUTHORITY_CLOCK_CHANGE_EVENT, names.COMMITMENT_CHECK_RESULT_EVENT),
     "tongban.partner.{partner}.dispatches": (names.POSTAL_DISPATCH_EVENT, names.WALLET_ENTRY_EVENT),
     "tongban.partner.{partner}.receipts": (names.POSTAL_RECEIPT_EVENT, names.WALLET_RECEIPT_EVENT),
+    "tongban.partner.{partner}.originals": (names.MATERIALS_DISPATCHED_EVENT, names.MATERIALS_RECEIVED_EVENT),
     "tongban.partner.{partner}.submissions": (names.PARTNER_SUBMISSION_EVENT,),
     "tongban.partner.{partner}.acknowledgements": (names.SUBMISSION_RECEIVED_EVENT, names.SUBMISSION_REFUSED_EVENT),
     "tongban.feedback.workorders": (names.HOTLINE_WORK_ORDER_EVENT,),
@@ -495,7 +746,8 @@ def vector_events() -> list[str]:
 
 def _partner_writes(event: str) -> bool:
     return any(event in events for template, events in PARTNER_EVENTS.items()
-               if template.rsplit(".", 1)[1] in ("decisions", "receipts", "submissions", "workorders", "*"))
+               if template.rsplit(".", 1)[1] in ("decisions", "receipts", "originals", "submissions", "workorders",
+                                                 "*"))
 
 
 def vector_record(registry: SchemaRegistry, event: str, version: int) -> dict[str, Any]:
