@@ -8,14 +8,17 @@ refused like one without an approved demand (PERMISSION_DENIED), and recorded as
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import signal
 from collections.abc import Awaitable, Callable
 from datetime import date
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from pymongo.errors import PyMongoError
 
 from services.datasharing import records
 from services.datasharing.anchor import anchor_periodically
@@ -38,6 +41,19 @@ GROUNDS = ("RECORD_WRONG", "RECORD_OUTDATED", "NOT_THE_APPLICANTS")
 AUDIT_ENTRY = re.compile(r"[a-z0-9_]{1,32}:[0-9]{1,12}")  # what a dispute may quote: it travels unsealed
 
 
+def _store_away_is_unavailable(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """Every answer is recorded in the audit trail first: without the store there is no
+    answer, and the caller is told UNAVAILABLE (ask again), not UNKNOWN."""
+    @functools.wraps(method)
+    async def answering(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await method(self, request, context)
+        except PyMongoError as exc:
+            telemetry.log(log, logging.WARNING, "audit trail unavailable", error=type(exc).__name__)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the audit trail cannot be written now; ask again")
+    return answering
+
+
 class DataSharingServicer(datasharing_pb2_grpc.DataSharingServicer):
     def __init__(self, provider: str, catalogue: governance.SharingCatalogue, demands: governance.DemandList,
                  store_: records.RecordStore, chain: AuditChain, disputes: Callable[[dict], Awaitable[None]]) -> None:
@@ -48,6 +64,7 @@ class DataSharingServicer(datasharing_pb2_grpc.DataSharingServicer):
         self.records = store_
         self.chain = chain
 
+    @_store_away_is_unavailable
     async def Query(self, request, context):  # noqa: N802 (gRPC method name)
         caller = grpc_tls.caller_of(context) if _has_certificate(context) else None
         if caller is None:
@@ -87,6 +104,7 @@ class DataSharingServicer(datasharing_pb2_grpc.DataSharingServicer):
                 fields={k: v for k, v in record.fields.items() if k not in kind.declared}))
         return answer
 
+    @_store_away_is_unavailable
     async def AccessLog(self, request, context):  # noqa: N802
         caller = grpc_tls.caller_of(context) if _has_certificate(context) else None
         if caller is None or caller.source_system != endpoints.TRACK:  # intake shows it on Track
@@ -98,6 +116,7 @@ class DataSharingServicer(datasharing_pb2_grpc.DataSharingServicer):
             for e in entries])
 
 
+    @_store_away_is_unavailable
     async def Dispute(self, request, context):  # noqa: N802
         caller = await grpc_tls.authorize(context, "datasharing.Dispute", DISPUTERS)
         if request.ground not in GROUNDS:

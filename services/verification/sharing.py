@@ -28,7 +28,13 @@ log = logging.getLogger(__name__)
 
 PURPOSE = "跨省通办受理核验 (verification of an application's materials)"
 # Statuses that say "not now" rather than "no": the provider is down, slow or overloaded.
-TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
+# Codes after which asking again later can succeed: the provider away, slow, overloaded, or
+# failing inside (its store away: a call cut by its restart is CANCELLED, an error it did not
+# expect UNKNOWN). The application waits for the answer (`Unavailable`); only what asking again
+# cannot change (a refusal, a malformed or unauthenticated query) is final.
+TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED,
+             grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.ABORTED,
+             grpc.StatusCode.DATA_LOSS)
 RETRY_POLICY = json.dumps({"methodConfig": [{
     "name": [{"service": "tongban.datasharing.DataSharing"}],
     "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.1s", "maxBackoff": "0.5s", "backoffMultiplier": 2,
