@@ -65,6 +65,7 @@ from devtools.bench.pipeline import (
     stop_quietly,
 )
 from devtools.launcher import ROOT, SERVICES, Stack, instance
+from tongban import grpc_tls
 
 OUT = ROOT / "var" / "chaos"
 SCRIPTS = ROOT / "infra" / "scripts"
@@ -298,6 +299,11 @@ class Chaos:
                                self.dir / "logs", sim_args=("--deny-matters", DENIED_MATTER, "--carrier-ledger",
                                                             str(self.dir / "carrier.jsonl")))
             self.services = [*SERVICES, *(self.stack.add_instance(s, 2) for s in SERVICES)]
+            # The windows call both delivery instances (each answers with the owner's verdict) and
+            # keep their open pick-ups in a journal, so a killed simulator carries on with them.
+            deliveries = ",".join(self.stack.grpc_target(name) for name in ("delivery", instance("delivery", 2)))
+            self.stack.sim_args = (*self.stack.sim_args, "--delivery", deliveries,
+                                   "--window-journal", str(self.dir / "windows.jsonl"))
             self.stack.start_all()
             for name in self.services[len(SERVICES):]:
                 self.stack.start(name)
@@ -328,10 +334,6 @@ class Chaos:
         channels = [await open_channel(self.stack.grpc_target(name), caller)
                     for name in ("intake", instance("intake", 2))]
         submitter = Submitter(channels[0], tracker, channels[1], retry_for=300.0)
-        # Not the results picked up at a window: the simulated windows call one delivery instance,
-        # which answers UNAVAILABLE for a file the other instance owns, and give up on a call
-        # cancelled by a kill, so such an application never finishes (docs/reliability.md).
-        submitter.templates = [t for t in submitter.templates if t.delivery_method != "WINDOW"]
         loop = ClosedLoop(submitter, options.inflight)
         spawned = itertools.count(1)  # `until` is asked once before each new application
         loop.start(until=lambda: next(spawned) > options.applications)
@@ -578,7 +580,32 @@ class Chaos:
                     break
                 await asyncio.sleep(0.25)
             self.grpc_bad[answer] += 1
+        await self._window_hostile()
         self.note("hostile gRPC requests", answers=dict(self.grpc_bad))
+
+    async def _window_hostile(self) -> None:
+        """Window acts delivery must refuse on either instance, with the owner's code wherever
+        the file lives: an application that does not exist (NOT_FOUND), an empty id."""
+        from services.delivery import delivery_pb2, delivery_pb2_grpc
+        from sim.carrier import WINDOW_CALLER
+
+        window = "HN-430103-KSTB-01"  # one the Changsha window system speaks for
+        acts = [delivery_pb2.WindowAct(application_id=f"TB-NO-SUCH-{self.namespace}{n}", window_id=window)
+                for n in range(4)] + [delivery_pb2.WindowAct(application_id="", window_id=window)]
+        for name in ("delivery", instance("delivery", 2)):
+            async with grpc_tls.client_channel(self.stack.grpc_target(name), WINDOW_CALLER) as channel:
+                stub = delivery_pb2_grpc.DeliveryStub(channel)
+                for act in acts:
+                    for _ in range(20):  # UNAVAILABLE: the owner did not answer in time; the same request again
+                        try:
+                            await stub.ConfirmPickUp(act, timeout=30)
+                            answer = "ACCEPTED"
+                        except grpc.aio.AioRpcError as exc:
+                            answer = exc.code().name
+                        if answer != "UNAVAILABLE":
+                            break
+                        await asyncio.sleep(0.25)
+                    self.grpc_bad[answer] += 1
 
     async def _rate(self) -> None:
         """好差评 ratings, each for an application of its own, written as the ratings topic
@@ -647,6 +674,7 @@ class Chaos:
                 facts[body["fact_id"]] += 1
         submitted = list(tracker.apps)  # every application a client sent (a failed Submit is in submit_errors)
         parcels = carrier_parcels(self.dir / "carrier.jsonl")
+        window_acts = window_outcomes(self.dir / "windows.jsonl")
         hostile_missing = []
         for h, partition, offset in self.hostile:
             physical = self.namespace + h.topic
@@ -676,6 +704,9 @@ class Chaos:
             "duplicate_deliveries": sum(1 for a in submitted if once[(APP + "ApplicationDelivered", a)] > 1)
             + sum(1 for n in parcels.values() if n > 1),
             "carrier_parcels": sum(parcels.values()),
+            # the windows' own journal: results picked up, and acts delivery refused for good
+            "window_pickups": window_acts["OK"],
+            "window_refusals": sum(n for outcome, n in window_acts.items() if outcome != "OK"),
             "ratings": len(self.ratings),
             "ratings_counted": sum(1 for r in self.ratings if facts[r] >= 1),
             "duplicate_counts": sum(1 for r in self.ratings if facts[r] > 1),
@@ -687,7 +718,9 @@ class Chaos:
             "provider_outages": self.counts["provider_outages"],
             "broker_restarts": self.counts["broker_restarts"],
             "store_outages": self.counts["store_outages"],
-            "bad_input_kinds": len({h.kind for h, _, _ in self.hostile}) + 4,
+            # + intake's gRPC kinds (refused samples, empty, oversized, Track) and delivery's
+            # window acts (an unknown application, an empty id)
+            "bad_input_kinds": len({h.kind for h, _, _ in self.hostile}) + 6,
             "bad_inputs_tried": len(self.hostile) + sum(self.grpc_bad.values()),
             "bad_inputs_handled": len(self.hostile) - len({(m["kind"], m["topic"]) for m in hostile_missing})
             + grpc_clear,
@@ -702,7 +735,7 @@ class Chaos:
         if result["lost"] or result["terminal"] < self.options.applications:
             failures.append("applications without a terminal state")
         for key in ("more_than_one_terminal", "duplicate_events", "duplicate_lifecycle", "duplicate_deliveries",
-                    "duplicate_counts", "crashes"):
+                    "duplicate_counts", "window_refusals", "crashes"):
             if result[key]:
                 failures.append(key)
         if result["ratings_counted"] < len(self.ratings):
@@ -740,6 +773,17 @@ async def unread(lag: GroupLag) -> dict[str, int]:
             finally:
                 await stop_quietly(reader)
     return out
+
+
+def window_outcomes(journal: Path) -> Counter[str]:
+    """How the simulated windows' acts ended, by outcome (their own journal, sim/carrier.py)."""
+    outcomes: Counter[str] = Counter()
+    if journal.exists():
+        for line in journal.read_text().splitlines():
+            entry = json.loads(line)
+            if "outcome" in entry:
+                outcomes[entry["outcome"]] += 1
+    return outcomes
 
 
 def carrier_parcels(ledger: Path) -> Counter[str]:
@@ -792,7 +836,8 @@ async def read_everything(namespace: str) -> list[Any]:
 
 def summary(result: dict[str, Any]) -> str:
     keys = ["applications", "terminal", "lost", "more_than_one_terminal", "duplicate_events", "duplicate_deliveries",
-            "duplicate_counts", "ratings", "ratings_counted", "kills", "crash_points", "pauses", "partner_outages",
+            "duplicate_counts", "ratings", "ratings_counted", "window_pickups", "window_refusals", "kills",
+            "crash_points", "pauses", "partner_outages",
             "provider_outages", "broker_restarts", "store_outages", "bad_input_kinds", "bad_inputs_tried",
             "bad_inputs_handled", "crashes", "lag", "wall_s", "flow_s", "apps_per_s", "passed", "failures"]
     return "\n".join(f"  {k}: {result.get(k)}" for k in keys)

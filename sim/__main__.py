@@ -1,7 +1,8 @@
 """python -m sim [--deny-matters CODE,...] [--supplement-matters CODE,...] [--supplement-share F]
 [--refuse-matters CODE,...] [--broken-commitment-matters CODE,...] [--deny-legs CODE:STEP,...]
 [--carrier-ledger FILE]
-[--carrier-delay S] [--windows ID,...] [--absent-authorities ID,...]: every declared authority
+[--carrier-delay S] [--windows ID,...] [--window-journal FILE] [--delivery HOST:PORT,...]
+[--absent-authorities ID,...]: every declared authority
 partner (but the absent ones, which a real partner system answers for), the carrier, the
 e-licence wallet and the windows (sim/carrier.py)."""
 
@@ -13,7 +14,7 @@ import os
 import signal
 from pathlib import Path
 
-from sim.carrier import carrier, run_windows, wallet
+from sim.carrier import WindowJournal, carrier, run_windows, wallet
 from sim.partners import Answers, authority, run_partner
 from tongban import telemetry
 from tongban.codec import SchemaRegistry
@@ -25,7 +26,8 @@ from tongban.pii_policy import party_keyring
 
 
 async def run(answers: Answers, carrier_ledger: Path | None, carrier_delay: float, windows: str,
-              absent: frozenset[str] = frozenset()) -> None:
+              absent: frozenset[str] = frozenset(), window_journal: Path | None = None,
+              delivery: str = "") -> None:
     settings = load_settings("partner-sim")
     telemetry.setup(settings)
     registry = SchemaRegistry.load()
@@ -46,15 +48,20 @@ async def run(answers: Answers, carrier_ledger: Path | None, carrier_delay: floa
     # Results the carrier hands to a window (结果转送); the windows the simulator operates record them.
     handed: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
     operated = set(filter(None, windows.split(",")))
-    delivery = listen_address("127.0.0.1", int(os.environ.get("TONGBAN_GRPC_PORT_DELIVERY")
-                                               or SERVICE_PORTS["delivery"]))
+    targets = [t for t in delivery.split(",") if t] or [
+        listen_address("127.0.0.1", int(os.environ.get("TONGBAN_GRPC_PORT_DELIVERY") or SERVICE_PORTS["delivery"]))]
+    journal = WindowJournal(window_journal)
+
+    def hand_to_window(application_id: str, window_id: str) -> None:
+        journal.handed(application_id, window_id)  # before the carrier moves on: kept across a restart
+        handed.put_nowait((application_id, window_id))
+
     tasks += [
         run_partner(settings, registry, "ems", "tongban.partner.ems.dispatches",
-                    carrier(ciphers["ems"], carrier_ledger, lambda a, w: handed.put_nowait((a, w)), carrier_delay),
-                    stopping),
+                    carrier(ciphers["ems"], carrier_ledger, hand_to_window, carrier_delay), stopping),
         run_partner(settings, registry, "wallet", "tongban.partner.wallet.dispatches", wallet(ciphers["wallet"]),
                     stopping),
-        run_windows(delivery, handed, lambda w: windows == "*" or w in operated, stopping),
+        run_windows(targets, handed, lambda w: windows == "*" or w in operated, stopping, journal),
     ]
     await asyncio.gather(*tasks)
 
@@ -80,6 +87,11 @@ def main() -> None:
                         help="seconds the carrier takes to report a parcel delivered or returned")
     parser.add_argument("--absent-authorities", default="",
                         help="authority ids the simulator does not answer for (a real partner system does)")
+    parser.add_argument("--window-journal", type=Path,
+                        help="a file where the windows keep the results handed to them, to carry on after a restart")
+    parser.add_argument("--delivery", default="",
+                        help="delivery instances the windows call (HOST:PORT,...; default the one of "
+                             "TONGBAN_GRPC_PORT_DELIVERY)")
     parser.add_argument("--windows", default="*",
                         help="window ids whose arrivals and pick-ups the simulator records ('*' every one, '' none)")
     args = parser.parse_args()
@@ -87,7 +99,7 @@ def main() -> None:
                       codes(args.refuse_matters), codes(args.broken_commitment_matters), codes(args.deny_legs))
     try:
         asyncio.run(run(answers, args.carrier_ledger, args.carrier_delay, args.windows,
-                        codes(args.absent_authorities)))
+                        codes(args.absent_authorities), args.window_journal, args.delivery))
     except ConfigError as exc:
         raise SystemExit(f"partner simulator: configuration error: {exc}") from None
 

@@ -13,7 +13,8 @@
 - A **window** (a service-hall window system: the caller `tongban/windows.toml` names for
   that window, e.g. `changsha-window`) records the arrival of a result the carrier handed to
   it (结果转送) and the applicant's pick-up, through delivery's gRPC API, for the windows it
-  is told to operate.
+  is told to operate. It asks any delivery instance and tries an act again (another instance,
+  the same request) until it is done or refused; its journal keeps the open ones across a restart.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -43,6 +46,9 @@ RETURNS = {"查无此址": "WRONG_ADDRESS", "拒收": "REFUSED", "无人签收":
 FAULT = "承运故障"
 WINDOW_CALLER = "changsha-window"  # the Changsha windows' system, for a window the registry does not know
 WINDOWS_AT_ONCE = 64  # results the simulated windows handle at the same time
+RETRIED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED)
+CALL_TIMEOUT_S = 10.0
+BACK_OFF_S = (0.25, 4.0)  # the first and the longest pause between two tries of one act
 
 HandedToWindow = Callable[[str, str], None]  # (application id, window id)
 
@@ -117,53 +123,114 @@ def wallet(cipher: PiiCipher) -> Respond:
     return respond
 
 
-async def run_windows(target: str, handed: asyncio.Queue[tuple[str, str]], operated: Callable[[str], bool],
-                      stopping: asyncio.Event) -> None:
-    """The windows record each result the carrier handed them, then the applicant's pick-up."""
+class WindowJournal:
+    """The windows' own record (one JSON line each) of the results handed to them and of the
+    ones they are done with, so a window system that restarts carries on with those still open:
+    the carrier does not hand a parcel over twice. Without a file it is kept in memory only."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path
+        self.done = {(line["application_id"], line["window_id"]) for line in self._lines() if "outcome" in line}
+
+    def _lines(self) -> list[dict]:
+        if self.path is None or not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line]
+
+    def _write(self, line: dict) -> None:
+        if self.path is not None:
+            with self.path.open("a", encoding="utf-8") as journal:
+                journal.write(json.dumps(line) + "\n")
+
+    def handed(self, application_id: str, window_id: str) -> None:
+        self._write({"application_id": application_id, "window_id": window_id})
+
+    def settled(self, application_id: str, window_id: str, outcome: str) -> None:
+        self.done.add((application_id, window_id))
+        self._write({"application_id": application_id, "window_id": window_id, "outcome": outcome})
+
+    def still_open(self) -> list[tuple[str, str]]:
+        """Results handed over and not yet picked up or refused, in the order they came."""
+        handed = [(line["application_id"], line["window_id"]) for line in self._lines() if "outcome" not in line]
+        return [act for act in dict.fromkeys(handed) if act not in self.done]
+
+
+async def settle(act: Callable[[str, int], Awaitable[object]], method: str, targets: int, first: int,
+                 stopping: asyncio.Event) -> str:
+    """Make one window act until delivery answers for good: OK, or the code it was refused
+    with (the owner's verdict). UNAVAILABLE, CANCELLED and DEADLINE_EXCEEDED say nothing about
+    the act (an instance down or moving its partitions, the owner's verdict late): the same
+    request again on the next instance, after a back-off. STOPPED if the simulator stops first."""
+    delay, attempt = BACK_OFF_S[0], 0
+    while True:
+        try:
+            await act(method, (first + attempt) % targets)
+            return "OK"
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() not in RETRIED:
+                return str(exc.code().name)
+        if stopping.is_set():
+            return "STOPPED"
+        await asyncio.sleep(delay)
+        delay, attempt = min(delay * 2, BACK_OFF_S[1]), attempt + 1
+
+
+async def run_windows(targets: list[str], handed: asyncio.Queue[tuple[str, str]], operated: Callable[[str], bool],
+                      stopping: asyncio.Event, journal: WindowJournal | None = None) -> None:
+    """The windows record each result the carrier handed them, then the applicant's pick-up,
+    calling the delivery instances at `targets` (any of them answers with the owner's verdict)."""
     from services.delivery import delivery_pb2, delivery_pb2_grpc  # the window's client of delivery's API
 
+    journal = journal or WindowJournal()
     async with contextlib.AsyncExitStack() as channels:
-        stubs: dict[str, delivery_pb2_grpc.DeliveryStub] = {}  # one channel per window system, kept open
+        stubs: dict[tuple[str, str], delivery_pb2_grpc.DeliveryStub] = {}  # per window system and instance, kept open
 
-        async def stub_for(window_id: str) -> delivery_pb2_grpc.DeliveryStub:
+        async def stub_for(window_id: str, target: str) -> delivery_pb2_grpc.DeliveryStub:
             window = windows.registry().window(window_id)
             caller = window.systems[0] if window else WINDOW_CALLER  # delivery accepts only the window's own system
-            if caller not in stubs:
+            if (caller, target) not in stubs:
                 channel = await channels.enter_async_context(client_channel(target, caller))
-                stubs[caller] = delivery_pb2_grpc.DeliveryStub(channel)
-            return stubs[caller]
+                stubs[caller, target] = delivery_pb2_grpc.DeliveryStub(channel)
+            return stubs[caller, target]
 
-        async def call(method: str, request: delivery_pb2.WindowAct) -> None:
-            stub = await stub_for(request.window_id)
-            for _ in range(120):  # until delivery has applied what came before (it answers FAILED_PRECONDITION)
-                try:
-                    await getattr(stub, method)(request, timeout=10)
-                    return
-                except grpc.aio.AioRpcError as exc:
-                    if exc.code() not in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAVAILABLE,
-                                          grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.NOT_FOUND):
-                        log_fields(log, logging.WARNING, "window call refused", method=method, code=exc.code().name)
-                        return
-                await asyncio.sleep(0.5)
+        async def serve(application_id: str, window_id: str, first: int) -> None:
+            request = delivery_pb2.WindowAct(application_id=application_id, window_id=window_id)
 
-        async def serve(act: delivery_pb2.WindowAct) -> None:
+            async def act(method: str, target: int) -> object:
+                stub = await stub_for(window_id, targets[target])
+                return await getattr(stub, method)(request, timeout=CALL_TIMEOUT_S)
+
             async with busy:
-                await call("RecordArrival", act)
-                await call("ConfirmPickUp", act)
+                outcome = await settle(act, "RecordArrival", len(targets), first, stopping)
+                if outcome == "OK":
+                    outcome = await settle(act, "ConfirmPickUp", len(targets), first, stopping)
+                if outcome == "STOPPED":
+                    return  # still open: the next start carries on with it
+                if outcome != "OK":
+                    log_fields(log, logging.WARNING, "window act refused", code=outcome)
+                journal.settled(application_id, window_id, outcome)
 
         # Many windows work at once: each result is served on its own, so one that waits for
         # delivery to catch up holds back no other.
         busy = asyncio.Semaphore(WINDOWS_AT_ONCE)
-        serving: set[asyncio.Task] = set()
+        serving: dict[tuple[str, str], asyncio.Task] = {}
+
+        def forget(act: tuple[str, str], _: asyncio.Task) -> None:
+            serving.pop(act, None)
+
+        for left_open in journal.still_open():
+            handed.put_nowait(left_open)
+        turn = itertools.count()  # the instance each result is first asked at, in turn
         while not stopping.is_set():
             try:
                 application_id, window_id = await asyncio.wait_for(handed.get(), timeout=0.5)
             except TimeoutError:
                 continue
-            if operated(window_id):
-                task = asyncio.create_task(serve(delivery_pb2.WindowAct(application_id=application_id,
-                                                                        window_id=window_id)))
-                serving.add(task)
-                task.add_done_callback(serving.discard)
-        for task in serving:
+            # A result the carrier hands over again (it read its dispatch again after a restart)
+            # was picked up already: the window knows it, and does not record it a second time.
+            act = (application_id, window_id)
+            if operated(window_id) and act not in serving and act not in journal.done:
+                serving[act] = asyncio.create_task(serve(application_id, window_id, next(turn)))
+                serving[act].add_done_callback(partial(forget, act))
+        for task in list(serving.values()):
             task.cancel()

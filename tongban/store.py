@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -22,6 +23,7 @@ from pymongo.errors import (
 )
 
 from tongban.config import Settings
+from tongban.telemetry import RUNTIME
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -51,6 +53,19 @@ async def retry_transient(op: Callable[..., Awaitable[T]], *args: Any, attempts:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
     raise AssertionError("unreachable")
+
+
+async def measured(operation: str, collection: str, op: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+    """`retry_transient(op, ...)`, its time recorded as `tongban.store.call.duration` by operation
+    (insert, find ...) and collection family (`archive`, not the shard: labels stay few). The
+    time is what the caller waited, retries through lock contention included; a call that
+    fails is timed too, since an outage shows first as slow calls."""
+    started = time.perf_counter()
+    try:
+        return await retry_transient(op, *args, **kwargs)
+    finally:
+        RUNTIME.store_duration.record(time.perf_counter() - started,
+                                      {"operation": operation, "collection": collection})
 
 
 def retryable_writes(uri: str) -> bool:

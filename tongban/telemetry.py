@@ -194,6 +194,9 @@ class RuntimeMetrics:
         self.grpc_duration = meter.create_histogram(
             "tongban.grpc.duration", unit="s", explicit_bucket_boundaries_advisory=LATENCY_BUCKETS_S,
             description="gRPC call time by method")
+        self.store_duration = meter.create_histogram(
+            "tongban.store.call.duration", unit="s", explicit_bucket_boundaries_advisory=LATENCY_BUCKETS_S,
+            description="MongoDB-wire store call time (retries included) by operation and collection family")
         self._lag: dict[tuple[str, int], int] = {}
         meter.create_observable_gauge("tongban.input.lag", [self._observe_lag],
                                       description="records on an input partition this instance has not read yet")

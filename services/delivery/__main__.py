@@ -4,7 +4,7 @@ import os
 import secrets
 from datetime import timedelta
 
-from services.delivery import acceptance, handlers, matters
+from services.delivery import acceptance, handlers, matters, verdicts
 from services.delivery.api import DeliveryServicer
 from services.delivery.channels.base import Deployment, Policy
 from services.delivery.delivery_pb2_grpc import add_DeliveryServicer_to_server
@@ -60,12 +60,13 @@ def wiring(settings: Settings) -> Wiring:
         commitment_check_after=_seconds("TONGBAN_COMMITMENT_CHECK_AFTER_SECONDS", acceptance.COMMITMENT_CHECK_AFTER))
     timers = {name: every.pop(name) for name in (*acceptance.TIMERS, *handlers.CHANNEL_TIMERS)}
     commands = {name: every.pop(name) for name in handlers.COMMANDS}
+    commands |= verdicts.trial_handlers(commands)  # the API's requests are tried by the owner first
     return Wiring("delivery", inputs=handlers.inputs(authorities()), handlers=every, timers=timers,
                   commands=commands)
 
 
 def add_servicers(server, runtime: ServiceRuntime) -> None:
-    add_DeliveryServicer_to_server(DeliveryServicer(runtime, runtime.wiring.commands), server)
+    add_DeliveryServicer_to_server(DeliveryServicer(runtime), server)
 
 
 if __name__ == "__main__":

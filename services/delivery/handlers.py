@@ -434,8 +434,8 @@ def make_handlers(cipher: PiiCipher, registry: SchemaRegistry | None = None,
         sealed = cipher.seal(address, record=CORRECTION, path="address", subject=event.key,
                              recipients=["delivery"]) if address else None
         ctx = context(event.key, file)
-        step = channels.channel(result["method"]).on_redirect(ctx, result, Redirection(p["method"], sealed),
-                                                              p["operator"])
+        to = Redirection(p["method"], sealed, p.get("reason", ""))
+        step = channels.channel(result["method"]).on_redirect(ctx, result, to, p["operator"])
         return advance(event.key, file, ctx, step)
 
     async def on_channel_timer(event: Event, state: dict | None) -> Outcome:

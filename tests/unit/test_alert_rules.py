@@ -40,6 +40,7 @@ def exported() -> dict[str, set[str]]:
     m.timers.add(1, {"timer": "t"})
     m.grpc_requests.add(1, {"method": "/a.B/C", "code": "OK"})
     m.grpc_duration.record(0.1, {"method": "/a.B/C"})
+    m.store_duration.record(0.1, {"operation": "find", "collection": "archive"})
     m.set_lag({("t", 0): 1})
     ops = Exporter()
     ops.snapshot = Snapshot([lag.PartitionLag("g", "t", 0, 1, 2)], {"g": 1}, {("stage", "party"): 1}, up=True)
@@ -47,7 +48,7 @@ def exported() -> dict[str, set[str]]:
     for text in (generate_latest(registry).decode(), generate_latest(ops.registry).decode()):
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
-                names.setdefault(sample.name, set()).update(set(sample.labels) - {"le"})
+                names.setdefault(sample.name, set()).update(sample.labels)
     provider.shutdown()
     return names
 

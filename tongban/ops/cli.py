@@ -687,13 +687,13 @@ target_option = click.option("--target", default=None, metavar="HOST:PORT",
                              help="routing's gRPC address (default 127.0.0.1:$TONGBAN_GRPC_PORT_ROUTING or 50052)")
 
 
-def _review(action: Callable[[], Any]) -> Any:
+def _review(action: Callable[[], Any], service: str = "routing") -> Any:
     import grpc
 
     try:
         return action()
     except grpc.RpcError as exc:
-        err.print(f"[red]routing answered {exc.code().name}: {exc.details()}[/red]")
+        err.print(f"[red]{service} answered {exc.code().name}: {exc.details()}[/red]")
         sys.exit(FAILED)
 
 
@@ -739,6 +739,67 @@ def review_reject(application_id: str, reason: str, target: str | None) -> None:
 
     _review(lambda: review.reject(target or review.default_target(), application_id, reason))
     out.print(f"{application_id}: rejected")
+
+
+# ------------------------------------------------------------------------------ manual
+
+
+@cli.group("manual")
+def manual_group() -> None:
+    """Delivery's manual-handling queue: results no channel could deliver, waiting for an operator."""
+
+
+targets_option = click.option("--target", "targets", multiple=True, metavar="HOST:PORT",
+                              help="a delivery instance's gRPC address, once per instance (default "
+                                   "127.0.0.1:$TONGBAN_GRPC_PORT_DELIVERY or 50054)")
+
+
+@manual_group.command("list")
+@targets_option
+@json_option
+def manual_list(targets: tuple[str, ...], as_json: bool) -> None:
+    """What waits for an operator, oldest first (codes and times only: nothing personal). Exits 1
+    when some partition was not answered for (its results are missing), 2 when no instance answered."""
+    from tongban.ops import manual
+
+    found = manual.listing(list(targets) or manual.default_targets())
+
+    def render() -> None:
+        table = Table("application", "matter", "authority", "channel", "why", "returns", "attempt", "since")
+        for e in found.entries:
+            since = int(e["since_millis"])
+            table.add_row(e["application_id"], e["matter_code"], e["deciding_partner"], e["method"],
+                          e["reason_code"], ", ".join(e["return_reasons"]), str(e["attempt"]),
+                          datetime.fromtimestamp(since / 1000, UTC).isoformat(timespec="seconds") if since else "-")
+        out.print(table)
+
+    _show(as_json, found.as_json(), render)
+    for target, why in found.failed.items():
+        err.print(f"[red]{target} answered {why}[/red]")
+    if not found.partition_count:
+        sys.exit(FAILED)
+    if found.uncovered:
+        err.print(f"[yellow]partitions {', '.join(map(str, found.uncovered))} of {found.partition_count} were not "
+                  "answered for: their waiting results are not listed (name every instance with --target)[/yellow]")
+        sys.exit(DRIFT)
+
+
+@manual_group.command("resolve")
+@click.argument("application_id")
+@click.option("--outcome", required=True, type=click.Choice(["POST", "WINDOW"], case_sensitive=False),
+              help="POST: post again (to --address, or the same address); WINDOW: pick-up at the receiving window")
+@click.option("--reason", required=True, help="why, told with the resolution (ID and phone numbers are scrubbed)")
+@click.option("--address", default="", help="the corrected postal address, for POST")
+@click.option("--reference", default=None, help="this resolution's id: repeating it repeats the same request")
+@targets_option
+def manual_resolve(application_id: str, outcome: str, reason: str, address: str, reference: str | None,
+                   targets: tuple[str, ...]) -> None:
+    """Send APPLICATION_ID's waiting result on; delivery refuses (exit 2) one that is not waiting."""
+    from tongban.ops import manual
+
+    _review(lambda: manual.resolve(list(targets) or manual.default_targets(), application_id, outcome.upper(),
+                                   reason, address, reference), "delivery")
+    out.print(f"{application_id}: sent on by {outcome.upper()}")
 
 
 # ------------------------------------------------------------------------------ tail
@@ -834,6 +895,16 @@ def render_k8s(out: str, bench: str | None) -> None:
     sizes = render.sizing(Path(bench) if bench else paths.var_dir() / "bench" / "latest.json")
     for path in render.render_k8s(Path(out), sizes):
         click.echo(str(path))
+
+
+@render_group.command("compose")
+@click.option("--out", type=click.Path(dir_okay=False), default="deploy/compose.yaml", show_default=True)
+def render_compose(out: str) -> None:
+    """Compose file matching the manifests: Kafka (SCRAM), MongoDB, the topics job, the services and providers."""
+    from tongban.ops import render
+
+    Path(out).write_text(render.render_compose())
+    click.echo(out)
 
 
 @render_group.command("asyncapi")

@@ -28,16 +28,16 @@ def default_target() -> str:
 
 
 def call(target: str, method: str, request: dict[str, Any], caller: str = OPERATOR,
-         tls_dir: Path | None = None) -> dict[str, Any]:
-    """One call of the Review service; the reply as a dict (field names as in the proto).
-    Raises grpc.RpcError with the server's status (FAILED_PRECONDITION names what the
-    application's state does not allow)."""
+         tls_dir: Path | None = None, service: str = SERVICE) -> dict[str, Any]:
+    """One call of the Review service (or another `service` the target serves); the reply as a
+    dict (field names as in the proto). Raises grpc.RpcError with the server's status
+    (FAILED_PRECONDITION names what the application's state does not allow)."""
     with grpc.secure_channel(target, channel_credentials(caller, tls_dir)) as channel:
         pool = DescriptorPool(ProtoReflectionDescriptorDatabase(channel))
-        rpc = pool.FindServiceByName(SERVICE).methods_by_name[method]
+        rpc = pool.FindServiceByName(service).methods_by_name[method]
         request_type = message_factory.GetMessageClass(rpc.input_type)
         reply_type = message_factory.GetMessageClass(rpc.output_type)
-        stub = channel.unary_unary(f"/{SERVICE}/{method}", request_serializer=request_type.SerializeToString,
+        stub = channel.unary_unary(f"/{service}/{method}", request_serializer=request_type.SerializeToString,
                                    response_deserializer=reply_type.FromString)
         reply = stub(json_format.ParseDict(request, request_type()), timeout=TIMEOUT_S)
         return json_format.MessageToDict(reply, preserving_proto_field_name=True,

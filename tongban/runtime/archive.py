@@ -19,7 +19,7 @@ from typing import Any
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
-from tongban.store import retry_transient
+from tongban.store import measured
 
 COLLECTION = "archive"
 SHARDS = 64
@@ -46,11 +46,11 @@ class MongoArchive:
             by_shard[collection_for(doc["_id"])].append(doc)
         for name, shard_docs in by_shard.items():
             try:
-                await retry_transient(self._db[name].insert_many, shard_docs, ordered=False)
+                await measured("insert", COLLECTION, self._db[name].insert_many, shard_docs, ordered=False)
             except BulkWriteError as exc:
                 # Already archived by an attempt whose transaction then aborted: the first stays.
                 if any(error.get("code") != DUPLICATE_KEY for error in exc.details.get("writeErrors", [])):
                     raise
 
     async def load(self, doc_id: str) -> dict[str, Any] | None:
-        return await retry_transient(self._db[collection_for(doc_id)].find_one, {"_id": doc_id})
+        return await measured("find", COLLECTION, self._db[collection_for(doc_id)].find_one, {"_id": doc_id})

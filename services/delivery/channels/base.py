@@ -87,6 +87,7 @@ class Redirection:
 
     method: str
     address: str | None = None
+    reason: str = ""  # an operator's, told with the resolution
 
 
 class Channel:
@@ -129,7 +130,8 @@ class Channel:
         resolved = {**result, "status": "RESOLVED"}
         if to.address:
             resolved["corrected_address"] = to.address
-        told = progress(ctx, resolved, "RESOLVED", f"an operator sent it on by {to.method}")
+        told = progress(ctx, resolved, "RESOLVED",
+                        f"an operator sent it on by {to.method}" + (f": {to.reason}" if to.reason else ""))
         if to.method != self.method:
             return Step(resolved, emits=[told], switch_to=to.method)
         again = self.start(ctx, resolved)
@@ -162,7 +164,7 @@ def known_dispatch(result: ResultState, dispatch_id: str) -> bool:
 
 def manual(ctx: Context, result: ResultState, reason: str) -> Step:
     """The result waits for an operator (the manual-handling queue), with the reason."""
-    queued = {**result, "status": "MANUAL", "manual_reason": reason}
+    queued = {**result, "status": "MANUAL", "manual_reason": reason, "manual_since": ctx.now}
     return Step(queued, emits=[progress(ctx, queued, "MANUAL_HANDLING", reason)])
 
 
