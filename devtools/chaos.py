@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import itertools
 import json
 import logging
@@ -47,6 +48,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,6 +87,23 @@ AT_LEAST_ONCE = (".decisions", ".receipts", "tongban.catalogue.changes")
 
 def say(text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] chaos: {text}", file=sys.stderr, flush=True)
+
+
+async def _answer(calls: list[Callable[[], Awaitable[object]]]) -> str:
+    """The status a hostile request gets: ACCEPTED or its refusal's code. UNAVAILABLE means ask
+    again (not this instance's key, its partitions moving, or the owner's verdict late): each
+    instance in turn for a while, as a client would."""
+    answer = "UNAVAILABLE"
+    for call in calls * 20:
+        try:
+            await call()
+            return "ACCEPTED"
+        except grpc.aio.AioRpcError as exc:
+            answer = exc.code().name
+        if answer != "UNAVAILABLE":
+            return answer
+        await asyncio.sleep(0.25)
+    return answer
 
 
 @dataclass
@@ -567,19 +586,8 @@ class Chaos:
         calls += [("track", intake_pb2.TrackRequest(application_id="TB-NO-SUCH-APPLICATION")),
                   ("track", intake_pb2.TrackRequest(application_id=""))]
         for method, request in calls:
-            # UNAVAILABLE means retry (not this instance's key, or its partitions are moving):
-            # ask each instance in turn for a while, as a client would
-            for stub in stubs * 20:
-                try:
-                    await (stub.Submit(request, timeout=30) if method == "submit"
-                           else stub.Track(request, timeout=30))
-                    answer = "ACCEPTED"
-                except grpc.aio.AioRpcError as exc:
-                    answer = exc.code().name
-                if answer != "UNAVAILABLE":
-                    break
-                await asyncio.sleep(0.25)
-            self.grpc_bad[answer] += 1
+            self.grpc_bad[await _answer([functools.partial(stub.Submit if method == "submit" else stub.Track,
+                                                           request, timeout=30) for stub in stubs])] += 1
         await self._window_hostile()
         self.note("hostile gRPC requests", answers=dict(self.grpc_bad))
 
@@ -596,16 +604,7 @@ class Chaos:
             async with grpc_tls.client_channel(self.stack.grpc_target(name), WINDOW_CALLER) as channel:
                 stub = delivery_pb2_grpc.DeliveryStub(channel)
                 for act in acts:
-                    for _ in range(20):  # UNAVAILABLE: the owner did not answer in time; the same request again
-                        try:
-                            await stub.ConfirmPickUp(act, timeout=30)
-                            answer = "ACCEPTED"
-                        except grpc.aio.AioRpcError as exc:
-                            answer = exc.code().name
-                        if answer != "UNAVAILABLE":
-                            break
-                        await asyncio.sleep(0.25)
-                    self.grpc_bad[answer] += 1
+                    self.grpc_bad[await _answer([functools.partial(stub.ConfirmPickUp, act, timeout=30)])] += 1
 
     async def _rate(self) -> None:
         """好差评 ratings, each for an application of its own, written as the ratings topic

@@ -7,7 +7,6 @@ after an OK."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 from types import SimpleNamespace
 
 import grpc
@@ -17,6 +16,7 @@ from services.delivery import handlers, verdicts
 from services.delivery.api import DeliveryServicer
 from services.delivery.verdicts import TRY, Verdict, Verdicts, read_verdict, trial_handlers
 from tests.unit.test_delivery_channels import ALL, APP, WINDOW, arrival, by, decision, feed, pickup
+from tests.unit.test_runtime_core import Rec  # a consumed record, as the runtime's own tests build them
 from tongban.bus import partition_for
 from tongban.codec import SchemaRegistry
 from tongban.config import load_settings
@@ -33,16 +33,6 @@ SETTINGS = load_settings("delivery", {"TONGBAN_NAMESPACE": NS, "TONGBAN_PII_KEYS
 PARTITIONS = 3
 PARTITION = partition_for(APP, PARTITIONS)
 COMMANDS = NS + verdicts.COMMANDS
-
-
-@dataclass(frozen=True)
-class Rec:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: tuple = ()
 
 
 class Owner:
