@@ -158,6 +158,9 @@ APPLICATION_UNDER_REVIEW_EVENT = "tongban.application.ApplicationUnderReview"  #
 REVIEW_RESOLVED_EVENT = "tongban.application.ReviewResolved"  # on APPLICATION_ROUTED (routing's review queue)
 BUNDLE_MEMBER_HELD_EVENT = "tongban.application.BundleMemberHeld"  # on APPLICATION_ROUTED (一件事一次办: waits)
 BUNDLE_RELEASED_EVENT = "tongban.application.BundleReleased"  # on APPLICATION_ROUTED (一件事一次办: routed together)
+# 一件事一次办 in delivery: a settled application tells its bundle; held results go out together.
+BUNDLE_MEMBER_DECIDED_EVENT = "tongban.application.BundleMemberDecided"  # on APPLICATION_DECIDED (read back by bundle)
+BUNDLE_RESULTS_RELEASED_EVENT = "tongban.application.BundleResultsReleased"  # on APPLICATION_DECIDED (results go out)
 APPLICATION_VERIFIED_EVENT = "tongban.application.ApplicationVerified"  # on APPLICATION_VERIFIED
 APPLICATION_VERIFICATION_FAILED_EVENT = "tongban.application.ApplicationVerificationFailed"  # on APPLICATION_VERIFIED
 APPLICATION_ACCEPTED_EVENT = "tongban.application.ApplicationAccepted"  # on APPLICATION_ACCEPTED
@@ -218,6 +221,8 @@ EVENT_TYPES = (
     REVIEW_RESOLVED_EVENT,
     BUNDLE_MEMBER_HELD_EVENT,
     BUNDLE_RELEASED_EVENT,
+    BUNDLE_MEMBER_DECIDED_EVENT,
+    BUNDLE_RESULTS_RELEASED_EVENT,
     APPLICATION_VERIFIED_EVENT,
     APPLICATION_VERIFICATION_FAILED_EVENT,
     APPLICATION_ACCEPTED_EVENT,

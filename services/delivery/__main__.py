@@ -4,7 +4,7 @@ import os
 import secrets
 from datetime import timedelta
 
-from services.delivery import acceptance, handlers, matters, verdicts
+from services.delivery import acceptance, bundles, handlers, matters, verdicts
 from services.delivery.api import DeliveryServicer
 from services.delivery.channels.base import Deployment, Policy
 from services.delivery.delivery_pb2_grpc import add_DeliveryServicer_to_server
@@ -53,16 +53,19 @@ def result_policy() -> Policy:
 def wiring(settings: Settings) -> Wiring:
     results = Deployment(secret=dispatch_secret(), matters=matters.catalogue(), policy=result_policy())
     # TONGBAN_SUPPLEMENT_PERIOD_SECONDS: how long an applicant has to supplement (补正);
-    # TONGBAN_COMMITMENT_CHECK_AFTER_SECONDS: when an approval under 告知承诺 is checked.
+    # TONGBAN_COMMITMENT_CHECK_AFTER_SECONDS: when an approval under 告知承诺 is checked;
+    # TONGBAN_BUNDLE_HOLD_SECONDS: how long a bundle's results wait for its other applications.
     every = handlers.make_handlers(
         settings.pii_cipher(), results=results,
         supplement_period=_seconds("TONGBAN_SUPPLEMENT_PERIOD_SECONDS", acceptance.SUPPLEMENT_PERIOD),
-        commitment_check_after=_seconds("TONGBAN_COMMITMENT_CHECK_AFTER_SECONDS", acceptance.COMMITMENT_CHECK_AFTER))
-    timers = {name: every.pop(name) for name in (*acceptance.TIMERS, *handlers.CHANNEL_TIMERS)}
+        commitment_check_after=_seconds("TONGBAN_COMMITMENT_CHECK_AFTER_SECONDS", acceptance.COMMITMENT_CHECK_AFTER),
+        bundle_hold=_seconds("TONGBAN_BUNDLE_HOLD_SECONDS", bundles.HOLD))
+    timers = {name: every.pop(name)
+              for name in (*acceptance.TIMERS, *handlers.CHANNEL_TIMERS, *handlers.BUNDLE_TIMERS)}
     commands = {name: every.pop(name) for name in handlers.COMMANDS}
     commands |= verdicts.trial_handlers(commands)  # the API's requests are tried by the owner first
     return Wiring("delivery", inputs=handlers.inputs(authorities()), handlers=every, timers=timers,
-                  commands=commands)
+                  commands=commands, keys=handlers.keys())
 
 
 def add_servicers(server, runtime: ServiceRuntime) -> None:

@@ -10,6 +10,11 @@ Inputs:  ApplicationReceived / Routed / Verified (the file, the deciding authori
          SupplementSubmitted from intake on tongban.application.received; AuthorityClockChange
          on tongban.partner.<id>.decisions; the timers `supplement-deadline` and `deferred-promise`;
          告知承诺: the timer `commitment-check`, CommitmentCheckResult on the partner's decisions.
+         一件事一次办 (services/delivery/bundles.py): BundleReleased on tongban.application.routed
+         (the file's bundle), ApplicationVerificationFailed (FAILED settles it for its bundle) and
+         ApplicationUnroutable (a bundle's application rejected on review settles it);
+         its own BundleMemberDecided on tongban.application.decided, re-keyed to the bundle, and
+         BundleResultsReleased there, by application; the bundle's timer `bundle-hold`.
 Outputs: MatterAssigned on tongban.partner.<id>.assignments (a joint matter's legs in turn,
          each to its own party: LegCompleted on tongban.application.decided for each leg before
          the last; a failing leg gives LegFailed, AssignmentCancelled to the party of every leg
@@ -26,6 +31,8 @@ Outputs: MatterAssigned on tongban.partner.<id>.assignments (a joint matter's le
          A withdrawal after the decision is dead-lettered with the reason. 告知承诺:
          CommitmentCheckRequested on the partner's assignments topic once the check is due;
          ResultRevoked on tongban.application.decided when a promise does not hold.
+         一件事一次办: BundleMemberDecided (a file of a bundle is settled) and
+         BundleResultsReleased (its held result goes out now) on tongban.application.decided.
 State:   one file per application: what intake received, the routing decision, the
          assignment, the acceptance answer, the 补正 request (`supplement`), outstanding
          容缺 materials (`deferred`: code -> promised date; while any is outstanding a result
@@ -34,16 +41,19 @@ State:   one file per application: what intake received, the routing decision, t
          a corrected address sealed for delivery alone). The applicant's personal fields stay
          sealed as intake sealed them (for verification and delivery); delivery opens them only
          to seal them again for the assigned partner or the carrier, and to scrub partner
-         reasons, and drops them once the file is finished.
+         reasons, and drops them once the file is finished. A file of a bundle routed together
+         keeps its `bundle` (whether it told the bundle it is settled, whether its result was
+         released); the bundle, keyed bundles.key(bundle id), what is settled, held and released.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from services.delivery import acceptance, channels, domain, matters
+from services.delivery import acceptance, bundles, channels, domain, matters
 from services.delivery.channels.base import (
     HAND_OVER,
     Channel,
@@ -74,11 +84,19 @@ CONFIRM_PICKUP = "delivery.ConfirmPickUp"  # a window: the applicant picked it u
 REDIRECT = "delivery.Redirect"  # a corrected address or window pick-up after a return; an operator's resolution
 COMMANDS = (RECORD_ARRIVAL, CONFIRM_PICKUP, REDIRECT)
 CHANNEL_TIMERS = (RETRY, REMINDER, REPORT)
+BUNDLE_TIMERS = (bundles.HOLD_TIMER,)
 CORRECTION = "tongban.delivery.AddressCorrection"  # what a corrected address is sealed as, in the file
 
 
 def inputs(partner_ids: list[str]) -> list[str]:
-    return LIFECYCLE_INPUTS + [topics.partner_decisions(p) for p in partner_ids] + [RECEIPTS, WALLET_RECEIPTS]
+    # The decided topic is delivery's own: it reads back its bundles' events there.
+    return LIFECYCLE_INPUTS + [topics.partner_decisions(p) for p in partner_ids] + [RECEIPTS, WALLET_RECEIPTS,
+                                                                                     topics.APPLICATION_DECIDED]
+
+
+def keys() -> dict[str, Callable[[Event], str]]:
+    """A settled file's news goes to its bundle's aggregate (one handler call sees one key)."""
+    return {topics.BUNDLE_MEMBER_DECIDED_EVENT: lambda event: bundles.key(event.payload["bundle_id"])}
 
 
 def _sender(event: Event) -> str:
@@ -133,13 +151,21 @@ def _finished(file: dict) -> dict:
     return finished
 
 
+def may_go_out(file: dict) -> bool:
+    """An approved result goes out once nothing holds it: no 容缺 material is outstanding, and
+    its bundle's other applications are settled (bundles.py)."""
+    return acceptance.result_may_go_out(file) and not bundles.holds(file)
+
+
 def make_handlers(cipher: PiiCipher, registry: SchemaRegistry | None = None,
                   supplement_period: timedelta = acceptance.SUPPLEMENT_PERIOD,
                   commitment_check_after: timedelta = acceptance.COMMITMENT_CHECK_AFTER,
-                  results: Deployment | None = None, clock: Callable[[], datetime] = now_utc) -> dict[str, Handler]:
-    """Handlers by event type, by timer name for the acceptance lifecycle's and the result
-    channels' timers, and by command (COMMANDS). `results` is how the channels are deployed
-    (without one: no dispatch secret, and the catalogue's postal matters)."""
+                  results: Deployment | None = None, clock: Callable[[], datetime] = now_utc,
+                  bundle_hold: timedelta = bundles.HOLD) -> dict[str, Handler]:
+    """Handlers by event type, by timer name for the acceptance lifecycle's, the result
+    channels' and the bundles' timers, and by command (COMMANDS). `results` is how the
+    channels are deployed (without one: no dispatch secret, and the catalogue's postal
+    matters); `bundle_hold` how long a bundle's results wait for its other applications."""
     opener = _Opener(cipher, registry or SchemaRegistry.load())
     deployment = results or Deployment(secret=b"", matters=matters.catalogue())
 
@@ -299,7 +325,7 @@ def make_handlers(cipher: PiiCipher, registry: SchemaRegistry | None = None,
             "decided_at": p["decided_at"],
         }
         emits = [Emit(topics.APPLICATION_DECIDED, topics.APPLICATION_DECIDED_EVENT, event.key, decided)]
-        if p["outcome"] == "APPROVED" and acceptance.result_may_go_out(file):
+        if p["outcome"] == "APPROVED" and may_go_out(file):
             emits += dispatch(event.key, file)
         # Done once denied; an approved result is done when its channel delivers it (a result
         # held for 容缺 materials waits for them first).
@@ -522,7 +548,7 @@ def make_handlers(cipher: PiiCipher, registry: SchemaRegistry | None = None,
             emits += [Emit(topics.APPLICATION_ACCEPTED, topics.MATERIALS_SUPPLEMENTED_EVENT, event.key, body),
                       Emit(topics.partner_assignments(assignment["partner_id"]), topics.MATERIALS_SUPPLEMENTED_EVENT,
                            event.key, body, qualifier="authority")]
-        if file.get("decision") == "APPROVED" and "dispatch_id" not in file and acceptance.result_may_go_out(file):
+        if file.get("decision") == "APPROVED" and "dispatch_id" not in file and may_go_out(file):
             # The result held for the 容缺 materials goes out now (its channel delivers it later).
             emits += dispatch(event.key, file)
         return Outcome(state=file, emits=emits, timers=timers, cancel_timers=cancel)
@@ -585,7 +611,86 @@ def make_handlers(cipher: PiiCipher, registry: SchemaRegistry | None = None,
         return Outcome(emits=[Emit(topics.APPLICATION_ACCEPTED, topics.APPLICATION_CLOCK_CHANGED_EVENT, event.key,
                                    body)])
 
-    return {
+    # ------------------------------------------------------------ 一件事一次办 (bundles.py)
+    def reporting(handler: Handler) -> Handler:
+        """Whatever settles a file of a bundle tells its bundle, once: a decision, a denial, a
+        refusal, a close, a failed verification, or the bundle becoming known to a file settled
+        before. Every handler of a file goes through here, so no way of settling is missed."""
+
+        async def handle(event: Event, state: dict | None) -> Outcome:
+            outcome = await handler(event, state)
+            file = outcome.state
+            if file is None or not bundles.report_due(file):
+                return outcome
+            body = bundles.report(event.key, file, _occurred(event))
+            told = Emit(topics.APPLICATION_DECIDED, topics.BUNDLE_MEMBER_DECIDED_EVENT, event.key, body)
+            return dataclasses.replace(outcome, state={**file, "bundle": {**file["bundle"], "reported": True}},
+                                       emits=[*outcome.emits, told])
+
+        return handle
+
+    async def on_bundle_released(event: Event, state: dict | None) -> Outcome:
+        """The file learns its bundle, if routed together; a file settled before (withdrawn
+        while the bundle waited) stays finished, and tells the bundle at once."""
+        member = bundles.membership(event.payload)
+        if member is None or "bundle" in (state or {}):
+            return Outcome()
+        file = {**(state or {}), "bundle": member}
+        return Outcome(state=file, finished=bundles.ended(file))
+
+    async def on_verification_failed(event: Event, state: dict | None) -> Outcome:
+        """A file that failed verification goes no further: its bundle must not wait for it. A
+        补正 asked for at verification is not an end (the file is verified once it is back)."""
+        if event.payload.get("outcome", "FAILED") != "FAILED" or bundles.settlement(state or {}) is not None:
+            return Outcome()
+        return Outcome(state={**(state or {}), "verification_failed": True})
+
+    async def on_unroutable(event: Event, state: dict | None) -> Outcome:
+        """An application of a bundle that an operator rejected on review goes no further.
+        Others are none of delivery's business: no file is kept for them."""
+        if state is None or "bundle" not in state or bundles.settlement(state) is not None:
+            return Outcome()
+        return Outcome(state=_finished({**state, "unroutable": True}), finished=True)
+
+    async def on_results_released(event: Event, state: dict | None) -> Outcome:
+        """The bundle lets the file's held result go out, by the file's own channel."""
+        bundle = (state or {}).get("bundle")
+        if state is None or bundle is None or bundle["released"]:
+            return Outcome()
+        file = {**state, "bundle": {**bundle, "released": True}}
+        ready = file.get("decision") == "APPROVED" and "dispatch_id" not in file and may_go_out(file)
+        return Outcome(state=file, emits=dispatch(event.key, file) if ready else [])
+
+    def release(bundle: dict, at: datetime, timers: list[Timer] | None = None) -> Outcome:
+        """The bundle's state after a change, its held results released if they may go now;
+        the bundle is done once every application of it is settled."""
+        out = bundles.to_release(bundle)
+        bundle = bundles.released(bundle, out)
+        emits = [Emit(topics.APPLICATION_DECIDED, topics.BUNDLE_RESULTS_RELEASED_EVENT, application_id,
+                      bundles.release_body(bundle, application_id, at), qualifier=application_id,
+                      correlation_id=application_id) for application_id in out]
+        done = bundles.complete(bundle)
+        return Outcome(state=bundle, emits=emits, timers=[] if done else timers or [],
+                       cancel_timers=[bundles.HOLD_TIMER] if done else [], finished=done)
+
+    async def on_member_decided(event: Event, state: dict | None) -> Outcome:
+        """The bundle (key bundles.key) takes in one settled application; the hold starts with
+        the first."""
+        bundle = bundles.joined(state, event.payload)
+        if bundle is state:
+            return Outcome()  # told already
+        at = _occurred(event)
+        hold = [Timer(bundles.HOLD_TIMER, at + bundle_hold)] if state is None else []
+        return release(bundle, at, hold)
+
+    async def on_bundle_hold(event: Event, state: dict | None) -> Outcome:
+        """The hold ran out: what is held goes out, and from now on each application as it is
+        settled."""
+        if state is None or bundles.complete(state):
+            return Outcome()
+        return release({**state, "expired": True}, _occurred(event))
+
+    files: dict[str, Handler] = {
         topics.APPLICATION_WITHDRAWN_EVENT: on_withdrawn,
         topics.SUPPLEMENT_SUBMITTED_EVENT: on_supplement_submitted,
         topics.AUTHORITY_CLOCK_CHANGE_EVENT: on_clock_change,
@@ -604,7 +709,13 @@ def make_handlers(cipher: PiiCipher, registry: SchemaRegistry | None = None,
         CONFIRM_PICKUP: on_pickup,
         REDIRECT: on_redirect,
         **{name: on_channel_timer for name in CHANNEL_TIMERS},
+        topics.BUNDLE_RELEASED_EVENT: on_bundle_released,
+        topics.APPLICATION_VERIFICATION_FAILED_EVENT: on_verification_failed,
+        topics.APPLICATION_UNROUTABLE_EVENT: on_unroutable,
+        topics.BUNDLE_RESULTS_RELEASED_EVENT: on_results_released,
     }
+    return {**{name: reporting(handler) for name, handler in files.items()},
+            topics.BUNDLE_MEMBER_DECIDED_EVENT: on_member_decided, bundles.HOLD_TIMER: on_bundle_hold}
 
 
 def _posted_before_channels(file: dict | None) -> dict | None:

@@ -149,7 +149,7 @@ def test_delivery_reads_every_partners_decisions_and_the_carriers_and_wallets_re
     assert handlers.inputs(["440000", "370100"]) == [
         "tongban.application.received", "tongban.application.routed", "tongban.application.verified",
         "tongban.partner.440000.decisions", "tongban.partner.370100.decisions", "tongban.partner.ems.receipts",
-        "tongban.partner.wallet.receipts"]
+        "tongban.partner.wallet.receipts", "tongban.application.decided"]
 
 
 def test_an_assignment_id_names_the_application_and_the_partner():
