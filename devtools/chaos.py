@@ -82,7 +82,7 @@ ONCE_PER_APPLICATION = [APP + "ApplicationReceived", APP + "ApplicationRouted", 
 # Written at least once, where a repeat is the same fact by design: the simulator's answers,
 # and routing's catalogue, published at start with fixed event ids on a compacted topic keyed
 # by matter (two routing instances starting together both publish; readers keep the latest).
-AT_LEAST_ONCE = (".decisions", ".receipts", "tongban.catalogue.changes")
+AT_LEAST_ONCE = (".decisions", ".receipts", ".originals", "tongban.catalogue.changes")
 
 
 def say(text: str) -> None:

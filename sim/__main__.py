@@ -4,7 +4,8 @@
 [--carrier-delay S] [--windows ID,...] [--window-journal FILE] [--delivery HOST:PORT,...]
 [--absent-authorities ID,...]: every declared authority
 partner (but the absent ones, which a real partner system answers for), the carrier, the
-e-licence wallet and the windows (sim/carrier.py)."""
+e-licence wallet and the windows (sim/carrier.py); the carrier also posts applications'
+paper originals to the deciding authority (资料寄递)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ import os
 import signal
 from pathlib import Path
 
-from sim.carrier import WindowJournal, carrier, run_windows, wallet
+from services.routing.catalogue import Catalogue
+from sim.carrier import WindowJournal, carrier, originals, run_windows, wallet
 from sim.partners import Answers, authority, run_partner
-from tongban import telemetry
+from tongban import telemetry, topics
 from tongban.codec import SchemaRegistry
 from tongban.config import SERVICE_PORTS, ConfigError, load_settings
 from tongban.grpc_tls import listen_address
@@ -59,6 +61,9 @@ async def run(answers: Answers, carrier_ledger: Path | None, carrier_delay: floa
     tasks += [
         run_partner(settings, registry, "ems", "tongban.partner.ems.dispatches",
                     carrier(ciphers["ems"], carrier_ledger, hand_to_window, carrier_delay), stopping),
+        # 资料寄递: the carrier collects the originals of the applications routed to another authority.
+        run_partner(settings, registry, topics.CARRIER, topics.APPLICATION_ROUTED, originals(Catalogue.load()),
+                    stopping, stream="originals"),
         run_partner(settings, registry, "wallet", "tongban.partner.wallet.dispatches", wallet(ciphers["wallet"]),
                     stopping),
         run_windows(targets, handed, lambda w: windows == "*" or w in operated, stopping, journal),

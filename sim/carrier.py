@@ -8,6 +8,11 @@
   拒收 as REFUSED, 无人签收 as NOT_COLLECTED; 承运故障 makes it fail once after dispatching,
   before it acknowledges (it reads the record again and must not dispatch twice). Told a
   delay, it reports delivery or return that many seconds after taking a parcel in.
+- The carrier also carries **originals** (资料寄递): it reads `tongban.application.routed` and,
+  for each application received here and decided elsewhere (收受分离) whose matter needs paper
+  originals data sharing cannot supply (routing's own rule, `originals_travel`), collects them
+  at the receiving window (MaterialsDispatched) and has the deciding authority sign for them
+  (MaterialsReceived) on `tongban.partner.ems.originals`, which ends the SLA ledger's transit clock.
 - The **wallet** reads `tongban.partner.wallet.dispatches` and records an e-licence for the
   holder it can identify (RECORDED), else refuses.
 - A **window** (a service-hall window system: the caller `tongban/windows.toml` names for
@@ -31,8 +36,10 @@ from pathlib import Path
 
 import grpc
 
+from services.routing.catalogue import RECEIVE_HERE_HANDLE_THERE, Catalogue
+from services.routing.ledger import originals_travel
 from sim.partners import PartnerFault, Reply, Respond
-from tongban import windows
+from tongban import topics, windows
 from tongban.events import now_utc
 from tongban.grpc_tls import client_channel
 from tongban.pii import PiiCipher, PiiError
@@ -51,6 +58,9 @@ CALL_TIMEOUT_S = 10.0
 BACK_OFF_S = (0.25, 4.0)  # the first and the longest pause between two tries of one act
 
 HandedToWindow = Callable[[str, str], None]  # (application id, window id)
+# Where the carrier collects originals: ApplicationRouted does not name the window, and every
+# application is received in Hunan, so the parcel is marked as collected in the province.
+COLLECTED_IN = "430000"
 
 
 def dispatched_before(ledger: Path | None) -> set[str]:
@@ -102,6 +112,31 @@ def carrier(cipher: PiiCipher, ledger: Path | None = None, handed_to_window: Han
         if not returned and dispatch.get("purpose") == "TO_WINDOW" and handed_to_window is not None:
             handed_to_window(dispatch["application_id"], dispatch.get("window_id", ""))
         return [receipt("ACCEPTED"), receipt("IN_TRANSIT"), ending]
+
+    return respond
+
+
+def originals(catalogue: Catalogue) -> Respond:
+    """资料寄递 for a routed application whose paper originals must reach the deciding authority:
+    the same rule as routing's ledger (received here, decided there, and a required material
+    data sharing cannot supply), else routing would refuse the parcel. The authority signs at
+    once: the simulation does not wait the days a parcel takes."""
+
+    def respond(event_type: str, routed: dict) -> list[Reply]:
+        if event_type != topics.APPLICATION_ROUTED_EVENT or routed["mode"] != RECEIVE_HERE_HANDLE_THERE:
+            return []
+        matter = catalogue.get(routed["matter_code"])
+        if matter is None or not originals_travel(matter.required_materials):
+            return []
+        application_id, authority = routed["application_id"], routed["deciding_partner"]
+        # One parcel per application: routed again (an operator's re-route), it is the same one.
+        tracking = "EMS" + hashlib.sha256(f"originals|{application_id}".encode()).hexdigest()[:10].upper()
+        dispatched = {"application_id": application_id, "tracking_number": tracking, "from_party": COLLECTED_IN,
+                      "to_party": authority, "dispatched_at": now_utc()}
+        received = {"application_id": application_id, "tracking_number": tracking, "received_by": authority,
+                    "received_at": now_utc()}
+        return [Reply(topics.POSTAL_ORIGINALS, topics.MATERIALS_DISPATCHED_EVENT, dispatched),
+                Reply(topics.POSTAL_ORIGINALS, topics.MATERIALS_RECEIVED_EVENT, received)]
 
     return respond
 

@@ -142,15 +142,18 @@ def identity_of(partner_id: str) -> str:
 
 
 async def run_partner(settings: Settings, registry: SchemaRegistry, partner_id: str, inbound: str,
-                      respond: Respond, stopping: asyncio.Event) -> None:
+                      respond: Respond, stopping: asyncio.Event, stream: str = "") -> None:
     """Consume one partner's outbound topic and answer, committing after the answers are sent.
     The partner connects as its own Kafka principal (`partner-<id>`, its secret from the
-    secrets file), so the broker's ACLs hold it to its own topics and group."""
+    secrets file), so the broker's ACLs hold it to its own topics and group. A partner reading
+    a second topic names that `stream`: its group is `partner-<id>-<stream>`, so the two
+    readers do not share one group's partitions."""
     identity = identity_of(partner_id)
     settings = settings.as_principal(identity)
     cipher = settings.pii_cipher()
     producer: AIOKafkaProducer = bus.make_producer(settings, client_id=identity)
-    consumer = bus.make_consumer(settings, [settings.topic(inbound)], group=settings.topic(identity))
+    group = f"{identity}-{stream}" if stream else identity
+    consumer = bus.make_consumer(settings, [settings.topic(inbound)], group=settings.topic(group))
     await producer.start()
     await bus.publish_schemas(producer, settings, registry)  # like every writer on the bus
     await consumer.start()

@@ -180,10 +180,11 @@ class Seen:
 class Sink:
     """A test's own read_committed consumer over some topics of a namespace, from the start."""
 
-    def __init__(self, namespace: str, topics: list[str]) -> None:
+    def __init__(self, namespace: str, topics: list[str], kafka: dict | None = None) -> None:
+        """`kafka`: client options for another broker than the local one (KAFKA)."""
         self.namespace = namespace
         self.consumer = AIOKafkaConsumer(
-            *[namespace + t for t in topics], **KAFKA, isolation_level="read_committed",
+            *[namespace + t for t in topics], **(kafka or KAFKA), isolation_level="read_committed",
             auto_offset_reset="earliest", enable_auto_commit=False, group_id=None)
         self.seen = Seen()
 

@@ -5,7 +5,8 @@ Inputs:  gRPC Submit / Withdraw / SupplementMaterials / Rate as commands, and pa
          tongban.application.received (the numbered application comes back to the view);
          lifecycle events on tongban.application.{routed, verified, accepted, decided,
          delivered}, a joint matter's LegCompleted / LegFailed (on .decided) and a bundle's
-         BundleMemberHeld / BundleReleased (on .routed) among them.
+         BundleMemberHeld / BundleReleased (on .routed) among them; the carrier's
+         MaterialsDispatched / MaterialsReceived on tongban.partner.ems.originals (资料寄递).
 Outputs: ApplicationReceived (v2, numbered), ApplicationWithdrawn and SupplementSubmitted on
          tongban.application.received; NoticeServed on tongban.application.notices;
          ServiceRating (v2: the rated role, party and division from the view) on
@@ -46,6 +47,7 @@ INPUTS = [
     topics.APPLICATION_ACCEPTED,
     topics.APPLICATION_DECIDED,
     topics.APPLICATION_DELIVERED,
+    topics.POSTAL_ORIGINALS,  # 资料寄递: the parcel of paper originals, for the timeline
 ]
 SUBMIT = "intake.Submit"
 # A partner's submission (services/intake/partner_feed.py): checked and either recorded like
@@ -386,6 +388,18 @@ async def on_delivered(event: Event, state: dict | None) -> Outcome:
     return _advance(event, state, "DELIVERED", p["method"], tracking_number=p.get("tracking_number"))
 
 
+async def on_originals_dispatched(event: Event, state: dict | None) -> Outcome:
+    """资料寄递: the carrier took the paper originals at the window. A step of the timeline
+    with the parcel's tracking number, not a stage: the file moves on while the paper travels."""
+    p = event.payload
+    return _advance(event, state, "ORIGINALS_DISPATCHED", f"{p['tracking_number']} to {p['to_party']}")
+
+
+async def on_originals_received(event: Event, state: dict | None) -> Outcome:
+    p = event.payload
+    return _advance(event, state, "ORIGINALS_RECEIVED", f"{p['tracking_number']} signed for by {p['received_by']}")
+
+
 def _advance(event: Event, state: dict | None, stage: str, detail: str = "",
              notice: tuple[str, list[str], str] | None = None, notice_deadline: datetime | None = None,
              **facts: object) -> Outcome:
@@ -433,6 +447,8 @@ HANDLERS: dict[str, Handler] = {
     topics.LEG_FAILED_EVENT: on_leg_failed,
     topics.BUNDLE_MEMBER_HELD_EVENT: on_bundle_held,
     topics.BUNDLE_RELEASED_EVENT: on_bundle_released,
+    topics.MATERIALS_DISPATCHED_EVENT: on_originals_dispatched,
+    topics.MATERIALS_RECEIVED_EVENT: on_originals_received,
 }
 COMMANDS: dict[str, Handler] = {SUBMIT: submit, NUMBER: number, WITHDRAW: withdraw, SUPPLEMENT: supplement,
                                 RATE: rate, PARTNER_SUBMIT: partner_submit, PARTNER_REFUSE: partner_refuse}

@@ -55,7 +55,9 @@ def test_a_partner_writes_only_its_inbound_topics_and_reads_only_its_outbound_on
         "tongban.partner.420000.assignments", "tongban.partner.420000.acknowledgements", "tongban.schemas"}
     assert topic_rights(granted, "partner-ems", "WRITE") == {"tongban.partner.ems.receipts",
                                                              "tongban.partner.ems.originals", "tongban.schemas"}
-    assert topic_rights(granted, "partner-ems", "READ") == {"tongban.partner.ems.dispatches", "tongban.schemas"}
+    # The carrier also reads the routing decisions: whose originals to collect (资料寄递).
+    assert topic_rights(granted, "partner-ems", "READ") == {"tongban.partner.ems.dispatches",
+                                                            "tongban.application.routed", "tongban.schemas"}
     assert topic_rights(granted, "partner-12345", "WRITE") == {"tongban.feedback.workorders", "tongban.schemas"}
     assert topic_rights(granted, "partner-12345", "READ") == set()
     others = {(a.resource_type, a.pattern, a.name.removeprefix(NS), a.operation)

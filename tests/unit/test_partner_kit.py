@@ -24,7 +24,7 @@ SCHEMA = ROOT / "tests" / "fixtures" / "asyncapi" / "asyncapi-3.0.0.json"
 # The topic names tongban/topics.py's "# on ..." notes use for topics a partner or feed reads or writes.
 PARTNER_FACING = ("partner_assignments", "partner_decisions", "POSTAL_DISPATCHES", "POSTAL_RECEIPTS",
                   "WALLET_ENTRIES", "WALLET_RECEIPTS", "POSTAL_ORIGINALS", "FEEDBACK_WORKORDERS", "assignments",
-                  "partner_submissions", "partner_acknowledgements")
+                  "partner_submissions", "partner_acknowledgements", "APPLICATION_ROUTED")
 
 
 @pytest.fixture(scope="module")

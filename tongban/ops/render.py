@@ -603,6 +603,10 @@ PARTNER_EVENTS: dict[str, tuple[str, ...]] = {
     "tongban.partner.{partner}.dispatches": (names.POSTAL_DISPATCH_EVENT, names.WALLET_ENTRY_EVENT),
     "tongban.partner.{partner}.receipts": (names.POSTAL_RECEIPT_EVENT, names.WALLET_RECEIPT_EVENT),
     "tongban.partner.{partner}.originals": (names.MATERIALS_DISPATCHED_EVENT, names.MATERIALS_RECEIVED_EVENT),
+    # The carrier reads the routing decisions to collect originals (资料寄递); every type on the topic reaches it.
+    "tongban.application.routed": (names.APPLICATION_ROUTED_EVENT, names.APPLICATION_UNROUTABLE_EVENT,
+                                   names.APPLICATION_UNDER_REVIEW_EVENT, names.REVIEW_RESOLVED_EVENT,
+                                   names.BUNDLE_MEMBER_HELD_EVENT, names.BUNDLE_RELEASED_EVENT),
     "tongban.partner.{partner}.submissions": (names.PARTNER_SUBMISSION_EVENT,),
     "tongban.partner.{partner}.acknowledgements": (names.SUBMISSION_RECEIVED_EVENT, names.SUBMISSION_REFUSED_EVENT),
     "tongban.feedback.workorders": (names.HOTLINE_WORK_ORDER_EVENT,),
