@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +78,11 @@ class Cluster:
         """Seconds until every partition in the cluster has all its replicas in its ISR."""
         return await self.wait(lambda ps: all(set(p.isr) == set(p.replicas) for p in ps), within,
                                "every partition's ISR complete")
+
+
+def busiest(partitions: list[Partition]) -> int:
+    """The broker that leads the most of these partitions."""
+    return Counter(p.leader for p in partitions).most_common(1)[0][0]
 
 
 def record_figures(test: str, figures: dict) -> None:

@@ -22,7 +22,7 @@ from aiokafka.errors import KafkaError, NotEnoughReplicasError, RequestTimedOutE
 from confluent_kafka.admin import ConfigResource
 from pymongo import AsyncMongoClient
 
-from tests.cluster.nodes import BROKERS, Cluster, Partition, record_figures
+from tests.cluster.nodes import BROKERS, Cluster, busiest, record_figures
 from tests.support import KAFKA, REGISTRY
 from tongban import topics
 from tongban.config import load_settings
@@ -71,11 +71,6 @@ async def read_all(topic: str) -> list:
         return records
     finally:
         await consumer.stop()
-
-
-def busiest(partitions: list[Partition]) -> int:
-    """The broker that leads the most of these partitions."""
-    return Counter(p.leader for p in partitions).most_common(1)[0][0]
 
 
 async def test_the_topics_carry_the_production_overlay(namespace, cluster: Cluster):
