@@ -4,6 +4,7 @@ graceful stop on SIGTERM/SIGINT."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import signal
@@ -120,8 +121,15 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    await runtime.start()
     stopped = asyncio.create_task(stop.wait())
+    starting = asyncio.create_task(runtime.start())  # waits for a broker that is away
+    await asyncio.wait([starting, stopped], return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+    else:
+        starting.result()  # a deployment error (a missing topic) stops the process here
     failed = asyncio.create_task(runtime.failed.wait())
     ready = asyncio.create_task(runtime.ready.wait())
     await asyncio.wait([ready, stopped, failed], return_when=asyncio.FIRST_COMPLETED)

@@ -5,14 +5,17 @@ command id counts once, a zombie's transaction is fenced, and a restarted instan
 store alone while idle."""
 
 import asyncio
+import contextlib
 import os
 from datetime import timedelta
 
 import pytest
+from aiokafka.errors import KafkaConnectionError
 from aiokafka.structs import TopicPartition
 from pymongo import AsyncMongoClient, monitoring
 
 from tests.support import REGISTRY, Sink
+from tongban.bus import partition_for
 from tongban.config import load_settings
 from tongban.events import now_utc
 from tongban.handling import Emit, Event, Outcome, Timer, Wiring
@@ -43,8 +46,14 @@ async def remind(event: Event, state: dict | None) -> Outcome:
     return Outcome(state={**state, "reminded": True}, emits=[Emit(ROUTED, UNROUTABLE, event.key, body)])
 
 
+async def announce(event: Event, state: dict | None) -> Outcome:
+    body = {"application_id": event.key, "matter_code": "KSTB-MED-01", "reason": f"announced {event.payload['n']}"}
+    return Outcome(state={"announced": (state or {}).get("announced", 0) + 1},
+                   emits=[Emit(ROUTED, UNROUTABLE, event.key, body)])
+
+
 WIRING = Wiring("routing", inputs=["tongban.application.received"], handlers={},
-                commands={"count": count, "schedule": schedule}, timers={"remind": remind})
+                commands={"count": count, "schedule": schedule, "announce": announce}, timers={"remind": remind})
 
 
 class StoreCommands(monitoring.CommandListener):
@@ -130,6 +139,32 @@ async def test_concurrent_commands_on_one_key_all_count_and_a_repeated_id_counts
     assert await runtime.state_of(key) == {"count": 13}
 
 
+async def test_a_commit_whose_answer_is_lost_emits_nothing_twice(runtime, namespace):
+    """The broker takes the transaction, then the answer is lost (the broker went away during
+    the commit). The batch is read again; the task must take over from the changelog first,
+    or it handles the command again on its stale local state and emits a second time."""
+    key = "TBLOSTANSWER" + namespace.upper().strip("-")
+    task = runtime.tasks[partition_for(key, runtime.partitions)]
+    real_commit, lost = task.transactions.commit, []
+
+    async def commit_then_lose_the_answer(records, offsets):
+        reached = await real_commit(records, offsets)
+        if not lost and any(r.key == key.encode() and r.topic.endswith(ROUTED) for r in records):
+            lost.append(reached)
+            raise KafkaConnectionError("the answer to the commit was lost")
+        return reached
+
+    task.transactions.commit = commit_then_lose_the_answer  # type: ignore[method-assign]
+    await runtime.submit("announce", key, "announce-1", {"n": 1})
+    await runtime.submit("announce", key, "announce-2", {"n": 2})  # after it on the same partitions
+    await wait_state(runtime, key, lambda s: s and s.get("announced") == 2)
+    assert lost, "the commit's answer was lost once"
+    async with Sink(namespace, [ROUTED]) as sink:
+        # Records of one key keep their order: once the second is read, a repeat of the first would be too.
+        seen = await sink.wait_for(lambda s: any(e["reason"] == "announced 2" for e in s.events(UNROUTABLE, key)))
+    assert [e["reason"] for e in seen.events(UNROUTABLE, key)] == ["announced 1", "announced 2"]
+
+
 async def test_a_zombie_instance_cannot_commit(namespace, tmp_path):
     """Two instances believe they own task 0: the later one's start fences the first, whose
     transaction then fails and never reaches a read_committed reader."""
@@ -189,3 +224,26 @@ async def test_a_restarted_instance_restores_its_state_and_fires_an_earlier_time
         assert await third.state_of(keys[9999]) == {"count": 1}
     finally:
         await third.stop()
+
+
+async def test_a_service_started_while_the_broker_is_away_waits_for_it(namespace, tmp_path, caplog):
+    """A restart during a broker outage: the runtime keeps trying to connect instead of
+    raising out of start (which exited the process: six exits in a chaos run)."""
+    env = {**os.environ, "TONGBAN_NAMESPACE": namespace, "TONGBAN_STATE_DIR": str(tmp_path),
+           "TONGBAN_KAFKA_BOOTSTRAP": "127.0.0.1:9", "TONGBAN_PII_PARTY": "routing", "TONGBAN_PII_KEYS": KEY_LINE}
+    runtime = ServiceRuntime(load_settings("routing", env), REGISTRY, WIRING, archive=None)  # type: ignore[arg-type]
+    caplog.set_level("WARNING", logger="tongban.runtime")
+    starting = asyncio.create_task(runtime.start())
+
+    def retries() -> int:
+        return sum("broker not reachable at start" in r.getMessage() for r in caplog.records)
+
+    try:
+        async with asyncio.timeout(30):
+            while retries() < 2:
+                assert not starting.done(), f"start gave up: {starting.exception()!r}"
+                await asyncio.sleep(0.1)
+    finally:
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting

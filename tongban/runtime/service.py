@@ -162,6 +162,25 @@ class ServiceRuntime:
 
     # ---------------------------------------------------------------- lifecycle
     async def start(self) -> None:
+        """Connect and subscribe. A broker away at start (a restart during an outage) is waited
+        for, not a reason to exit; a missing topic is (a deployment error)."""
+        delay = 0.5
+        while True:
+            try:
+                await self._start()
+                return
+            except OUTAGES as exc:
+                log_fields(log, logging.WARNING, "broker not reachable at start; retrying", error=type(exc).__name__,
+                           seconds=delay)
+                for client in (self.consumer, self.producer):
+                    if client is not None:
+                        with contextlib.suppress(Exception):  # half started: closing is best effort
+                            await client.stop()
+                self.consumer = self.producer = None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def _start(self) -> None:
         self.producer = bus.make_producer(self.settings)
         await self.producer.start()
         await bus.publish_schemas(self.producer, self.settings, self.registry)
@@ -332,12 +351,28 @@ class ServiceRuntime:
             self._rewind(records)
         except OUTAGES as exc:
             MEASURES.count_records(topics, "aborted")
-            # Nothing was committed: read the batch again once the store or broker is back.
+            # Read the batch again once the store or broker is back, on the state as committed.
             log_fields(log, logging.WARNING, "store or broker unavailable; pausing", partition=partition,
                        error=type(exc).__name__)
             self._rewind(records)
             await asyncio.sleep(1.0)
+            await self._resync(task)
         self._timer_wake.set()
+
+    async def _resync(self, task: Task) -> None:
+        """Take the task over again after work that failed. A commit whose answer was lost
+        (the broker went away during it) may have committed all the same: a new producer for
+        the task's transactional id completes or aborts it, and the restore reads the changelog
+        it wrote, if it did, so the batch read again finds its dedupe marks and emits nothing
+        twice. Without this a lost answer became duplicates (a 10,000 chaos run: 179)."""
+        async with self._lifecycle:
+            if self.tasks.get(task.partition) is not task or not task.active:
+                return  # revoked or fenced meanwhile: its next owner restores it
+            async with task.lock:
+                task.active = False
+                assert isinstance(task.transactions, KafkaTransactions)
+                await task.transactions.stop()
+                await self._take_over(task)
 
     async def _measure_lag(self) -> None:
         """Records not read yet on each assigned partition, for the metrics endpoint; at most
@@ -395,6 +430,7 @@ class ServiceRuntime:
         except OUTAGES as exc:
             log_fields(log, logging.WARNING, "timers paused", partition=task.partition, error=type(exc).__name__)
             await asyncio.sleep(1.0)
+            await self._resync(task)
 
     # ---------------------------------------------------------------- edges for handlers
     async def _has_topic(self, topic: str) -> bool:
