@@ -40,6 +40,7 @@ CATALOGUE_CHANGES = "tongban.catalogue.changes"  # writer: routing; compacted; k
 SLA_BREACHED = "tongban.sla.breached"  # writer: routing (the SLA ledger); key: application id
 DATASHARING_ANCHORS = "tongban.datasharing.anchors"  # writer: the data-sharing providers; compacted; key: chain
 DATASHARING_DISPUTES = "tongban.datasharing.disputes"  # writer: the data-sharing providers; key: application id
+CONSULTATIONS = "tongban.consultation.recorded"  # writer: intake (异地视频会商收件); key: consultation id
 
 # ---------------------------------------------------------------- schemas
 SCHEMAS = "tongban.schemas"  # every writer publishes its schemas here; compacted
@@ -65,6 +66,7 @@ TOPICS = (
     SLA_BREACHED,
     DATASHARING_ANCHORS,
     DATASHARING_DISPUTES,
+    CONSULTATIONS,
     SCHEMAS,
 )
 
@@ -210,6 +212,9 @@ SLA_WARNING_EVENT = "tongban.sla.SlaWarning"  # on SLA_BREACHED (红黄牌)
 EVIDENCE_AWAITED_EVENT = "tongban.application.EvidenceAwaited"  # on APPLICATION_VERIFIED: a provider is down
 CHAIN_ANCHORED_EVENT = "tongban.datasharing.ChainAnchored"  # on DATASHARING_ANCHORS
 EVIDENCE_DISPUTED_EVENT = "tongban.datasharing.EvidenceDisputed"  # on DATASHARING_DISPUTES (校核纠错)
+# 异地视频会商收件: a window and the deciding authority agree the checklist (the video stays outside).
+CONSULTATION_REQUESTED_EVENT = "tongban.consultation.ConsultationRequested"  # on CONSULTATIONS
+CONSULTATION_RECORDED_EVENT = "tongban.consultation.ConsultationRecorded"  # on CONSULTATIONS
 COMMAND_EVENT = "tongban.runtime.Command"  # on commands(group): a request a service's API accepted
 TIMER_FIRED_EVENT = "tongban.runtime.TimerFired"  # never on a topic: the runtime stores it
 
@@ -270,6 +275,8 @@ EVENT_TYPES = (
     EVIDENCE_AWAITED_EVENT,
     CHAIN_ANCHORED_EVENT,
     EVIDENCE_DISPUTED_EVENT,
+    CONSULTATION_REQUESTED_EVENT,
+    CONSULTATION_RECORDED_EVENT,
     COMMAND_EVENT,
     TIMER_FIRED_EVENT,
 )

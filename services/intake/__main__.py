@@ -21,7 +21,8 @@ CATALOGUE = LearnedCatalogue()
 
 
 def wiring(settings: Settings) -> Wiring:
-    return Wiring("intake", inputs=handlers.INPUTS, handlers=handlers.HANDLERS, commands=handlers.COMMANDS)
+    return Wiring("intake", inputs=handlers.INPUTS, handlers=handlers.HANDLERS, commands=handlers.COMMANDS,
+                  keys=handlers.KEYS)
 
 
 def add_servicers(server, runtime: ServiceRuntime) -> None:

@@ -7,6 +7,9 @@ Who may call (the caller and its role come from its client certificate, tongban.
 - Track, Watch: those and operators, for an application the caller may see (`domain.may_see`).
 - Rate, Withdraw, SupplementMaterials: window, portal and partner systems, for an
   application they may see.
+- RequestConsultation: window systems, for a window they operate (windows.toml) and an
+  application they may see (or a pre-application reference); RecordConsultation: the window
+  system that asked.
 
 A request that fails the formal check is INVALID_ARGUMENT with a google.rpc.BadRequest
 naming each field; a retried Submit with another payload is ALREADY_EXISTS naming the
@@ -15,7 +18,9 @@ fields that differ (never their values).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from functools import partial
 
 import grpc
@@ -25,7 +30,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2  # type: ignore[import-untyped]
 from grpc_status import rpc_status  # type: ignore[import-untyped]
 
-from services.intake import domain, handlers, intake_pb2, intake_pb2_grpc
+from services.intake import consultation, domain, handlers, intake_pb2, intake_pb2_grpc
 from tongban.app import grpc_call
 from tongban.events import millis, now_utc
 from tongban.grpc_tls import Caller, authorize, deny
@@ -36,6 +41,7 @@ from tongban.sharing.access import Consultation
 SUBMITTERS = ("window", "portal", "partner")
 TRACKERS = (*SUBMITTERS, "operator")
 RATERS = SUBMITTERS
+CONSULTERS = ("window",)  # 异地视频会商收件 is held at a 跨省通办 window
 NOT_YOURS = "the caller may not see this application (another system received it)"
 # How long Submit waits for its own commands to be applied before it says UNAVAILABLE (the
 # application is then recorded all the same: a retry with the same key answers with it).
@@ -329,12 +335,93 @@ class IntakeServicer(intake_pb2_grpc.IntakeServicer):
                 await context.abort(grpc.StatusCode.ALREADY_EXISTS, repeated)
             return intake_pb2.RateReply(rating_id=rating_id)
 
+    async def RequestConsultation(self, request, context):  # noqa: N802
+        caller = await authorize(context, "intake.RequestConsultation", CONSULTERS)
+        async with grpc_call(context, "intake.RequestConsultation") as span:
+            if self.windows is not None and (bound := domain.window_binding(
+                    caller.source_system, caller.role, request.window_id, self.windows)):
+                status, problem = bound
+                await refuse(context, [problem], getattr(code_pb2, status))
+            checklist = tuple(request.proposed_materials)
+            try:
+                consultation.check_request(
+                    application_id=request.application_id, reference=request.pre_application_reference,
+                    matter_code=request.matter_code, window_id=request.window_id,
+                    deciding_partner=request.deciding_partner, checklist=checklist, reason=request.reason,
+                    catalogue=self.catalogue)
+            except domain.InvalidSubmission as exc:
+                await refuse(context, exc.problems)
+            if request.application_id:
+                view = await self._visible(context, "intake.RequestConsultation", caller, request.application_id)
+                if view["matter_code"] and view["matter_code"] != request.matter_code:
+                    await refuse(context, ["matter_code: not the matter of the application"])
+                if view["terminal"]:
+                    await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                        f"the application has concluded ({view['stage']})")
+            consultation_id = consultation.consultation_id_for(
+                caller.source_system, request.application_id or request.pre_application_reference,
+                request.matter_code, request.window_id, request.deciding_partner, checklist)
+            span.set_attribute("tongban.consultation_id", consultation_id)
+            if await self.runtime.state_of(consultation_id) is None:
+                body = {"consultation_id": consultation_id, "application_id": request.application_id or None,
+                        "pre_application_reference": request.pre_application_reference or None,
+                        "matter_code": request.matter_code, "window_id": request.window_id,
+                        "deciding_partner": request.deciding_partner, "proposed_materials": list(checklist),
+                        "reason": request.reason, "requested_by": caller.source_system, "requested_at": now_utc()}
+                await self.runtime.submit(handlers.REQUEST_CONSULTATION, consultation_id,
+                                          f"consult:{consultation_id}", body)
+                # RecordConsultation right after this answer must find it.
+                if await self.runtime.wait_for_state(consultation_id, lambda v: v is not None, APPLIED_WITHIN) is None:
+                    await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                        "the consultation is requested but not recorded yet; retry the same request")
+            return intake_pb2.RequestConsultationReply(consultation_id=consultation_id)
+
+    async def RecordConsultation(self, request, context):  # noqa: N802
+        caller = await authorize(context, "intake.RecordConsultation", CONSULTERS)
+        async with grpc_call(context, "intake.RecordConsultation"):
+            if not request.consultation_id:
+                await refuse(context, ["consultation_id is required"])
+            asked = (await self.runtime.state_of(request.consultation_id)
+                     if consultation.is_consultation_id(request.consultation_id) else None)
+            if asked is None:
+                await context.abort(grpc.StatusCode.NOT_FOUND, "no such consultation")
+            assert asked is not None, "abort raises"
+            if asked["requested_by"] != caller.source_system:
+                await deny(context, "intake.RecordConsultation", caller,
+                           "the consultation was requested by another system")
+            agreed = tuple(request.agreed_materials)
+            held_at = datetime.fromtimestamp(request.held_at_millis / 1000, UTC) if request.held_at_millis else None
+            now = now_utc()
+            try:
+                consultation.check_record(asked, request.outcome, agreed, held_at, request.note, now, self.catalogue)
+            except domain.InvalidSubmission as exc:
+                await refuse(context, exc.problems)
+            if why := consultation.conflict(asked, request.outcome, agreed):
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, why)
+            # One command per distinct outcome: a retry of it is a duplicate, another one is refused.
+            what = hashlib.sha256("\x1f".join((request.outcome, *sorted(agreed))).encode()).hexdigest()[:16]
+            await self.runtime.submit(handlers.RECORD_CONSULTATION, request.consultation_id,
+                                      f"consult-record:{request.consultation_id}:{what}",
+                                      {"outcome": request.outcome, "agreed_materials": list(agreed),
+                                       "held_at": held_at, "note": request.note, "recorded_at": now})
+            # Two outcomes sent at once both pass the check above; the owner keeps the first.
+            view = await self.runtime.wait_for_state(
+                request.consultation_id, lambda v: v is not None and v.get("outcome") is not None, APPLIED_WITHIN)
+            if view is None:
+                await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                    "the outcome is sent but not recorded yet; retry the same request")
+            assert view is not None, "abort raises"
+            if why := consultation.conflict(view, request.outcome, agreed):
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, why)
+            return intake_pb2.RecordConsultationReply(consultation_id=request.consultation_id, outcome=view["outcome"])
+
     async def _visible(self, context, method: str, caller: Caller, application_id: str) -> dict:
         """The application's progress view, if it exists (NOT_FOUND) and the caller may see
         it (PERMISSION_DENIED)."""
         if not application_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "application_id is required")
-        state = None if domain.is_numbering_key(application_id) else await self.runtime.state_of(application_id)
+        other_aggregate = domain.is_numbering_key(application_id) or consultation.is_consultation_id(application_id)
+        state = None if other_aggregate else await self.runtime.state_of(application_id)
         if state is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, "no such application")
         assert state is not None, "abort raises"

@@ -6,16 +6,20 @@ Inputs:  gRPC Submit / Withdraw / SupplementMaterials / Rate as commands, and pa
          lifecycle events on tongban.application.{routed, verified, accepted, decided,
          delivered}, a joint matter's LegCompleted / LegFailed (on .decided) and a bundle's
          BundleMemberHeld / BundleReleased (on .routed) among them; the carrier's
-         MaterialsDispatched / MaterialsReceived on tongban.partner.ems.originals (资料寄递).
+         MaterialsDispatched / MaterialsReceived on tongban.partner.ems.originals (资料寄递); its own
+         ConsultationRequested / ConsultationRecorded (re-keyed to the application they name).
 Outputs: ApplicationReceived (v2, numbered), ApplicationWithdrawn and SupplementSubmitted on
          tongban.application.received; NoticeServed on tongban.application.notices;
          ServiceRating (v2: the rated role, party and division from the view) on
          tongban.feedback.ratings (keyed by application id); SubmissionReceived and
-         SubmissionRefused on tongban.partner.<P>.acknowledgements.
+         SubmissionRefused on tongban.partner.<P>.acknowledgements; ConsultationRequested and
+         ConsultationRecorded (异地视频会商收件, gRPC RequestConsultation / RecordConsultation) on
+         tongban.consultation.recorded.
 State:   one progress view per application (services.intake.domain; a joint matter's legs
          with their party, step, state and times), no personal data:
          the details it shows are scrubbed of ID and phone numbers (tongban.scrub); and
-         NUMBER_SHARDS numbering counters (`numbering:<shard>`).
+         NUMBER_SHARDS numbering counters (`numbering:<shard>`); one entry per video consultation
+         (services.intake.consultation), keyed by its id.
 
 Submitting takes two commands: SUBMIT, keyed by the application, records the view (and
 the fingerprints a retry is compared with); NUMBER, keyed by the application's numbering
@@ -31,15 +35,16 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import datetime
 
-from services.intake import domain
+from services.intake import consultation, domain
 from tongban import topics
 from tongban.events import derive_event_id
-from tongban.handling import Emit, Event, Handler, Outcome, Rejected
+from tongban.handling import Emit, Event, Handler, KeyOf, Outcome, Rejected
 from tongban.scrub import scrub
 
 RECEIVED = topics.APPLICATION_RECEIVED
 NOTICES = topics.APPLICATION_NOTICES
 RATINGS = topics.FEEDBACK_RATINGS
+CONSULTATIONS = topics.CONSULTATIONS
 INPUTS = [
     topics.APPLICATION_RECEIVED,
     topics.APPLICATION_ROUTED,
@@ -48,6 +53,7 @@ INPUTS = [
     topics.APPLICATION_DECIDED,
     topics.APPLICATION_DELIVERED,
     topics.POSTAL_ORIGINALS,  # 资料寄递: the parcel of paper originals, for the timeline
+    topics.CONSULTATIONS,  # its own video consultations, for the timeline of the application they name
 ]
 SUBMIT = "intake.Submit"
 # A partner's submission (services/intake/partner_feed.py): checked and either recorded like
@@ -58,6 +64,8 @@ NUMBER = "intake.Number"
 WITHDRAW = "intake.Withdraw"
 SUPPLEMENT = "intake.SupplementMaterials"
 RATE = "intake.Rate"
+REQUEST_CONSULTATION = "intake.RequestConsultation"
+RECORD_CONSULTATION = "intake.RecordConsultation"
 
 
 async def submit(event: Event, state: dict | None) -> Outcome:
@@ -400,6 +408,50 @@ async def on_originals_received(event: Event, state: dict | None) -> Outcome:
     return _advance(event, state, "ORIGINALS_RECEIVED", f"{p['tracking_number']} signed for by {p['received_by']}")
 
 
+async def request_consultation(event: Event, state: dict | None) -> Outcome:
+    """异地视频会商收件 asked for (the API checked the request). `event.key` is the
+    consultation id; a retry finds the consultation and changes nothing."""
+    if state is not None:
+        return Outcome()
+    body = {**event.payload, "reason": scrub(event.payload.get("reason"))}
+    return Outcome(state=consultation.new_consultation(body),
+                   emits=[Emit(CONSULTATIONS, topics.CONSULTATION_REQUESTED_EVENT, event.key, body)])
+
+
+async def record_consultation(event: Event, state: dict | None) -> Outcome:
+    """The consultation's one outcome and agreed checklist. The API checked it; a second,
+    different outcome that raced the first is refused here, a retry of the first changes nothing."""
+    if state is None:
+        raise Rejected("no such consultation")
+    body = event.payload
+    if why := consultation.conflict(state, body["outcome"], body["agreed_materials"]):
+        raise Rejected(why)
+    if state.get("outcome") is not None:
+        return Outcome()
+    recorded = {"consultation_id": event.key, "application_id": state["application_id"],
+                "matter_code": state["matter_code"], "deciding_partner": state["deciding_partner"],
+                "outcome": body["outcome"], "agreed_materials": list(body["agreed_materials"]),
+                "held_at": body.get("held_at"), "note": scrub(body.get("note")), "recorded_at": body["recorded_at"]}
+    return Outcome(state=consultation.recorded(state, recorded), finished=True,
+                   emits=[Emit(CONSULTATIONS, topics.CONSULTATION_RECORDED_EVENT, event.key, recorded)])
+
+
+def consultation_key(event: Event) -> str:
+    """A consultation's events go to the application they name (its timeline); one before the
+    application was received stays with the consultation, where it changes nothing."""
+    return event.payload.get("application_id") or event.key
+
+
+async def on_consultation(event: Event, state: dict | None) -> Outcome:
+    """A step of the application's timeline (not a stage): the authority consulted and the
+    proposed checklist, or the outcome and the agreed checklist."""
+    if not event.payload.get("application_id"):
+        return Outcome()
+    stage = ("CONSULTATION_REQUESTED" if event.event_type == topics.CONSULTATION_REQUESTED_EVENT
+             else "CONSULTATION_RECORDED")
+    return _advance(event, state, stage, consultation.step_detail(event.payload))
+
+
 def _advance(event: Event, state: dict | None, stage: str, detail: str = "",
              notice: tuple[str, list[str], str] | None = None, notice_deadline: datetime | None = None,
              **facts: object) -> Outcome:
@@ -449,6 +501,11 @@ HANDLERS: dict[str, Handler] = {
     topics.BUNDLE_RELEASED_EVENT: on_bundle_released,
     topics.MATERIALS_DISPATCHED_EVENT: on_originals_dispatched,
     topics.MATERIALS_RECEIVED_EVENT: on_originals_received,
+    topics.CONSULTATION_REQUESTED_EVENT: on_consultation,
+    topics.CONSULTATION_RECORDED_EVENT: on_consultation,
 }
+KEYS: dict[str, KeyOf] = {topics.CONSULTATION_REQUESTED_EVENT: consultation_key,
+                         topics.CONSULTATION_RECORDED_EVENT: consultation_key}
 COMMANDS: dict[str, Handler] = {SUBMIT: submit, NUMBER: number, WITHDRAW: withdraw, SUPPLEMENT: supplement,
-                                RATE: rate, PARTNER_SUBMIT: partner_submit, PARTNER_REFUSE: partner_refuse}
+                                RATE: rate, PARTNER_SUBMIT: partner_submit, PARTNER_REFUSE: partner_refuse,
+                                REQUEST_CONSULTATION: request_consultation, RECORD_CONSULTATION: record_consultation}
