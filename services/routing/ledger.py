@@ -340,6 +340,10 @@ class Ledger:
         self._authority_has_file(at)
         for clock in [self.clock(ACCEPTANCE), *self._decision_clocks()]:
             if clock is not None:  # a decision shows the file was accepted, whatever was heard of it
+                if clock.leg == DECISION and clock.status == WAITING:
+                    # The acceptance comes on another topic and is not read yet: the file was
+                    # accepted on this day at the latest, so the decision clock ran from it.
+                    clock.start(day)
                 clock.end(DONE, day)
         if outcome != "APPROVED":
             self.end(DENIED, at)

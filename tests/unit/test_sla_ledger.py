@@ -88,6 +88,14 @@ def test_acceptance_runs_five_working_days_from_the_working_day_the_file_counts_
     assert deadline(book, ACCEPTANCE) == acceptance_due, edge
 
 
+def test_a_decision_read_before_its_acceptance_still_has_a_dated_decision_clock():
+    """Acceptance and decision come on different topics; the decision may be read first."""
+    book = ledger(at(date(2025, 11, 17)))
+    book.decided("APPROVED", at(date(2025, 11, 20)))
+    book.accepted(at(date(2025, 11, 19)))  # read late: it changes nothing any more
+    decision = book.clock("DECISION")
+    assert (decision.status, decision.starts_on, decision.ended_on) == (DONE, date(2025, 11, 20), date(2025, 11, 20))
+
 def test_the_statutory_clock_starts_at_acceptance_not_at_receipt():
     book = ledger(at(date(2025, 11, 17)))
     assert book.clock("DECISION").status == WAITING
