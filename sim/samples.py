@@ -11,6 +11,7 @@ from services.intake import intake_pb2
 
 DENIED_MATTER = "KSTB-MKT-03"  # the simulated authorities deny 工业产品生产许可证发证 in the demo
 SUPPLEMENT_MATTER = "KSTB-MKT-01"  # and ask for a 补正 on 公司设立登记 first (the demo's applicant supplements)
+JOINT_MATTER = "KSTB-SOC-01"  # 企业职工基本养老保险关系转移接续 (多地联办): three legs, each answered in turn
 
 
 def resident_id(region: str, birth: str, sequence: str) -> str:
@@ -75,6 +76,12 @@ def samples(run: str) -> list[Sample]:
             _person("示例己", resident_id("370102", "19870203", "555")),
             [_material("RESIDENT_ID", "居民身份证"), _material("HOUSEHOLD_REGISTER", "户口簿"),
              _material("SETTLEMENT_PROOF", "准予迁入证明")], "WINDOW")),
+        # Without named insured places the matter's own place, the new one (Guangzhou), is the
+        # home division and the old one (Wuhan, where 示例甲 applies online) the receiving one.
+        Sample("企业职工养老保险 moved from Hubei to Guangdong, online, three legs in turn", "DELIVERED", _request(
+            f"{run}-9", JOINT_MATTER, "PORTAL", "420106", "440103",
+            _person("示例甲", resident_id("420106", "19850612", "341")),
+            [_material("RESIDENT_ID", "居民身份证"), _material("TRANSFER_APPLICATION", "养老保险关系转移接续申请表")])),
         Sample("工业产品生产许可证发证 denied by the Guangdong authority", "DENIED", _request(
             f"{run}-4", DENIED_MATTER, "PORTAL", "430105", "440100", company,
             [_material("APPLICATION_FORM", "申请书"), _material("COMMITMENT_LETTER", "告知承诺书"),
