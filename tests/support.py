@@ -52,15 +52,20 @@ def drop_namespace(namespace: str) -> None:
             await admin.delete_topics([t for t in await admin.list_topics() if t.startswith(namespace)])
         finally:
             await admin.close()
-        client = AsyncMongoClient(os.environ.get("TONGBAN_MONGO_URI", "mongodb://127.0.0.1:27217/"))
-        try:
-            for name in await client.list_database_names():
-                if name.startswith(namespace.replace("-", "_")):
-                    await client.drop_database(name)
-        finally:
-            await client.close()
+        await drop_databases(namespace)
 
     asyncio.run(drop())
+
+
+async def drop_databases(namespace: str) -> None:
+    """Drop the store's databases of a test namespace."""
+    client = AsyncMongoClient(os.environ.get("TONGBAN_MONGO_URI", "mongodb://127.0.0.1:27217/"))
+    try:
+        for name in await client.list_database_names():
+            if name.startswith(namespace.replace("-", "_")):
+                await client.drop_database(name)
+    finally:
+        await client.close()
     if KAFKA_ACLS:
         acls.drop(namespace)
 

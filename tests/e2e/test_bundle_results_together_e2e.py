@@ -10,14 +10,13 @@ import secrets
 import pytest
 
 from services.intake import intake_pb2, intake_pb2_grpc
-from sim.samples import resident_id
+from tests.e2e.test_bundle_through_intake_e2e import application
 from tests.support import Sink, settle, start_stack, submit, wait_progress, wait_terminal
 from tongban import topics
 from tongban.grpc_tls import client_channel
 
 pytestmark = pytest.mark.integration
 
-RETIREMENT = {"KSTB-HPF-02": ["RESIDENT_ID", "RETIREMENT_PROOF"], "KSTB-SOC-04": ["RESIDENT_ID"]}
 LATE = "KSTB-HPF-02"  # its authority asks for a 补正 first: decided only once the test supplements
 WATCHED = [topics.APPLICATION_ACCEPTED, topics.APPLICATION_DECIDED, topics.WALLET_ENTRIES]
 
@@ -27,17 +26,6 @@ def stack(namespace):
     stack = start_stack(namespace, sim_args=("--supplement-matters", LATE))
     yield stack
     stack.stop_all()
-
-
-def application(matter: str, bundle_reference: str) -> intake_pb2.SubmitRequest:
-    return intake_pb2.SubmitRequest(
-        client_reference="together-" + secrets.token_hex(6), matter_code=matter, channel="PORTAL",
-        receiving_division="430102", home_division="440103", bundle_reference=bundle_reference,
-        applicant=intake_pb2.Applicant(kind="PERSON", name="示例甲",
-                                       id_number=resident_id("420106", "19850612", "341")),
-        materials=[intake_pb2.Material(code=code, name=code, provided=True, original_checked=True)
-                   for code in RETIREMENT[matter]],
-        delivery_method="ELECTRONIC")
 
 
 async def test_neither_result_of_a_bundle_goes_out_before_both_are_decided(stack, namespace):

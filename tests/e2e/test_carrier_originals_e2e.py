@@ -5,20 +5,16 @@ signature, and the applicant's Track shows the parcel. Sinks: the carrier's topi
 changelog (its committed state, while the file waits for a 补正), its archived ledger once the
 result is delivered, and intake's Track."""
 
-import asyncio
-import os
 import secrets
-import time
 
 import pytest
-from pymongo import AsyncMongoClient
 
 from services.intake import intake_pb2, intake_pb2_grpc
 from sim.samples import SUPPLEMENT_MATTER, samples
+from tests.e2e.test_originals_transit_e2e import archived
 from tests.support import Sink, start_stack, submit, wait_terminal
 from tongban import topics
 from tongban.grpc_tls import client_channel
-from tongban.runtime.archive import collection_for
 from tongban.runtime.core import ENTRY, Entry
 
 pytestmark = pytest.mark.integration
@@ -51,20 +47,6 @@ def once(events: list[dict]) -> list[dict]:
 
 def transit(ledger: dict | None) -> dict | None:
     return next((c for c in (ledger or {}).get("clocks", []) if c["leg"] == "TRANSIT"), None)
-
-
-async def archived_ledger(namespace: str, application_id: str, within: float = 60) -> dict:
-    client = AsyncMongoClient(os.environ.get("TONGBAN_MONGO_URI", "mongodb://127.0.0.1:27217/"))
-    db = client[f"{namespace.replace('-', '_')}tongban_routing"]
-    deadline = time.monotonic() + within
-    try:
-        while (doc := await db[collection_for(application_id)].find_one({"_id": application_id})) is None:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{application_id} was not archived by routing within {within}s")
-            await asyncio.sleep(0.3)
-        return doc["state"]["ledger"]
-    finally:
-        await client.close()
 
 
 async def test_the_carrier_posts_the_originals_and_the_authority_signature_ends_transit(stack, namespace):
@@ -108,7 +90,7 @@ async def test_the_carrier_posts_the_originals_and_the_authority_signature_ends_
         ("ORIGINALS_DISPATCHED", f"{parcel} to {authority}"),
         ("ORIGINALS_RECEIVED", f"{parcel} signed for by {authority}")]
 
-    ledger = await archived_ledger(namespace, application_id)
+    ledger = (await archived(namespace, application_id))["state"]["ledger"]
     clocks = {c["leg"]: c for c in ledger["clocks"]}
     assert clocks["TRANSIT"]["status"] == "DONE"
     assert (ledger["parcels"], ledger["ended"]) == ([dispatched["tracking_number"]], "DELIVERED")

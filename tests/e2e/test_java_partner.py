@@ -18,11 +18,10 @@ import time
 from pathlib import Path
 
 import pytest
-from pymongo import AsyncMongoClient
 
 from devtools.launcher import ROOT
 from sim.samples import samples
-from tests.support import REGISTRY, Sink, start_stack, submit, wait_terminal
+from tests.support import REGISTRY, Sink, drop_databases, start_stack, submit, wait_terminal
 from tongban.config import LOCAL_KAFKA_CAFILE, load_settings
 from tongban.grpc_tls import tls_dir
 
@@ -89,16 +88,6 @@ def namespace(tls_broker):
                    env={**os.environ, **TLS_ENV}, stdout=subprocess.DEVNULL, timeout=240)
     yield namespace
     asyncio.run(drop_databases(namespace))  # the broker and its topics go with the module
-
-
-async def drop_databases(namespace: str) -> None:
-    client = AsyncMongoClient(os.environ.get("TONGBAN_MONGO_URI", "mongodb://127.0.0.1:27217/"))
-    try:
-        for name in await client.list_database_names():
-            if name.startswith(namespace.replace("-", "_")):
-                await client.drop_database(name)
-    finally:
-        await client.close()
 
 
 @pytest.fixture(scope="module")
