@@ -35,6 +35,7 @@ from tongban.pii import V2, Keyring, PiiError, new_key_line
 from tongban.runtime.core import (
     DEDUPE,
     ENTRY,
+    EVICTION_ROUND_MS,
     KEEP_FINISHED,
     MAX_KEPT_HEADER_BYTES,
     MAX_KEY_BYTES,
@@ -827,7 +828,7 @@ async def test_finished_work_is_archived_and_leaves_only_a_marker_in_the_hot_sta
     loads = h.archive.loads
     assert (await h.task.read(KEY)).state == {"done": "r"}
     assert h.archive.loads == loads, "a recently finished aggregate is read without the archive"
-    assert await h.task.fire_due(millis(now_utc() + KEEP_FINISHED) + 1000) == 1
+    assert await h.task.fire_due(millis(now_utc() + KEEP_FINISHED) + EVICTION_ROUND_MS) == 1
     hot = unpack(h.store.get(ENTRY + KEY.encode()))
     assert hot["finished"]
     assert hot["state"] is None, "then it leaves the hot state"
@@ -835,12 +836,28 @@ async def test_finished_work_is_archived_and_leaves_only_a_marker_in_the_hot_sta
     assert h.archive.loads == loads + 1
 
 
+async def test_finished_work_leaves_the_hot_state_in_minute_rounds_one_transaction_a_round(monkeypatch):
+    grid = -(-millis(now_utc()) // EVICTION_ROUND_MS) * EVICTION_ROUND_MS  # a point of the grid
+    first = datetime.fromtimestamp(grid / 1000, UTC) - KEEP_FINISHED + timedelta(seconds=1)
+    h = Harness(handlers={UNROUTABLE: finish})
+    monkeypatch.setattr(core, "now_utc", lambda: first)
+    await h.feed(h.rec(received_value(cause="c1")))
+    monkeypatch.setattr(core, "now_utc", lambda: first + timedelta(seconds=30))
+    await h.feed(h.rec_of(NEIGHBOUR, "c2"))
+    assert h.task.schedule.next_due() == grid + EVICTION_ROUND_MS, "the next grid point after its time is up"
+    commits = h.bus.commits
+    assert await h.task.fire_due(grid + 1000) == 0, "not one by one as each one's time is up"
+    assert await h.task.fire_due(grid + EVICTION_ROUND_MS) == 2
+    assert h.bus.commits == commits + 1, "one transaction for the whole round"
+    assert entry(h)["state"] is None
+
+
 async def test_a_restarted_task_still_evicts_finished_work_it_had_not_evicted():
     h = Harness(handlers={UNROUTABLE: finish})
     await h.feed(h.rec(received_value()))
     restarted = Task(h.ctx, PARTITION, h.store, h.bus)
     restarted.rebuild_schedule()
-    assert await restarted.fire_due(millis(now_utc() + KEEP_FINISHED) + 1000) == 1
+    assert await restarted.fire_due(millis(now_utc() + KEEP_FINISHED) + EVICTION_ROUND_MS) == 1
     assert unpack(h.store.get(ENTRY + KEY.encode()))["state"] is None
 
 
@@ -891,7 +908,7 @@ async def test_finished_work_is_loaded_from_the_archive_once_per_batch():
 
     h = Harness(handlers={UNROUTABLE: finish_seen})
     await h.feed(h.rec(value_of(UNROUTABLE, unroutable(KEY, "a"), "c1")))
-    await h.task.fire_due(millis(now_utc() + KEEP_FINISHED) + 1000)  # it has left the hot state
+    await h.task.fire_due(millis(now_utc() + KEEP_FINISHED) + EVICTION_ROUND_MS)  # it has left the hot state
     await h.feed(h.rec(value_of(UNROUTABLE, unroutable(KEY, "b"), "c2")),
                  h.rec(value_of(UNROUTABLE, unroutable(KEY, "c"), "c3")))
     assert h.archive.loads == 1, "the second late event finds the first one's state in the batch"

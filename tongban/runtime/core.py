@@ -70,6 +70,10 @@ MAX_KEPT_HEADER_BYTES = 16_384
 ENTRY, DEDUPE = b"a:", b"d:"
 EVICT = "evict:"  # the schedule's entries that take finished state out of the hot state
 KEEP_FINISHED = timedelta(minutes=10)
+# Evictions fire on this grid, so a task takes a minute's finished work out of the hot state
+# in one transaction. Fired as each came due, a steady flow of finished applications cost a
+# transaction every few milliseconds per task, ten minutes after the flow (docs/benchmarks.md).
+EVICTION_ROUND_MS = 60_000
 SWEEP_CHUNK = 1000  # entries scanned between two yields to the event loop
 BSON_OPTIONS: CodecOptions = CodecOptions(tz_aware=True)
 
@@ -169,7 +173,8 @@ def unpack(raw: bytes) -> dict[str, Any]:
 def _eviction(entry: Entry) -> tuple[int, str]:
     """When a finished entry's state leaves the hot state, and the id of that schedule entry."""
     assert entry.finished_at is not None
-    return millis(entry.finished_at + KEEP_FINISHED), f"{EVICT}{entry.archived}"
+    due = millis(entry.finished_at + KEEP_FINISHED)
+    return -(-due // EVICTION_ROUND_MS) * EVICTION_ROUND_MS, f"{EVICT}{entry.archived}"
 
 
 def clean_headers(headers: Any) -> list[tuple[str, bytes]]:
