@@ -178,9 +178,6 @@ class Seen:
     def events(self, event_type: str, key: str | None = None) -> list[dict]:
         return [e for e in self.by_type[event_type] if key is None or e["_key"] == key]
 
-    def distinct_ids(self, event_type: str, key: str | None = None) -> set[str]:
-        return {e["envelope"]["event_id"] for e in self.events(event_type, key)}
-
 
 class Sink:
     """A test's own read_committed consumer over some topics of a namespace, from the start."""

@@ -15,7 +15,7 @@ from services.intake import intake_pb2, intake_pb2_grpc
 from services.intake.api import received_body
 from sim.samples import samples
 from tests.pii_parties import sealed_by, stack_cipher
-from tests.support import REGISTRY, Sink, submit, trace_file, wait_terminal
+from tests.support import REGISTRY, Sink, settle, submit, trace_file, wait_terminal
 from tongban.bus import make_producer, publish_schemas
 from tongban.codec import SchemaRegistry
 from tongban.config import load_settings
@@ -87,8 +87,11 @@ async def test_one_application_is_delivered_rated_and_traced_through_every_servi
     assert list(rated.ratings) == [1]
 
     async with Sink(namespace, LIFECYCLE) as sink:
-        seen = await sink.wait_for(lambda s: s.events("tongban.feedback.ServiceRating", application_id))
-    assert len(seen.distinct_ids("tongban.application.ApplicationReceived", application_id)) == 1
+        await sink.wait_for(lambda s: s.events("tongban.feedback.ServiceRating", application_id))
+        seen = await settle(namespace, ["tongban.application.received"], application_id, sink)
+    # records, not distinct ids: a second ApplicationReceived of a retried Submit would carry the same id
+    assert len(seen.events("tongban.application.ApplicationReceived", application_id)) == 1, \
+        "the retried Submit put a second record on the wire"
     rating = seen.events("tongban.feedback.ServiceRating", application_id)[0]
     assert (rating["level"], rating["party"], rating["matter_code"]) == (1, "440000", "KSTB-MKT-01")
     # Personal fields travel sealed for the carrier alone, which reads the address with its key.

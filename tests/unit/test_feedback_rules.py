@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 
 from services.feedback import handlers
-from services.feedback.domain import DuplicateRule, RectificationPolicies, RectificationPolicy
+from services.feedback.domain import WORK_ORDER_STAGES, DuplicateRule, RectificationPolicies, RectificationPolicy
 from tongban.handling import TIMER_FIRED, Event, Outcome, Rejected
 from tongban.runtime.core import pack, unpack
 from tongban.workdays import WorkingCalendar
@@ -251,6 +251,28 @@ async def test_a_complaint_counts_against_the_unit_it_is_dispatched_to():
                              work_order("ANSWERED"), work_order("CLOSED"), work_order("REVISITED"),
                              work_order("EVALUATED"), key="g")
     assert facts(outcomes) == [("COMPLAINT", "WO0", "U-market", True, False)]
+
+
+# every stage after the dispatch, bar the two that move the count (退单, 改派) and 即时办结
+AFTER_DISPATCH = [s for s in WORK_ORDER_STAGES if s not in ("RECEIVED", "RETURNED", "REASSIGNED", "ANSWERED_ON_CALL")]
+
+
+@pytest.mark.parametrize("later", AFTER_DISPATCH)
+async def test_a_complaint_counts_once_per_work_order_not_at_every_stage(later):
+    # 12345 systems name the handling unit on later stages too (and may send a dispatch
+    # again): a stage that names the unit already counted must not count the complaint again
+    _, outcomes = await feed(work_order(), work_order("DISPATCHED", unit="U-market"),
+                             work_order(later, unit="U-market", at=T0 + timedelta(hours=1)), key="g")
+    assert facts(outcomes) == [("COMPLAINT", "WO0", "U-market", True, False)]
+
+
+@pytest.mark.parametrize("later", [s for s in AFTER_DISPATCH if s != "DISPATCHED"])
+async def test_only_a_dispatch_or_a_reassignment_moves_the_complaint_to_the_unit_it_names(later):
+    # a later stage may name another unit (one that helps, 协办): the complaint stays with
+    # the unit it was dispatched to
+    _, outcomes = await feed(work_order(), work_order("DISPATCHED", unit="U-a"),
+                             work_order(later, unit="U-b", at=T0 + timedelta(hours=1)), key="g")
+    assert facts(outcomes) == [("COMPLAINT", "WO0", "U-a", True, False)]
 
 
 async def test_a_reassigned_order_counts_against_the_final_unit_not_the_one_that_returned_it():

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import copy
 import hashlib
 import json
 import logging
 import os
+import pickle
 import signal
 import traceback
 from collections.abc import Awaitable, Callable
@@ -175,6 +175,14 @@ def _eviction(entry: Entry) -> tuple[int, str]:
     assert entry.finished_at is not None
     due = millis(entry.finished_at + KEEP_FINISHED)
     return -(-due // EVICTION_ROUND_MS) * EVICTION_ROUND_MS, f"{EVICT}{entry.archived}"
+
+
+def private_copy(state: Any) -> Any:
+    """A copy of `state` the handler may change freely: the batch keeps the original, to
+    compare with and to fall back on if the handler fails. States are plain data (what BSON
+    stores), so a pickle round trip copies them exactly, three times faster than
+    `copy.deepcopy`, which was a fifth of intake's CPU at saturation (docs/benchmarks.md)."""
+    return pickle.loads(pickle.dumps(state, pickle.HIGHEST_PROTOCOL))
 
 
 def clean_headers(headers: Any) -> list[tuple[str, bytes]]:
@@ -528,7 +536,7 @@ class Task:
                         **(self._messaging(event) if fired is None else {})},
         ):
             try:
-                outcome = await handler(event, copy.deepcopy(entry.state))
+                outcome = await handler(event, private_copy(entry.state))
                 trace_headers = inject_headers()
                 outs = [await self._encode(event, emit, trace_headers) for emit in outcome.emits]
                 new = self._next_entry(entry, key, outcome, trace_headers, fired)
