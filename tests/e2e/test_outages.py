@@ -49,6 +49,12 @@ def pauses(stack) -> int:
                for log in stack.log_dir.glob("*.log"))
 
 
+def broker_lost(stack) -> dict[str, int]:
+    """Per service, how many times its Kafka client has logged that it lost the broker."""
+    return {s: (stack.log_dir / f"{s}.log").read_text(encoding="utf-8").count("Unable connect to node")
+            for s in SERVICES}
+
+
 async def wait_until(condition, within: float = 90) -> None:
     deadline = asyncio.get_running_loop().time() + within
     while not await condition():
@@ -93,9 +99,12 @@ async def test_a_broker_outage_pauses_the_flow_and_it_resumes_without_loss(stack
                 return False
 
         await wait_until(assigned)
+        lost_before = broker_lost(stack)
         platform("kafka.sh", "stop")
         assert not (await track(stack, application_id)).terminal
-        await wait_until(lambda: asyncio.sleep(0, all(p.poll() is None for p in stack.processes.values())))
+        # every service meets the outage (its client loses the broker) while the work waits
+        await wait_until(lambda: asyncio.sleep(0, all(n > lost_before[s] for s, n in broker_lost(stack).items())))
+        assert all(p.poll() is None for p in stack.processes.values()), "a service died in the outage"
     finally:
         stack.processes["sim"].send_signal(signal.SIGCONT)
     platform("kafka.sh", "start")
