@@ -206,6 +206,13 @@ class PartnerFeed:
             envelope, body = await self._decoded(settings, record)
         except NotASubmission as exc:
             return dead_letter_of(settings, record, exc)
+        # The partner is the topic, which the broker lets that partner alone write; the
+        # envelope's source_partner is the client's own claim, and one that disagrees is no
+        # submission of that partner's.
+        claimed = envelope.get("source_partner")
+        if claimed is not None and claimed != partner:
+            return dead_letter_of(settings, record, NotASubmission(
+                f"the envelope names partner {claimed}, but the record came on partner {partner}'s topic"))
         await self.handle(partner, envelope, body)
         return None
 
