@@ -47,7 +47,7 @@ from devtools.bench.common import (
     say,
     summary_ms,
 )
-from devtools.bench.procstat import CpuWindow, PeakMemory, platform_pids
+from devtools.bench.procstat import CpuWindow, PeakMemory, memory_mb, platform_pids
 from devtools.bench.profiling import sample_processes
 
 APP = "tongban.application."
@@ -514,7 +514,10 @@ class Pipeline:
             t1 = time.time()
             rate = self.tracker.completed_between(t0, t1) / (t1 - t0)
             step: dict[str, Any] = {"inflight": level, "apps_per_s": rounded(rate, 1), "cpu_pct": window.stop(),
-                                    "backlog_at_end": await self.lag.measure()}
+                                    "backlog_at_end": await self.lag.measure(),
+                                    # Resident set at the end of the window: how memory follows open requests.
+                                    "rss_mb": {name: rounded(mb, 1) for name, pid in self.service_pids().items()
+                                               if (mb := memory_mb(pid)) is not None}}
             steps.append(step)
             say(f"pipeline: {label}: {level} open -> {step['apps_per_s']} apps/s "
                 f"(machine {sum(step['cpu_pct'].values()):.0f} % of 200 %)")

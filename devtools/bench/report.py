@@ -312,11 +312,12 @@ def _pipeline_evidence(pipeline: dict[str, Any]) -> list[str]:
     out = []
     steps = sat.get("steps") or []
     if steps:
-        out += ["Saturation search: CPU % of one core per process (the machine has 200 %) and each service's "
-                "backlog (records behind its inputs) at the end of the window:", ""]
-        out += _table(["open", "apps/s", "CPU (top 4)", "backlog"],
+        out += ["Saturation search: CPU % of one core per process (the machine has 200 %), each service's "
+                "backlog (records behind its inputs) and its resident set (MB) at the end of the window:", ""]
+        out += _table(["open", "apps/s", "CPU (top 4)", "backlog", "RSS MB (top 3)"],
                       [[st["inflight"], st["apps_per_s"], _top(st["cpu_pct"]),
-                        ", ".join(f"{k} {v}" for k, v in (st.get("backlog_at_end") or {}).items() if v)]
+                        ", ".join(f"{k} {v}" for k, v in (st.get("backlog_at_end") or {}).items() if v),
+                        _top(st.get("rss_mb") or {}, 3)]
                        for st in steps])
         out += [""]
     history = pipeline.get("history") or {}
