@@ -7,6 +7,7 @@ after an OK."""
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from types import SimpleNamespace
 
 import grpc
@@ -17,6 +18,7 @@ from services.delivery.api import DeliveryServicer
 from services.delivery.verdicts import TRY, Verdict, Verdicts, read_verdict, trial_handlers
 from tests.unit.test_delivery_channels import ALL, APP, WINDOW, arrival, by, decision, feed, pickup
 from tests.unit.test_runtime_core import Rec  # a consumed record, as the runtime's own tests build them
+from tongban import pii_policy
 from tongban.bus import partition_for
 from tongban.codec import SchemaRegistry
 from tongban.config import load_settings
@@ -28,8 +30,20 @@ from tongban.runtime.state import MemoryStore
 
 REGISTRY = SchemaRegistry.load()
 NS = "tv-"
+
+
+def _partner_keys() -> dict[str, str]:
+    """Delivery seals for the partners it dispatches to, so its settings need their keys: made
+    for these tests in a directory of their own, not taken from make setup's var/pii (mutation
+    runs copy no var/)."""
+    env = {"TONGBAN_PII_KEY_DIR": tempfile.mkdtemp(prefix="tv-keys-")}
+    for party in pii_policy.seals_for("delivery"):
+        pii_policy.key_file(party, env).write_text(new_key_line() + "\n")
+    return env
+
+
 SETTINGS = load_settings("delivery", {"TONGBAN_NAMESPACE": NS, "TONGBAN_PII_KEYS": new_key_line(),
-                                      "TONGBAN_PII_PARTY": "delivery"})
+                                      "TONGBAN_PII_PARTY": "delivery", **_partner_keys()})
 PARTITIONS = 3
 PARTITION = partition_for(APP, PARTITIONS)
 COMMANDS = NS + verdicts.COMMANDS
