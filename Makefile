@@ -107,7 +107,7 @@ lint: venv protos ## ruff and mypy (mypy reads the generated gRPC stubs)
 	$(PY) -m ruff check .
 	$(PY) -m mypy tongban services sim
 
-mutate: venv protos ## mutation testing (mutmut) of the rules and runtime against tests/unit; writes var/mutate/latest.json
+mutate: venv protos pii-key grpc-certs ## mutation testing (mutmut) of the rules and runtime against tests/unit; writes var/mutate/latest.json
 	$(PY) infra/scripts/mutate.py
 
 .PHONY: partner-java

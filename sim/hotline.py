@@ -6,16 +6,15 @@ as the hotline (principal partner-12345) on tongban.feedback.workorders.
 Each scripted case is a list of stages: 受理 RECEIVED, 派单 DISPATCHED, 办理 HANDLING, 答复
 ANSWERED, 督办 SUPERVISED, 办结 CLOSED, 回访 REVISITED, 评价 EVALUATED, 退单 RETURNED, 改派
 REASSIGNED, 延期 EXTENDED, 重办 REOPENED, and ANSWERED_ON_CALL. The caller's number never
-leaves the platform: work orders carry a keyed hash of it (HMAC-SHA256 with the platform's
-own salt), and what the caller said is sealed for the hotline itself.
+leaves the platform: work orders carry a keyed hash of it (with the platform's own salt:
+HMAC-SHA256, or HMAC-SM3 under TONGBAN_PII_CIPHER=sm4-gcm), and what the caller said is
+sealed for the hotline itself.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
-import hmac
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -28,15 +27,16 @@ from tongban import topics
 from tongban.codec import SchemaRegistry
 from tongban.config import Settings, load_settings
 from tongban.events import encode_event, now_utc
-from tongban.pii import PiiCipher
+from tongban.pii import DEFAULT_SUITE, PiiCipher, keyed_digest
 from tongban.pii_policy import HOTLINE, party_keyring
 
 PRINCIPAL = f"partner-{HOTLINE}"
 SALT = b"tongban-sim-12345"  # the simulated platform's hashing salt (a real one keeps its own secret)
 
 
-def caller_hash(number: str, salt: bytes = SALT) -> str:
-    return hmac.new(salt, number.encode(), hashlib.sha256).hexdigest()[:32]
+def caller_hash(number: str, salt: bytes = SALT, suite: str = DEFAULT_SUITE) -> str:
+    """The suite's keyed hash (tongban.pii.keyed_digest) of the caller's number."""
+    return keyed_digest(salt, number.encode(), suite).hex()[:32]
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ def work_order_records(registry: SchemaRegistry, cipher: PiiCipher, case: Case,
             "work_order_id": case.work_order_id, "stage": stage.name, "matter_code": case.matter_code,
             "division_code": case.division_code, "application_id": None, "category": case.category,
             "content": case.content, "occurred_at": received_at + stage.after,
-            "caller_hash": caller_hash(case.caller), "handling_unit": stage.unit}
+            "caller_hash": caller_hash(case.caller, suite=cipher.suite.name), "handling_unit": stage.unit}
         cause = f"{case.work_order_id}|{stage.name}|{stage.unit}"
         _, value = encode_event(registry, topics.HOTLINE_WORK_ORDER_EVENT, body, cause_id=cause,
                                 correlation_id=case.work_order_id, source_system="12345",

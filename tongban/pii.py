@@ -27,8 +27,13 @@ tongban.ops.pii reseal`) or aged out of their topics; nothing seals v1 any more.
 
 Suites: `aes-256-gcm` (the default, 32-byte keys) and `sm4-gcm` (GB/T 32907 SM4 in GCM mode,
 RFC 8998; 16-byte keys) where 商用密码 rules apply, both from the `cryptography` package
-(OpenSSL); no cipher is written here. No keyed hash is used; one added later must use
-HMAC-SM3 under `sm4-gcm`.
+(OpenSSL); no cipher is written here.
+
+Keyed hashes follow the suite (`keyed_digest`): HMAC-SHA256 under `aes-256-gcm`, HMAC-SM3
+(GB/T 32905) under `sm4-gcm`. Delivery's dispatch ids and the 12345 platform's caller hashes
+use it; under the default suite it gives exactly the HMAC-SHA256 values made before. A switch
+to `sm4-gcm` changes only ids made after it: a delivery file keeps the dispatch ids it was
+given, and receipts are matched against those.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -70,6 +76,7 @@ class Suite:
     key_size: int
     encrypt: Callable[[bytes, bytes, bytes, bytes], bytes] = field(repr=False)  # key, nonce, data, ad
     decrypt: Callable[[bytes, bytes, bytes, bytes], bytes] = field(repr=False)
+    hash: Callable[[], hashes.HashAlgorithm] = field(repr=False)  # the keyed hash's digest
 
 
 def _aes_encrypt(key: bytes, nonce: bytes, data: bytes, ad: bytes) -> bytes:
@@ -96,10 +103,18 @@ def _sm4_decrypt(key: bytes, nonce: bytes, data: bytes, ad: bytes) -> bytes:
 
 
 SUITES = {
-    "aes-256-gcm": Suite("aes-256-gcm", "aes256gcm", 32, _aes_encrypt, _aes_decrypt),
-    "sm4-gcm": Suite("sm4-gcm", "sm4gcm", 16, _sm4_encrypt, _sm4_decrypt),
+    "aes-256-gcm": Suite("aes-256-gcm", "aes256gcm", 32, _aes_encrypt, _aes_decrypt, hashes.SHA256),
+    "sm4-gcm": Suite("sm4-gcm", "sm4gcm", 16, _sm4_encrypt, _sm4_decrypt, hashes.SM3),
 }
 _BY_TAG = {s.tag: s for s in SUITES.values()}
+
+
+def keyed_digest(key: bytes, data: bytes, suite: str = DEFAULT_SUITE) -> bytes:
+    """HMAC of `data` under `key` with the suite's hash: SHA-256 for `aes-256-gcm`, SM3 for
+    `sm4-gcm`, so a deployment under 商用密码 rules uses no non-SM primitive for keyed hashes."""
+    mac = hmac.HMAC(key, SUITES[suite].hash())
+    mac.update(data)
+    return mac.finalize()
 
 
 def suite_available(name: str) -> bool:
@@ -109,6 +124,7 @@ def suite_available(name: str) -> bool:
         return False
     try:
         key = bytes(suite.key_size)
+        keyed_digest(key, b"x", name)  # its keyed hash (SM3) must be there too
         return suite.decrypt(key, bytes(NONCE), suite.encrypt(key, bytes(NONCE), b"x", b""), b"") == b"x"
     except Exception:  # UnsupportedAlgorithm and friends: the build lacks it
         return False

@@ -349,7 +349,7 @@ def make_handlers(cipher: PiiCipher, registry: SchemaRegistry | None = None,
             application_id=key, matter_code=matter, deciding_partner=file.get("assignment", {}).get("partner_id", ""),
             window_id=window_id, result_reference=reference, item=scrub(f"result {reference or ''}".strip(), parties),
             now=now,
-            policy=deployment.policy, secret=deployment.secret,
+            policy=deployment.policy, secret=deployment.secret, suite=cipher.suite.name,
             holder=lambda: opener.received(key, file)["applicant"],
             postal_address=lambda result: address_of(key, file, result),
             authorised=deployment.authorised, matter=deployment.matters(matter))

@@ -9,8 +9,6 @@ file's `result` part; the handlers turn a `Step` into an `Outcome`.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -19,6 +17,7 @@ from typing import Any, ClassVar
 from services.delivery.matters import Matter
 from tongban import divisions, topics, windows
 from tongban.handling import Emit, Rejected, Timer
+from tongban.pii import DEFAULT_SUITE, keyed_digest
 
 ResultState = dict[str, Any]  # the file's `result`: method, attempt, dispatch ids, status ...
 # (window id, matter code, act, at) -> why the window may not (None: it may)
@@ -53,6 +52,7 @@ class Context:
     now: datetime
     policy: Policy
     secret: bytes
+    suite: str  # TONGBAN_PII_CIPHER: the keyed hash of the dispatch ids follows it (SM3 under sm4-gcm)
     holder: Callable[[], dict[str, Any]]
     postal_address: Callable[[ResultState], str | None]
     authorised: Authorised
@@ -141,10 +141,12 @@ class Channel:
         return Step(result)  # a timer of another channel, set before a switch: nothing to do
 
 
-def dispatch_id_for(secret: bytes, application_id: str, attempt: int) -> str:
+def dispatch_id_for(secret: bytes, application_id: str, attempt: int, suite: str = DEFAULT_SUITE) -> str:
     """Deterministic, so a replayed decision makes the same dispatch, and unguessable without
-    delivery's secret, so nobody can forge a receipt for a dispatch from the application id."""
-    mac = hmac.new(secret, f"{application_id}:{attempt}".encode(), hashlib.sha256).hexdigest()
+    delivery's secret, so nobody can forge a receipt for a dispatch from the application id.
+    The keyed hash is the cipher suite's (tongban.pii.keyed_digest): HMAC-SHA256 by default,
+    HMAC-SM3 under sm4-gcm."""
+    mac = keyed_digest(secret, f"{application_id}:{attempt}".encode(), suite).hex()
     return "DSP" + mac[:24].upper()
 
 
@@ -180,7 +182,7 @@ def carrier_dispatch(ctx: Context, result: ResultState, recipient: str, address:
 
 def attempt_of(ctx: Context, previous: ResultState | None, method: str, attempt: int, **fields: Any) -> ResultState:
     """The `result` of a new dispatch attempt, remembering every earlier dispatch id."""
-    dispatch_id = dispatch_id_for(ctx.secret, ctx.application_id, attempt)
+    dispatch_id = dispatch_id_for(ctx.secret, ctx.application_id, attempt, ctx.suite)
     earlier = (previous or {}).get("dispatches", [])
     return {"method": method, "attempt": attempt, "dispatch_id": dispatch_id, "dispatches": [*earlier, dispatch_id],
             **fields}
