@@ -11,7 +11,11 @@ is how the profiles are taken). The bench process feeds the chain and counts wha
    distinct keys) are produced to hop0 by one producer as fast as it can; the figure is
    N / (first copy of the last key read committed at hop5 - first send): the time to take
    N records through all five hops, end to end. The feeder and the counting consumer run
-   in the bench process, the same for every kind of chain.
+   in the bench process, the same for every kind of chain;
+3. latency (chains in their own processes): then `TRICKLE` records, one at a time at
+   `TRICKLE_PER_S`, each sent and acknowledged before the next: the time from its send to
+   its arrival at hop5 is one record's way through five idle hops, the floor under every
+   hop of the pipeline's latency.
 
 The raw and faust hops forward the bytes unchanged; the runtime decodes each record, calls
 a no-op handler and encodes the emitted event with a new envelope, in transactions.
@@ -52,6 +56,8 @@ from devtools.bench.common import (
 )
 
 WARMUP = 60
+TRICKLE = 100
+TRICKLE_PER_S = 20.0
 KINDS = ("raw", "faust", "runtime")
 
 
@@ -257,6 +263,25 @@ async def _produce(records: list[tuple[bytes, bytes]], topic: str) -> None:
         await producer.stop()
 
 
+async def _trickle(sink: Sink, hops: Hops, topic: str, limit_s: float) -> dict[str, Any]:
+    """Latency through five idle hops: records sent one at a time, far apart."""
+    producer = AIOKafkaProducer(**kafka_options(), acks="all", enable_idempotence=True)
+    await producer.start()
+    sent: dict[bytes, float] = {}
+    try:
+        for key, value in encoded_records(TRICKLE, "t"):
+            sent[key] = time.perf_counter()
+            await producer.send_and_wait(topic, value, key=key)
+            await asyncio.sleep(1 / TRICKLE_PER_S)
+    finally:
+        await producer.stop()
+    await _wait_for(sink, hops, b"t-", TRICKLE, limit_s, "trickle")
+    latencies = sorted((sink.first_seen[key] - at) * 1000 for key, at in sent.items())
+    return {"records": TRICKLE, "per_s": TRICKLE_PER_S,
+            "p50_ms": round(latencies[len(latencies) // 2], 1),
+            "p99_ms": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))], 1)}
+
+
 async def _wait_for(sink: Sink, hops: Hops, tag: bytes, n: int, limit_s: float, what: str) -> None:
     deadline = time.monotonic() + limit_s
     while sink.count(tag) < n:
@@ -296,7 +321,8 @@ async def run_chain(kind: str, n: int, *, inprocess: bool = False, limit_s: floa
             if profile is not None:
                 profile.disable()
         elapsed = max(t for key, t in sink.first_seen.items() if key.startswith(b"m-")) - t0
-        return {"msgs_per_s": round(n / elapsed), "records": n, "seconds": round(elapsed, 2),
+        trickle = None if inprocess else await _trickle(sink, hops, hop_topic(prefix, 0), limit_s)
+        return {"msgs_per_s": round(n / elapsed), "records": n, "seconds": round(elapsed, 2), "trickle": trickle,
                 "feed_s": round(produced_s, 2), "startup_s": round(ready_s, 1),
                 "duplicates": sink.records - len(sink.first_seen), "hops": HOPS, "partitions": PARTITIONS,
                 "layout": "all hops in the bench process" if inprocess else "one process per hop"}

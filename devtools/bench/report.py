@@ -194,9 +194,14 @@ def generated_section(result: dict[str, Any]) -> str:
 
     if chains:
         out += ["### Five-hop chains", ""]
-        out += _table(["chain", "msgs/s", "records", "seconds", "layout", "duplicates at hop5"],
+        out += _table(["chain", "msgs/s", "records", "seconds", "layout", "duplicates at hop5",
+                       "idle 5 hops p50 / p99 ms"],
                       [[kind, c.get("msgs_per_s"), c.get("records"), c.get("seconds"), c.get("layout"),
-                        c.get("duplicates")] for kind, c in chains.items() if isinstance(c, dict) and "records" in c])
+                        c.get("duplicates"),
+                        f"{c['trickle']['p50_ms']} / {c['trickle']['p99_ms']}" if c.get("trickle") else ""]
+                       for kind, c in chains.items() if isinstance(c, dict) and "records" in c])
+        out += ["", "Idle 5 hops: after the measured run, records sent one at a time (20 a second, each "
+                "acknowledged before the next) to hop0; from each send to its arrival at hop5."]
         out += [""]
     if codec.get("received"):
         out += ["### Codec", ""]
