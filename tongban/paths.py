@@ -9,6 +9,7 @@ from the checkout (``schemas/``, ``infra/``, ``var/``), where the work tree is t
 | ``TONGBAN_SCHEMAS_DIR`` | released Avro schemas and ``released.lock`` | packaged, else ``schemas/`` |
 | ``TONGBAN_TOPICS_FILE`` | the declared topics, principals and quotas | packaged, else ``infra/topics.toml`` |
 | ``TONGBAN_OVERLAYS_DIR`` | environment overlays of the declaration | packaged, else ``infra/overlays/`` |
+| ``TONGBAN_RETENTION_FILE`` | how long each service's archive is kept | packaged, else ``infra/retention.toml`` |
 | ``TONGBAN_VAR_DIR`` | keys, secrets, certificates, local state | ``var/`` of the checkout, else ``./var`` |
 
 Data files that live inside a package (``services/routing/catalogue.toml``,
@@ -53,6 +54,10 @@ def topics_file(env: Mapping[str, str] | None = None) -> Path:
 
 def overlays_dir(env: Mapping[str, str] | None = None) -> Path:
     return _data("TONGBAN_OVERLAYS_DIR", "infra/overlays", "infra/overlays", env)
+
+
+def retention_file(env: Mapping[str, str] | None = None) -> Path:
+    return _data("TONGBAN_RETENTION_FILE", "infra/retention.toml", "infra/retention.toml", env)
 
 
 def var_dir(env: Mapping[str, str] | None = None) -> Path:

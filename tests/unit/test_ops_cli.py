@@ -40,7 +40,7 @@ def test_every_command_has_help(path):
 READS = [("topics", "plan"), ("topics", "apply"), ("topics", "list"), ("acls", "plan"), ("acls", "apply"),
          ("quotas", "plan"), ("quotas", "apply"), ("users", "list"), ("lag",), ("dlq", "list"), ("dlq", "show"),
          ("dlq", "replay"), ("schemas", "check"), ("schemas", "list"), ("schemas", "show"), ("tail",), ("stuck",),
-         ("app",), ("top",), ("review", "list"), ("manual", "list")]
+         ("app",), ("top",), ("review", "list"), ("manual", "list"), ("retention", "plan"), ("retention", "purge")]
 
 
 def test_every_read_offers_json():
@@ -56,7 +56,7 @@ def test_every_read_offers_json():
          ("topics", "render"), ("render",), ("render", "k8s"), ("render", "compose"), ("render", "asyncapi"),
          ("render", "vectors"),
          ("review",), ("review", "reroute"), ("review", "reject"),
-         ("manual",), ("manual", "resolve")}  # groups, writes that print
+         ("manual",), ("manual", "resolve"), ("retention",)}  # groups, writes that print
     # what they did, the scrape endpoint, generators that write files
 
 

@@ -7,11 +7,13 @@
     python -m tongban.ops acls list|plan|apply [--namespace NS] [--principal NAME]
     python -m tongban.ops acls drop --namespace NS
     python -m tongban.ops quotas plan|apply
+    python -m tongban.ops retention plan|purge [--service S] [--dry-run]   # the archives (infra/retention.toml)
 
 Every command talks to TONGBAN_KAFKA_BOOTSTRAP (or --bootstrap) as the broker's `admin`
 (from the secrets file) unless TONGBAN_KAFKA_USERNAME/_PASSWORD say otherwise. Principals
 and quotas are cluster-wide; topics and ACLs belong to a namespace (TONGBAN_NAMESPACE or
---namespace). `apply` run twice changes nothing the second time.
+--namespace). `apply` run twice changes nothing the second time. `retention` talks to the
+store (TONGBAN_MONGO_URI), not the broker (tongban.ops.retention).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import asyncio
 import os
 import sys
 
-from tongban.ops import acls, principals, quotas, topics
+from tongban.ops import acls, principals, quotas, retention, topics
 from tongban.ops.kafka_admin import admin_client, ops_settings
 
 
@@ -128,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "topics":
         return topics.main(argv[1:])
+    if argv and argv[0] == "retention":
+        return retention.main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m tongban.ops", description=__doc__.split("\n\n")[0])
     parser.add_argument("--bootstrap", default=None, help="default: $TONGBAN_KAFKA_BOOTSTRAP or the local broker")
     parser.add_argument("--file", default=None, help="declaration file (default: infra/topics.toml)")

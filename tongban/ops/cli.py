@@ -34,6 +34,7 @@ from tongban.codec import CodecError, SchemaRegistry
 from tongban.config import ConfigError, read_kafka_secrets
 from tongban.ops import acls, dlq, lag, principals, quotas, stuck, topics
 from tongban.ops.kafka_admin import admin_client, ops_settings
+from tongban.ops.pii import SERVICES
 from tongban.ops.records import consumer, decode_masked, dumps, partitions_of, plain, text, timestamp
 from tongban.runtime.core import MAX_REPLAYS
 from tongban.schema_compat import check_directory, lock_problems
@@ -800,6 +801,62 @@ def manual_resolve(application_id: str, outcome: str, reason: str, address: str,
     _review(lambda: manual.resolve(list(targets) or manual.default_targets(), application_id, outcome.upper(),
                                    reason, address, reference), "delivery")
     out.print(f"{application_id}: sent on by {outcome.upper()}")
+
+
+# ------------------------------------------------------------------------------ retention
+
+
+@cli.group("retention")
+def retention_group() -> None:
+    """How long the services' archives keep finished cases (infra/retention.toml), in the store."""
+
+
+def _retention(ops: Ops, action: str, services: tuple[str, ...], file: str | None, dry_run: bool,
+               as_json: bool) -> list[Any]:
+    from tongban.ops import retention
+
+    try:
+        declared, found = retention.run(action, list(services), namespace=ops.namespace, file=file, dry_run=dry_run)
+    except (ConfigError, ValueError, OSError) as exc:
+        raise Failure(f"{type(exc).__name__}: {exc}") from exc
+    data = {"archives": [e.as_json() for e in found],
+            "kept": [{"store": store, "why": why} for store, why in declared.kept]}
+
+    def render() -> None:
+        for line in retention.lines(declared, found, action):
+            out.print(line, markup=False)
+
+    _show(as_json, data, render)
+    return found
+
+
+service_option = click.option("--service", "services", multiple=True,
+                              type=click.Choice(SERVICES),
+                              help="only this service's archive (repeatable; default: every service)")
+retention_file_option = click.option("--file", type=click.Path(exists=True, dir_okay=False), default=None,
+                                     help="declaration (default: $TONGBAN_RETENTION_FILE or infra/retention.toml)")
+
+
+@retention_group.command("plan")
+@service_option
+@retention_file_option
+@json_option
+@click.pass_obj
+def retention_plan(ops: Ops, services: tuple[str, ...], file: str | None, as_json: bool) -> None:
+    """Count archived cases older than their service's retention; exit 1 if any are due."""
+    if any(e.count for e in _retention(ops, "plan", services, file, True, as_json)):
+        raise SystemExit(DRIFT)
+
+
+@retention_group.command("purge")
+@service_option
+@retention_file_option
+@click.option("--dry-run", is_flag=True, help="count what would be deleted; delete nothing")
+@json_option
+@click.pass_obj
+def retention_purge(ops: Ops, services: tuple[str, ...], file: str | None, dry_run: bool, as_json: bool) -> None:
+    """Delete archived cases older than their service's retention, shard by shard."""
+    _retention(ops, "purge", services, file, dry_run, as_json)
 
 
 # ------------------------------------------------------------------------------ tail

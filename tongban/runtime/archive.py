@@ -1,7 +1,8 @@
 """Where finished aggregates go: the service's own MongoDB-wire database, append-only.
 
 Only inserts and reads by `_id`. A revived aggregate that finishes again is a new document
-(`<key>~<version>`), never an update.
+(`<key>~<version>`), never an update. The one deletion is the operator's retention purge
+(`finished_before`, run by `tongban.ops.retention`), never the services.
 
 The archive is spread over `SHARDS` collections by a hash of the document id. On MongoDB
 that changes nothing (each read uses its `_id` index). On FerretDB v1 with SQLite, the
@@ -14,12 +15,13 @@ from __future__ import annotations
 
 import zlib
 from collections import defaultdict
+from datetime import datetime
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
-from tongban.store import measured
+from tongban.store import measured, retry_transient
 
 COLLECTION = "archive"
 SHARDS = 64
@@ -54,3 +56,18 @@ class MongoArchive:
 
     async def load(self, doc_id: str) -> dict[str, Any] | None:
         return await measured("find", COLLECTION, self._db[collection_for(doc_id)].find_one, {"_id": doc_id})
+
+    async def finished_before(self, cutoff: datetime, *, delete: bool) -> dict[str, int]:
+        """Per shard present, the documents whose `finished_at` is before `cutoff`: counted, or
+        deleted when `delete`. A document without `finished_at` never matches. On FerretDB v1
+        each call scans its shard (no index serves `finished_at`): 64 scans of 1/64 of the
+        archive, fine for a daily operator job; on MongoDB too, unless the operator indexes it."""
+        wanted = {"finished_at": {"$lt": cutoff}}
+        names = set(await retry_transient(self._db.list_collection_names))
+        found = {}
+        for name in (n for n in collections() if n in names):
+            if delete:
+                found[name] = (await retry_transient(self._db[name].delete_many, wanted)).deleted_count
+            else:
+                found[name] = await retry_transient(self._db[name].count_documents, wanted)
+        return found
