@@ -6,7 +6,9 @@ Handlers, the runtime and tools import these instead of spelling names out, so a
 
 - topics against ``infra/topics.toml`` (every declared topic or template has a name here and
   every name here is declared; one writer per topic);
-- event types against ``schemas/`` (each has a released ``<namespace>.<Name>.v<N>.avsc``).
+- event types against ``schemas/`` (each has a released ``<namespace>.<Name>.v<N>.avsc``);
+- which event types each topic carries (``events`` in ``infra/topics.toml``, read at run time
+  by ``tongban.topic_events``: the runtime refuses a type its topic does not carry).
 
 Names are logical: the runtime prefixes ``TONGBAN_NAMESPACE`` when it talks to the broker.
 Templates are functions; each returns the declared template when given its placeholder,

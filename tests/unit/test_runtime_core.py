@@ -57,8 +57,11 @@ NS = "tu-"
 # A service with commands holds a key of its own: its requests are sealed for itself.
 SETTINGS = load_settings("routing", {"TONGBAN_NAMESPACE": NS, "TONGBAN_PII_KEYS": new_key_line(),
                                     "TONGBAN_PII_PARTY": "routing"})
-INPUT = "tongban.application.received"
+# The stand-in input is an ApplicationUnroutable, so it comes on the topic that carries it
+# (infra/topics.toml `events`: the runtime dead-letters a type its topic does not carry).
+INPUT = "tongban.application.routed"
 OUTPUT = "tongban.application.routed"
+RECEIVED_TOPIC = "tongban.application.received"
 UNROUTABLE = "tongban.application.ApplicationUnroutable"
 RECEIVED = "tongban.application.ApplicationReceived"
 PARTITIONS = 3
@@ -693,11 +696,11 @@ def as_intake() -> Settings:
 
 async def test_personal_data_in_an_output_is_sealed_for_the_parties_its_topic_names():
     async def publish(event, state):
-        return Outcome(state={"x": 1}, emits=[Emit(INPUT, RECEIVED, event.key, application())])
+        return Outcome(state={"x": 1}, emits=[Emit(RECEIVED_TOPIC, RECEIVED, event.key, application())])
 
-    h = Harness(handlers={UNROUTABLE: publish}, settings=as_intake(), known_topics={NS + INPUT})
+    h = Harness(handlers={UNROUTABLE: publish}, settings=as_intake(), known_topics={NS + RECEIVED_TOPIC})
     await h.feed(h.rec(received_value()))
-    out, = h.bus.on(NS + INPUT)
+    out, = h.bus.on(NS + RECEIVED_TOPIC)
     assert "张三".encode() not in out.value
     assert b"110101199003077777" not in out.value
     applicant = REGISTRY.decode(out.value)[1]["applicant"]
@@ -725,12 +728,12 @@ async def test_personal_data_for_a_topic_that_names_no_recipients_is_refused_not
 
 async def test_a_service_without_a_key_cannot_send_personal_data():
     async def publish(event, state):
-        return Outcome(state={"x": 1}, emits=[Emit(INPUT, RECEIVED, event.key, application())])
+        return Outcome(state={"x": 1}, emits=[Emit(RECEIVED_TOPIC, RECEIVED, event.key, application())])
 
     keyless = dataclasses.replace(SETTINGS, pii_keys=Keyring())
-    h = Harness(handlers={UNROUTABLE: publish}, settings=keyless, known_topics={NS + INPUT})
+    h = Harness(handlers={UNROUTABLE: publish}, settings=keyless, known_topics={NS + RECEIVED_TOPIC})
     await h.feed(h.rec(received_value()))
-    assert h.bus.on(NS + INPUT) == []
+    assert h.bus.on(NS + RECEIVED_TOPIC) == []
     assert "holds no key" in header(h.dead_letters()[0], "tongban.dlq.error.message")
 
 
@@ -741,7 +744,7 @@ async def test_personal_data_arriving_in_the_clear_is_dead_lettered_not_handled(
         "event_id": "e1", "event_type": RECEIVED, "schema_version": REGISTRY.latest(RECEIVED).version,
         "occurred_at": now_utc(), "source_system": "x",
         "source_partner": None, "correlation_id": KEY, "causation_id": None}, **application()})
-    await h.feed(h.rec(plain))
+    await h.feed(h.rec(plain, topic=NS + RECEIVED_TOPIC))
     assert h.calls == []
     reason = header(h.dead_letters()[0], "tongban.dlq.error.message")
     assert reason == (f"{RECEIVED}: personal field(s) applicant.name, applicant.id_number, postal_address "

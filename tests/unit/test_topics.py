@@ -1,4 +1,5 @@
-"""tongban.topics agrees with infra/topics.toml and schemas/, and every topic has one writer.
+"""tongban.topics agrees with infra/topics.toml and schemas/, every topic has one writer and
+declares the event types it carries, and what services emit and read is declared there.
 
 The writers are found by reading services/*/handlers.py: the first argument of every
 `Emit(...)` must be a name from tongban.topics (a constant, a template function, or a
@@ -8,6 +9,7 @@ module-level alias of one), so the topics each service writes can be read off it
 from __future__ import annotations
 
 import ast
+import importlib
 import json
 import re
 import tomllib
@@ -16,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tongban import handling, topics
+from tongban import handling, topic_events, topics
+from tongban.ops import render
 from tongban.ops.topics import DEFAULT_FILE, load_declared
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,8 +43,10 @@ def declaration() -> dict:
 def test_every_declared_topic_has_a_name_and_every_name_is_declared():
     doc = declaration()
     assert sorted(topics.TOPICS) == sorted(t["name"] for t in doc["topic"])
-    assert sorted(fn("{partner}") for fn in topics.PARTNER_STREAMS) == sorted(t["name"] for t in doc["partner_stream"])
-    assert sorted(fn("{group}") for fn in topics.GROUP_STREAMS) == sorted(t["name"] for t in doc["group_stream"])
+    # A template may be declared more than once, for partners whose streams carry different types.
+    partner_streams = sorted({t["name"] for t in doc["partner_stream"]})
+    assert sorted(fn("{partner}") for fn in topics.PARTNER_STREAMS) == partner_streams
+    assert sorted(fn("{group}") for fn in topics.GROUP_STREAMS) == sorted({t["name"] for t in doc["group_stream"]})
     assert len(set(topics.TOPICS)) == len(topics.TOPICS)
     assert topics.CARRIER in doc["partners"]
 
@@ -183,7 +188,12 @@ def _matcher(template: str) -> Callable[[str], bool]:
 
 def service_emits() -> dict[str, set[str]]:
     """Service -> the topic names (or templates) its handlers emit to."""
-    out: dict[str, set[str]] = {}
+    return {service: {topic for topic, _ in pairs} for service, pairs in service_emit_pairs().items()}
+
+
+def service_emit_pairs() -> dict[str, set[tuple[str, str]]]:
+    """Service -> (topic name or template, event type) of every Emit in its handlers."""
+    out: dict[str, set[tuple[str, str]]] = {}
     for service in SERVICES:
         handlers = HandlerModule(ROOT / "services" / service / "handlers.py")
         assert handlers.emits(), f"services/{service}/handlers.py emits nothing?"
@@ -193,7 +203,7 @@ def service_emits() -> dict[str, set[str]]:
                 where = module.where(call)
                 assert topic is not None, f"{where}: name the topic with tongban.topics"
                 assert event_type in topics.EVENT_TYPES, f"{where}: name the event type with tongban.topics"
-                out.setdefault(service, set()).add(topic)
+                out.setdefault(service, set()).add((topic, event_type))
     return out
 
 
@@ -236,3 +246,72 @@ def test_the_scan_resolves_names_and_refuses_literals(tmp_path, source, expected
     path.write_text(source)
     [(_, topic, event_type)] = HandlerModule(path).emits()
     assert (topic, event_type) == expected
+
+
+# ---------------------------------------------------------------------------- what each topic carries
+
+
+def test_every_topic_declares_the_event_types_it_carries_each_with_a_released_schema():
+    entries = [*declaration()["topic"], *declaration()["partner_stream"], *declaration()["group_stream"]]
+    for entry in entries:
+        assert isinstance(entry.get("events"), list), f"{entry['name']}: declare `events` (the runtime refuses others)"
+    released = {full_name(s) for s in schema_files().values() if is_event(s)}
+    for spec in load_declared(""):
+        assert len(set(spec.events)) == len(spec.events), f"{spec.declared_name}: an event type listed twice"
+        unknown = set(spec.events) - released
+        assert not unknown, f"{spec.declared_name}: {sorted(unknown)} have no released event schema"
+        assert topics.TIMER_FIRED_EVENT not in spec.events, "timers fire from the schedule, never from a topic"
+
+
+def test_every_topic_a_service_emits_to_carries_what_it_emits():
+    specs = load_declared("")
+    for service, pairs in service_emit_pairs().items():
+        for topic, event_type in pairs:
+            matching = [spec for spec in specs if _matcher(topic)(spec.declared_name)]
+            assert matching, f"{service} emits to undeclared {topic}"
+            for spec in matching:
+                assert event_type in spec.events, \
+                    f"{service} emits {event_type}, which {spec.declared_name} does not carry"
+
+
+def service_inputs() -> dict[str, list[str]]:
+    """Service -> the topics its wiring reads (delivery's depend on the declared authorities)."""
+    from tongban.partners import authorities
+
+    out = {}
+    for service in SERVICES:
+        module = importlib.import_module(f"services.{service}.handlers")
+        inputs = module.inputs(authorities()) if hasattr(module, "inputs") else getattr(module, "INPUTS", None)
+        if inputs is not None:
+            out[service] = list(inputs)
+    return out
+
+
+def test_every_topic_a_service_reads_declares_what_it_carries():
+    inputs = service_inputs()
+    assert {"intake", "routing", "verification", "delivery", "feedback"} <= set(inputs)
+    for service, read in inputs.items():
+        for topic in read:
+            assert topic_events.carries(topic), f"{service} reads {topic}, which declares no event types"
+
+
+def test_the_loader_resolves_templates_and_names_the_partner_or_feed_that_writes():
+    for spec in load_declared(""):
+        found = topic_events.carriage(spec.declared_name)
+        assert found is not None, spec.declared_name
+        assert found.events == frozenset(spec.events), spec.declared_name
+    assert topic_events.carriage(topics.partner_decisions("440000")).partner == "440000"
+    assert topic_events.carriage(topics.POSTAL_ORIGINALS).partner == topics.CARRIER
+    assert topic_events.carriage(topics.FEEDBACK_RATINGS_PORTAL).partner == "haochaping-portal"
+    assert topic_events.carriage(topics.FEEDBACK_RATINGS).partner is None  # intake's Rate
+    assert topic_events.carriage(topics.partner_assignments("440000")).partner is None  # delivery writes it
+    assert topic_events.carriage(topics.FEEDBACK_CASEWORK).partner is None  # the operator
+
+
+def test_the_partner_kit_lists_what_the_declarations_say_partners_and_feeds_exchange():
+    """The AsyncAPI document's messages per channel (tongban.ops.render) are the declared ones."""
+    specs = load_declared("")
+    for template, listed in render.PARTNER_EVENTS.items():
+        pattern = _matcher(template.replace("*", "{partner}"))
+        declared = {e for spec in specs if pattern(spec.declared_name) for e in spec.events}
+        assert declared == set(listed), template

@@ -593,7 +593,9 @@ def render_strimzi(overlay: str | None = None, namespace: str = "") -> str:
 # ------------------------------------------------------------------------------ asyncapi
 
 # Which schemas travel on which partner-facing topic (declared name, {partner} as placeholder), as
-# tongban/topics.py's "# on ..." notes say (tests/unit/test_partner_kit.py holds them together).
+# tongban/topics.py's "# on ..." notes say (tests/unit/test_partner_kit.py holds them together) and
+# infra/topics.toml `events` declares (tests/unit/test_topics.py): the test vectors' list. The
+# AsyncAPI channels take each topic's own declaration, so the carrier's list only the carrier's types.
 PARTNER_EVENTS: dict[str, tuple[str, ...]] = {
     "tongban.partner.{partner}.assignments": (names.MATTER_ASSIGNED_EVENT, names.ASSIGNMENT_CANCELLED_EVENT,
                                               names.COMMITMENT_CHECK_REQUESTED_EVENT,
@@ -614,18 +616,6 @@ PARTNER_EVENTS: dict[str, tuple[str, ...]] = {
 }
 
 
-def partner_events(template: str) -> tuple[str, ...]:
-    """The event types on a partner-facing topic (its declared name, {partner} as placeholder)."""
-    if template in PARTNER_EVENTS:
-        return PARTNER_EVENTS[template]
-    return next((events for pattern, events in PARTNER_EVENTS.items()
-                 if pattern.endswith("*") and template.startswith(pattern[:-1])), ())
-
-
-def _template(declared_name: str, partner: str) -> str:
-    return declared_name.replace(f".{partner}.", ".{partner}.", 1)
-
-
 def asyncapi_document() -> dict[str, Any]:
     """AsyncAPI 3.0: the topics partners and feeds read or write, with keys and Avro schemas."""
     registry = SchemaRegistry.load()
@@ -642,8 +632,7 @@ def asyncapi_document() -> dict[str, Any]:
             if acl.resource_type != "TOPIC" or acl.name == names.SCHEMAS:
                 continue
             spec = specs[acl.name]
-            template = _template(spec.declared_name, principal.ref)
-            events = partner_events(template)
+            events = spec.events  # what the topic carries (infra/topics.toml `events`), what the runtime accepts
             channel_id = kube_name(acl.name).replace(".", "_").replace("-", "_")
             refs = []
             for event in events:

@@ -58,6 +58,7 @@ class TopicSpec:
     key: str = ""
     declared_name: str = ""  # the name without namespace
     readers: tuple[str, ...] = ()  # who may consume it (input of the ACLs, tongban.ops.acls)
+    events: tuple[str, ...] = ()  # the event types it carries (tongban.topic_events: the runtime refuses others)
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,7 @@ def _spec(entry: Mapping[str, Any], defaults: Mapping[str, Any], namespace: str,
         key=str(entry.get("key", "")),
         declared_name=name,
         readers=tuple(fill(str(r)) for r in entry.get("readers", ())),
+        events=tuple(str(e) for e in entry.get("events", ())),
     )
 
 

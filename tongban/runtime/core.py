@@ -40,7 +40,7 @@ from bson.codec_options import CodecOptions
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
-from tongban import pii_policy
+from tongban import pii_policy, topic_events
 from tongban.bus import partition_for
 from tongban.codec import CodecError, MalformedRecord, SchemaRegistry, UnknownSchema
 from tongban.config import Settings
@@ -57,6 +57,9 @@ log = logging.getLogger("tongban.runtime")
 tracer = trace.get_tracer("tongban.runtime")
 
 COMMAND = "tongban.runtime.Command"
+# The origin a dead-lettered timer names (tongban.dlq.origin.topic): no topic, the task's schedule.
+TIMER_ORIGIN = "timer"
+TIMER_CARRIAGE = topic_events.Carriage(frozenset({TIMER_FIRED}), None)
 ORIGIN_TOPIC_HEADER = "tongban.origin.topic"
 # How often an operator has replayed a dead letter (`tongban dlq replay`): a record on the
 # retry topic that was replayed more often than MAX_REPLAYS is dead-lettered again instead of
@@ -91,6 +94,12 @@ class Refused(Exception):
 class UnsealedPersonalData(MalformedRecord):
     """A record whose personal field arrived in the clear: refused, and its value is not kept
     in the dead letter (only its digest)."""
+
+
+class Misplaced(MalformedRecord):
+    """A record its topic may not carry: an event type the topic does not declare, or a
+    partner's topic whose envelope names another partner. The broker's ACLs let a partner
+    write its own topics only; this keeps it to its own record names on them."""
 
 
 class TaskFenced(Exception):
@@ -458,6 +467,7 @@ class Task:
             payload = unpack(base64.b64decode(opened))
             event = Event(envelope["event_id"], body["command_type"], body["key"], payload, envelope, "command")
             return event, handler, body["key"]
+        self._check_carried(topic, full_name, envelope)
         if full_name == TIMER_FIRED:  # a dead-lettered timer replayed by an operator
             timer_handler = wiring.timers.get(body["name"])
             if timer_handler is None:
@@ -488,6 +498,25 @@ class Task:
         except Exception as exc:
             raise HandlerFailed(f"no aggregate key for {full_name}") from exc
         return Event(event.event_id, full_name, key, body, envelope, topic), event_handler, key
+
+    @staticmethod
+    def _check_carried(topic: str, full_name: str, envelope: dict[str, Any]) -> None:
+        """Dispatch is by event type, so the type must be one its (origin) topic carries: a
+        partner may write its own topics, never another writer's record names there. A topic
+        infra/topics.toml does not declare is not checked: no principal but the broker's admin
+        may write one (the bench's hop topics)."""
+        # A dead-lettered timer names the schedule as its origin, which carries its firings only.
+        declared = TIMER_CARRIAGE if topic == TIMER_ORIGIN else topic_events.carriage(topic)
+        if declared is None:
+            return
+        if full_name not in declared.events:
+            raise Misplaced(f"{topic} does not carry {full_name}")
+        # The sender is the partner whose topic the broker let write it; the envelope's
+        # `source_partner` is only the client's claim, and one that disagrees is no record of ours.
+        claimed = envelope.get("source_partner")
+        if declared.partner is not None and claimed and claimed != declared.partner:
+            raise Misplaced(f"the envelope names partner {claimed}, but the record came on partner "
+                            f"{declared.partner}'s topic")
 
     def _check_sealed(self, full_name: str, envelope: dict[str, Any], body: dict[str, Any]) -> None:
         """A personal field must arrive sealed: plaintext from a writer (a partner that does
@@ -607,6 +636,10 @@ class Task:
         topic = settings.topic(emit.topic)
         if not await self.ctx.has_topic(topic):
             raise Refused(f"output topic {emit.topic} does not exist")
+        declared = topic_events.carriage(emit.topic)
+        if declared is not None and emit.event_type not in declared.events:
+            # Readers dead-letter it (Task._check_carried): refuse it here, where the mistake is.
+            raise Refused(f"{emit.topic} does not carry {emit.event_type}")
         out = OutRecord(topic, emit.key.encode(), value, list(trace_headers))
         if out.size > MAX_RECORD_BYTES:
             raise Refused(f"{emit.event_type} would be {out.size} bytes; a record may be at most {MAX_RECORD_BYTES}")
@@ -626,7 +659,7 @@ class Task:
         if timer is None:
             return  # replaced or cancelled since it was scheduled
         payload = {"timer_id": timer_id, "name": timer["name"], "payload": timer["payload"]}
-        event = Event(f"timer:{timer_id}", TIMER_FIRED, key, payload, {"correlation_id": key}, "timer")
+        event = Event(f"timer:{timer_id}", TIMER_FIRED, key, payload, {"correlation_id": key}, TIMER_ORIGIN)
         handler = self.ctx.wiring.timers.get(timer["name"])
 
         def poison(exc: BaseException) -> None:
@@ -649,7 +682,7 @@ class Task:
                 "payload": json.dumps(timer["payload"], default=str) if timer["payload"] is not None else None}
         _, value = encode_event(self.ctx.registry, TIMER_FIRED, body, cause_id=f"timer:{timer['id']}",
                                 correlation_id=key, source_system=f"tongban-{settings.service}")
-        record = _Synthetic(settings.topic("timer"), self.partition, -1, key.encode(), value, [])
+        record = _Synthetic(settings.topic(TIMER_ORIGIN), self.partition, -1, key.encode(), value, [])
         return self._dead_letter(record, exc)
 
     # -------------------------------------------------------------- dead letters
