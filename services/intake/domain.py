@@ -329,7 +329,7 @@ def new_progress(application_id: str, matter_code: str, at: datetime, source_sys
     }
 
 
-def _step(view: dict, stage: str, at: datetime, detail: str, notice: str = "") -> dict:
+def _step(view: dict, stage: str, at: datetime, detail: str, notice: str) -> dict:
     """A history step: `sequence` counts the steps in the order intake learned them (what
     Watch resumes after); `at` is when it happened (what Track orders by); `notice`, the kind
     of notice the step served, if any."""
@@ -545,8 +545,8 @@ def rating_problems(progress: dict, rated_role: str, channel: str, interaction_i
 def rated_party(progress: dict, rated_role: str) -> tuple[str, str]:
     """The party and division a rating counts against, from the application (never from the
     caller): the receiving window in the receiving division, the deciding authority in its own."""
-    if rated_role == RECEIVING:
-        return progress.get("window_id", ""), progress.get("receiving_division", "")
+    if rated_role == RECEIVING:  # only rated where a window received (rating_problems), so both are known
+        return progress["window_id"], progress["receiving_division"]
     if rated_role == DECIDING:
         return (progress.get("deciding_partner", ""),
                 progress.get("deciding_division") or progress.get("home_division", ""))
@@ -556,7 +556,7 @@ def rated_party(progress: dict, rated_role: str) -> tuple[str, str]:
 def repeated_rating(progress: dict, rated_role: str, channel: str, interaction_id: str) -> str | None:
     """Why a rating is one too many, or None: online one per matter and rated party (一事一评),
     on site one per interaction (一次一评)."""
-    for given in progress.get("ratings", []):
+    for given in progress["ratings"]:
         if given.get("rated_role", SERVICE) != rated_role:
             continue
         if channel == ONSITE and given.get("channel") == ONSITE and given.get("interaction_id") == interaction_id:
@@ -634,9 +634,9 @@ def leg_reached(view: dict, number: int, state: str, at: datetime, count: int = 
 
 
 def _leg_step(view: dict, leg: dict, at: datetime, detail: str) -> dict:
-    sequence = max((h.get("sequence", 0) for h in view["history"]), default=0) + 1
+    sequence = max(h.get("sequence", 0) for h in view["history"]) + 1  # a view always has a step
     what = f"leg {leg['number']} of {leg.get('count') or '?'} ({leg.get('step') or '?'})"
-    party = leg.get("party", "")
+    party = leg["party"]  # every leg has one ("" until known)
     return {"stage": f"LEG_{leg['state']}", "at": at, "detail": f"{what}: {detail}" if detail else what,
             "sequence": sequence, "leg": leg["number"], "party": party,
             "responsible": f"{DECIDING_AUTHORITY}:{party}" if leg["state"] == ASSIGNED and party else NO_ONE}
@@ -678,8 +678,7 @@ def last_leg_decided(view: dict, at: datetime) -> dict:
     """An approval of a joint matter is its last leg's result."""
     if not is_joint(view):
         return view
-    last = view["legs"][-1]
-    return leg_reached(view, last["number"], COMPLETED, at, last.get("count", 0))
+    return leg_reached(view, view["legs"][-1]["number"], COMPLETED, at)
 
 
 def legs_ended(view: dict, at: datetime, why: str, undo_done: bool = False) -> dict:
