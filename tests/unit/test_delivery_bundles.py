@@ -23,11 +23,19 @@ A, B = "TBBUNDLEA", "TBBUNDLEB"
 BUNDLE = "TBB0123456789"
 MATTERS = {"KSTB-HPF-02": Matter(True, "PAPER_LICENCE"), "KSTB-SOC-04": Matter(True, "PAPER_LICENCE")}
 MATTER_OF = {A: "KSTB-SOC-04", B: "KSTB-HPF-02"}
-HANDLERS = handlers.make_handlers(cipher("delivery"), SchemaRegistry.load(), clock=lambda: T0,
-                                  results=Deployment(secret=b"bundles", matters=lambda code: MATTERS[code]))
 DECISIONS = topics.partner_decisions("440000")
 KEYS = handlers.keys()  # the aggregate an event goes to, where not its record key
 READ_BACK = (topics.BUNDLE_MEMBER_DECIDED_EVENT, topics.BUNDLE_RESULTS_RELEASED_EVENT)
+
+
+REGISTRY = SchemaRegistry.load()
+DELIVERY_CIPHER = cipher("delivery")
+
+
+def delivery_handlers() -> dict:
+    # built when a test runs, not at import, so that mutation testing sees which tests run them
+    return handlers.make_handlers(DELIVERY_CIPHER, REGISTRY, clock=lambda: T0,
+                                  results=Deployment(secret=b"bundles", matters=lambda code: MATTERS[code]))
 
 
 @dataclass
@@ -45,7 +53,7 @@ class Delivery:
         if event_type in KEYS:
             key = KEYS[event_type](event)
             event = Event(event.event_id, event_type, key, payload, event.envelope, topic)
-        outcome = await HANDLERS[event_type](event, self.states.get(key))
+        outcome = await delivery_handlers()[event_type](event, self.states.get(key))
         if outcome.state is not None:
             self.states[key] = outcome.state
             self.finished[key] = outcome.finished
@@ -222,7 +230,7 @@ async def test_an_application_withdrawn_before_its_bundle_was_released_tells_the
 async def test_a_settled_application_tells_its_bundle_once():
     delivery = await feed(*accepted(A), *accepted(B), decision(A, "APPROVED"))
     told = members_told(delivery)[A]
-    again = await HANDLERS[topics.BUNDLE_MEMBER_DECIDED_EVENT](
+    again = await delivery_handlers()[topics.BUNDLE_MEMBER_DECIDED_EVENT](
         Event("again", topics.BUNDLE_MEMBER_DECIDED_EVENT, bundles.key(BUNDLE), told, {"occurred_at": T0}, "decided"),
         delivery.states[bundles.key(BUNDLE)])
     assert (again.emits, again.state) == ([], None)
@@ -240,7 +248,8 @@ async def test_a_bundle_sent_to_review_is_not_held_together():
 
 async def test_an_application_of_no_bundle_rejected_on_review_leaves_no_file():
     app, event_type, payload, topic = unroutable(A)
-    outcome = await HANDLERS[event_type](Event("u", event_type, app, payload, {"occurred_at": T0}, topic), None)
+    outcome = await delivery_handlers()[event_type](Event("u", event_type, app, payload, {"occurred_at": T0}, topic),
+                                                    None)
     assert (outcome.state, outcome.emits, outcome.finished) == (None, [], False)
 
 
@@ -274,7 +283,7 @@ async def _first_report_outcome() -> Outcome:
     """The bundle's outcome for its first settled application: the hold starts."""
     report = {"application_id": A, "bundle_id": BUNDLE, "applications": [B, A], "outcome": "APPROVED", "held": True,
               "settled_at": T0}
-    return await HANDLERS[topics.BUNDLE_MEMBER_DECIDED_EVENT](
+    return await delivery_handlers()[topics.BUNDLE_MEMBER_DECIDED_EVENT](
         Event("first", topics.BUNDLE_MEMBER_DECIDED_EVENT, bundles.key(BUNDLE), report, {"occurred_at": T0},
               topics.APPLICATION_DECIDED), None)
 

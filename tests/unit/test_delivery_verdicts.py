@@ -16,7 +16,7 @@ import pytest
 from services.delivery import handlers, verdicts
 from services.delivery.api import DeliveryServicer
 from services.delivery.verdicts import TRY, Verdict, Verdicts, read_verdict, trial_handlers
-from tests.unit.test_delivery_channels import ALL, APP, WINDOW, arrival, by, decision, feed, pickup
+from tests.unit.test_delivery_channels import APP, WINDOW, arrival, by, decision, delivery_handlers, feed, pickup
 from tests.unit.test_runtime_core import Rec  # a consumed record, as the runtime's own tests build them
 from tongban import pii_policy
 from tongban.bus import partition_for
@@ -53,7 +53,8 @@ class Owner:
     """The task that owns APP's partition, wired as services/delivery/__main__.py wires it."""
 
     def __init__(self) -> None:
-        commands = {name: ALL[name] for name in handlers.COMMANDS}
+        every = delivery_handlers()
+        commands = {name: every[name] for name in handlers.COMMANDS}
         commands |= trial_handlers(commands)
         wiring = Wiring("delivery", inputs=[], handlers={}, commands=commands, timers={})
         self.bus = MemoryTransactions(SETTINGS.changelog_topic)

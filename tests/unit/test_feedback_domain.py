@@ -41,8 +41,9 @@ def test_a_fact_falls_in_every_window_that_contains_it(spec, at, starts):
 
 
 def test_the_configured_windows_and_rules_load():
-    assert [(w.name, w.size_days, w.step_days) for w in CONFIG.windows] == [("7d", 7, 7), ("30d-hop7d", 30, 7)]
-    assert {r.name for r in CONFIG.rules} == {"bad-ratings", "complaints", "sla-breaches", "sla-breach-rate"}
+    config = FlagConfig.load()  # loaded here, not only at import, so mutation testing sees this test run it
+    assert [(w.name, w.size_days, w.step_days) for w in config.windows] == [("7d", 7, 7), ("30d-hop7d", 30, 7)]
+    assert {r.name for r in config.rules} == {"bad-ratings", "complaints", "sla-breaches", "sla-breach-rate"}
     with pytest.raises(ValueError, match="clear_below <= threshold"):
         FlagRule("x", "complaints", threshold=1, clear_below=2, volume="complaints")
 

@@ -8,6 +8,7 @@ import pytest
 
 from services.feedback import handlers
 from services.feedback.domain import WORK_ORDER_STAGES, DuplicateRule, RectificationPolicies, RectificationPolicy
+from tongban.events import derive_event_id
 from tongban.handling import TIMER_FIRED, Event, Outcome, Rejected
 from tongban.runtime.core import pack, unpack
 from tongban.workdays import WorkingCalendar
@@ -56,7 +57,9 @@ async def feed(*steps, state: dict | None = None, key: str = "application|TB1",
     for n, (event_type, payload) in enumerate(steps):
         e = Event(f"id-{n}", event_type, key, payload, {"occurred_at": T0 + timedelta(minutes=n)}, topic)
         handler = on_timers[payload["name"]] if event_type == TIMER_FIRED else on_events[event_type]
-        outcome = await handler(e, state)
+        # the handler gets its own copy, as from the runtime: what it changes in place without
+        # returning it as the new state is lost here as it would be there
+        outcome = await handler(e, unpack(pack(state)) if state is not None else None)
         # kept as the runtime keeps it (BSON), so what does not survive the store fails here
         state = unpack(pack(outcome.state)) if outcome.state is not None else state
         outcomes.append(outcome)
@@ -145,6 +148,22 @@ async def test_in_dai_shou_dai_ban_both_parties_are_rated_each_against_its_own_d
         await feed(window, authority, rating(4, 3, rated_role="DECIDING", party="420000"))
 
 
+async def test_a_rating_fact_carries_the_role_rated_and_a_rating_naming_none_rates_the_service():
+    _, outcomes = await feed(rating(2, 1, rated_role="RECEIVING", division_code="431200", party="431200-window"),
+                             rating(2, 2, application="TB2", rated_role=None))
+    assert [e.payload["rated_role"] for o in outcomes for e in o.emits] == ["RECEIVING", "SERVICE"]
+
+
+async def test_an_upheld_appeal_withdraws_the_rating_from_the_same_matter_division_party_and_role():
+    window = rating(5, 1, rated_role="RECEIVING", division_code="431200", party="431200-window")
+    _, outcomes = await feed(window, appeal("R1"))
+    counted, withdrawn = outcomes[0].emits[0], outcomes[1].emits[0]
+    assert withdrawn.key == counted.key == f"{MATTER}|431200|431200-window"
+    assert {k: withdrawn.payload[k] for k in ("matter_code", "division_code", "party", "rated_role", "counted")} == {
+        "matter_code": MATTER, "division_code": "431200", "party": "431200-window", "rated_role": "RECEIVING",
+        "counted": False}
+
+
 @pytest.mark.parametrize(("changes", "problem"), [
     ({"channel": "FAX"}, "unknown rating channel 'FAX'"), ({"rated_role": "BOSS"}, "rated role must be one of"),
     ({"indicator_set": "GB/T 39735-2020:v9"}, "unknown indicator set")])
@@ -177,6 +196,17 @@ async def test_a_dismissed_appeal_leaves_the_rating_counted():
     state, outcomes = await feed(rating(5, 1), appeal("R1", upheld=False))
     assert outcomes[1].emits == []
     assert state["ratings"]["R1"]["excluded"] is None
+
+
+async def test_an_upheld_appeal_of_a_good_rating_withdraws_it_though_it_opened_no_case():
+    _, outcomes = await feed(rating(2, 1), appeal("R1"))
+    assert facts(outcomes[1:]) == [("RATING", "R1", PARTY, False, False)]
+
+
+async def test_a_rectification_step_for_a_rating_without_a_case_is_refused_with_the_reason():
+    state, _ = await feed(rating(2, 1))  # a good rating opens no case
+    with pytest.raises(Rejected, match=r"^no open rectification case for rating R1$"):
+        await feed(step("R1", "CALLED_BACK"), state=state)
 
 
 async def test_an_appeal_for_an_unknown_rating_is_refused():
@@ -223,6 +253,19 @@ async def test_an_overdue_step_is_reported_once_and_the_timer_moves_to_the_next_
     assert again[0].emits == []
 
 
+async def test_an_overdue_report_names_the_rating_step_party_and_deadline_on_the_facts_topic():
+    state, outcomes = await feed(rating(5, 1))
+    _, later = await feed(fired(outcomes[0].timers[0]), state=state)
+    [overdue] = later[0].emits
+    assert overdue.topic == "tongban.feedback.facts"
+    assert overdue.payload == {"rating_id": "R1", "application_id": "TB1", "step": "CALLED_BACK",
+                               "matter_code": MATTER, "division_code": DIVISION, "party": PARTY,
+                               "due_at": state["cases"]["R1"]["due"]["CALLED_BACK"]}
+    # one event per rating and step, whichever timer firing reports it
+    assert derive_event_id("cause", overdue.event_type, overdue.qualifier) == derive_event_id(
+        "cause", overdue.event_type, "R1|CALLED_BACK")
+
+
 async def test_once_the_rectification_is_answered_the_rater_gets_one_follow_up_rating():
     state, _ = await feed(rating(5, 1), step("R1", "CALLED_BACK"))
     with pytest.raises(Rejected, match="一事一评"):
@@ -233,6 +276,13 @@ async def test_once_the_rectification_is_answered_the_rater_gets_one_follow_up_r
     assert "R2" not in state["cases"]
     with pytest.raises(Rejected, match="一事一评"):
         await feed(rating(4, 3), state=state)  # one follow-up only
+
+
+async def test_a_follow_up_the_casework_already_recorded_leaves_the_rater_no_further_rating():
+    # the office may record the follow-up rating (回访评价) itself, taken by telephone
+    state, _ = await feed(rating(5, 1), step("R1", "RESOLVED"), step("R1", "FOLLOW_UP_RATED"))
+    with pytest.raises(Rejected, match="一事一评"):
+        await feed(rating(2, 2), state=state)
 
 
 async def test_a_step_done_in_time_is_never_overdue():
@@ -283,6 +333,26 @@ async def test_a_reassigned_order_counts_against_the_final_unit_not_the_one_that
     assert state["cases"]["WO0"]["counted_unit"] == "U-b"
 
 
+async def test_a_returned_order_withdraws_the_complaint_from_its_unit_and_counts_it_nowhere_until_reassigned():
+    state, outcomes = await feed(work_order(), work_order("DISPATCHED", unit="U-a"),
+                                 work_order("RETURNED", at=T0 + timedelta(hours=2)), key="g")
+    [withdrawn] = outcomes[-1].emits
+    assert (withdrawn.topic, withdrawn.key) == ("tongban.feedback.facts", f"{MATTER}|{DIVISION}|U-a")
+    assert withdrawn.payload == {"fact_id": "WO0", "kind": "COMPLAINT", "matter_code": MATTER,
+                                 "division_code": DIVISION, "party": "U-a", "rated_role": "SERVICE", "bad": False,
+                                 "counted": False, "reason": "work order returned", "occurred_at": T0}
+    assert state["cases"]["WO0"]["counted_unit"] is None
+
+
+async def test_each_fact_one_input_emits_has_an_event_id_of_its_own():
+    # a 改派 withdraws the count from one unit and counts it against another in one outcome;
+    # the runtime derives each event's id from its cause, type and qualifier
+    _, outcomes = await feed(work_order(), work_order("DISPATCHED", unit="U-a"),
+                             work_order("REASSIGNED", unit="U-b"), key="g")
+    ids = {derive_event_id("cause", e.event_type, e.qualifier) for e in outcomes[-1].emits}
+    assert len(ids) == len(outcomes[-1].emits) == 2
+
+
 async def test_reassigning_straight_to_another_unit_moves_the_count():
     _, outcomes = await feed(work_order(), work_order("DISPATCHED", unit="U-a"),
                              work_order("REASSIGNED", unit="U-b"), key="g")
@@ -328,6 +398,23 @@ async def test_an_sla_breach_counts_against_the_party_it_names(party, group):
     assert facts([outcome]) == [("SLA_BREACH", "TB1|DECISION|DECIDE", party, True, False)]
     assert outcome.emits[0].key == group
     assert outcome.emits[0].payload["occurred_at"] == T0, "counted in the window of its deadline"
+
+
+async def test_a_breach_fact_says_which_leg_was_late():
+    on_events, _ = handlers.make_handlers(RectificationPolicies(), CALENDAR.add_working_days, DuplicateRule())
+    e = Event("breach-1", handlers.SLA_BREACHED, "TB1", breach("420000", "DELIVERY"), {}, "t")
+    outcome = await on_events[handlers.SLA_BREACHED](e, None)
+    assert outcome.emits[0].payload["reason"] == "DELIVERY"
+
+
+def test_a_work_order_stage_is_one_business_fact_per_occurrence():
+    def occurrence(event_id: str, stage: str, at: datetime) -> Event:
+        return Event(event_id, handlers.WORK_ORDER, "g", work_order(stage, at=at)[1], {}, "t")
+
+    ids = handlers.business_ids()[handlers.WORK_ORDER]
+    later = T0 + timedelta(days=1)
+    assert ids(occurrence("id-1", "EXTENDED", T0)) == ids(occurrence("id-2", "EXTENDED", T0)) == f"WO0|EXTENDED|{T0}"
+    assert ids(occurrence("id-3", "EXTENDED", later)) == f"WO0|EXTENDED|{later}", "延期 again: another occurrence"
 
 
 def test_a_breach_resent_under_another_event_id_is_the_same_business_fact():

@@ -28,10 +28,17 @@ NAME = "示例"
 APPLICANT = {"kind": "PERSON", "name": NAME, "id_number": "420106198506123417", "phone": None}
 PLACES = {"INSURED_BEFORE": "420106", "INSURED_AFTER": "440103"}
 REGISTRY = SchemaRegistry.load()
-DELIVERY = delivery.make_handlers(cipher("delivery"), REGISTRY, clock=lambda: T0,
-                                  results=Deployment(secret=b"joint legs", matters=lambda code: Matter(True, "")))
 CALENDAR = WorkingCalendar.load()
-ROUTING = routing.make_handlers(Catalogue.load(), PartnerRegistry.load(), CALENDAR)
+
+
+# built when a test runs, not at import, so that mutation testing sees which tests run them
+def delivery_handlers() -> dict:
+    return delivery.make_handlers(cipher("delivery"), REGISTRY, clock=lambda: T0,
+                                  results=Deployment(secret=b"joint legs", matters=lambda code: Matter(True, "")))
+
+
+def routing_handlers() -> dict:
+    return routing.make_handlers(Catalogue.load(), PartnerRegistry.load(), CALENDAR)
 
 LEG_1, LEG_2, LEG_3 = f"{APP}:440000:1", f"{APP}:420000:2", f"{APP}:440000:3"
 
@@ -52,7 +59,7 @@ def received_payload() -> dict:
 
 async def routed_payload() -> dict:
     """What routing decides for the application: the three legs, in order."""
-    outcome = await ROUTING[topics.APPLICATION_RECEIVED_EVENT](
+    outcome = await routing_handlers()[topics.APPLICATION_RECEIVED_EVENT](
         event(topics.APPLICATION_RECEIVED_EVENT, received_payload(), topics.APPLICATION_RECEIVED), None)
     assert isinstance(outcome, Outcome)
     return outcome.emits[0].payload
@@ -81,9 +88,9 @@ async def start() -> tuple[dict, list[Outcome]]:
 
 
 async def feed(state: dict | None, *steps) -> tuple[dict, list[Outcome]]:
-    outcomes = []
+    outcomes, every = [], delivery_handlers()
     for n, (event_type, payload, topic) in enumerate(steps):
-        outcome = await DELIVERY[event_type](event(event_type, payload, topic, n), state)
+        outcome = await every[event_type](event(event_type, payload, topic, n), state)
         state = outcome.state if outcome.state is not None else state
         outcomes.append(outcome)
     assert state is not None
@@ -96,11 +103,12 @@ def emitted(outcomes: list[Outcome]) -> list:
 
 async def ledger_after(emits: list) -> Ledger:
     """Routing's ledger fed the application and every lifecycle event delivery emitted."""
-    state = (await ROUTING[topics.APPLICATION_RECEIVED_EVENT](
+    rules = routing_handlers()
+    state = (await rules[topics.APPLICATION_RECEIVED_EVENT](
         event(topics.APPLICATION_RECEIVED_EVENT, received_payload(), topics.APPLICATION_RECEIVED), None)).state
     for n, e in enumerate(emits):
-        if e.topic.startswith("tongban.application.") and e.event_type in ROUTING:
-            outcome = await ROUTING[e.event_type](event(e.event_type, e.payload, e.topic, n), state)
+        if e.topic.startswith("tongban.application.") and e.event_type in rules:
+            outcome = await rules[e.event_type](event(e.event_type, e.payload, e.topic, n), state)
             state = outcome.state if outcome.state is not None else state
     assert state is not None
     return Ledger.from_state(state["ledger"])
