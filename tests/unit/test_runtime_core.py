@@ -855,6 +855,45 @@ async def test_finished_work_leaves_the_hot_state_in_minute_rounds_one_transacti
     assert entry(h)["state"] is None
 
 
+async def test_an_aggregate_revived_by_a_late_event_keeps_its_state_when_its_old_eviction_falls_due():
+    async def progress(event, state):
+        seen = [*(state or {}).get("seen", []), event.payload["reason"]]
+        return Outcome(state={"seen": seen}, finished=event.payload["reason"] != "rating")
+
+    h = Harness(handlers={UNROUTABLE: progress})
+    await h.feed(h.rec(value_of(UNROUTABLE, unroutable(KEY, "delivered"), "c1")))
+    due = h.task.schedule.next_due()
+    await h.feed(h.rec(value_of(UNROUTABLE, unroutable(KEY, "rating"), "c2")))  # unfinished again
+    await h.task.fire_due(due)
+    assert h.state() == {"seen": ["delivered", "rating"]}, "unfinished work never leaves the hot state"
+
+
+async def test_a_second_finish_is_not_evicted_by_the_first_ones_round(monkeypatch):
+    async def finish_seen(event, state):
+        return Outcome(state={"seen": [*(state or {}).get("seen", []), event.payload["reason"]]}, finished=True)
+
+    first = now_utc()
+    h = Harness(handlers={UNROUTABLE: finish_seen})
+    monkeypatch.setattr(core, "now_utc", lambda: first)
+    await h.feed(h.rec(value_of(UNROUTABLE, unroutable(KEY, "a"), "c1")))
+    due = h.task.schedule.next_due()
+    monkeypatch.setattr(core, "now_utc", lambda: first + timedelta(minutes=2))
+    await h.feed(h.rec(value_of(UNROUTABLE, unroutable(KEY, "b"), "c2")))  # finished again, as version 2
+    await h.task.fire_due(due)
+    assert entry(h)["state"] == {"seen": ["a", "b"]}, "version 2 keeps its own ten minutes"
+
+
+async def test_evicted_work_keeps_its_trace_and_finish_time_in_the_hot_state(spans):
+    h = Harness(handlers={UNROUTABLE: finish})
+    await h.feed(h.rec(received_value(), headers=[("traceparent", TRACEPARENT.encode())]))
+    kept = entry(h)
+    await h.task.fire_due(millis(now_utc() + KEEP_FINISHED) + EVICTION_ROUND_MS)
+    marker = entry(h)
+    assert marker["state"] is None
+    assert marker["trace"] == kept["trace"] != {}, "later requests still join the application's trace"
+    assert marker["finished_at"] == kept["finished_at"], "the sweep forgets the marker by it"
+
+
 async def test_a_restarted_task_still_evicts_finished_work_it_had_not_evicted():
     h = Harness(handlers={UNROUTABLE: finish})
     await h.feed(h.rec(received_value()))
