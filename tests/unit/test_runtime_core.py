@@ -821,6 +821,17 @@ async def finish(event, state):
     return Outcome(state={"done": event.payload["reason"]}, finished=True)
 
 
+async def finish_seen(event, state):
+    """Every reason seen, finished at each."""
+    return Outcome(state={"seen": [*(state or {}).get("seen", []), event.payload["reason"]]}, finished=True)
+
+
+async def progress(event, state):
+    """Every reason seen, finished at each but a rating (which revives finished work)."""
+    seen = [*(state or {}).get("seen", []), event.payload["reason"]]
+    return Outcome(state={"seen": seen}, finished=event.payload["reason"] != "rating")
+
+
 async def test_finished_work_is_archived_and_leaves_only_a_marker_in_the_hot_state():
     h = Harness(handlers={UNROUTABLE: finish})
     await h.feed(h.rec(received_value()))
@@ -856,10 +867,6 @@ async def test_finished_work_leaves_the_hot_state_in_minute_rounds_one_transacti
 
 
 async def test_an_aggregate_revived_by_a_late_event_keeps_its_state_when_its_old_eviction_falls_due():
-    async def progress(event, state):
-        seen = [*(state or {}).get("seen", []), event.payload["reason"]]
-        return Outcome(state={"seen": seen}, finished=event.payload["reason"] != "rating")
-
     h = Harness(handlers={UNROUTABLE: progress})
     await h.feed(h.rec(value_of(UNROUTABLE, unroutable(KEY, "delivered"), "c1")))
     due = h.task.schedule.next_due()
@@ -869,9 +876,6 @@ async def test_an_aggregate_revived_by_a_late_event_keeps_its_state_when_its_old
 
 
 async def test_a_second_finish_is_not_evicted_by_the_first_ones_round(monkeypatch):
-    async def finish_seen(event, state):
-        return Outcome(state={"seen": [*(state or {}).get("seen", []), event.payload["reason"]]}, finished=True)
-
     first = now_utc()
     h = Harness(handlers={UNROUTABLE: finish_seen})
     monkeypatch.setattr(core, "now_utc", lambda: first)
@@ -916,10 +920,6 @@ async def test_an_archived_document_names_its_aggregate_version_service_trace_an
 
 
 async def test_a_late_event_revives_finished_work_from_the_archive_and_it_is_archived_again():
-    async def finish_seen(event, state):
-        seen = (state or {}).get("seen", [])
-        return Outcome(state={"seen": [*seen, event.payload["reason"]]}, finished=True)
-
     h = Harness(handlers={UNROUTABLE: finish_seen})
     await h.feed(h.rec(value_of(UNROUTABLE, unroutable(KEY, "first"), "c1")))
     await h.feed(h.rec(value_of(UNROUTABLE, unroutable(KEY, "late"), "c2")))
@@ -928,10 +928,6 @@ async def test_a_late_event_revives_finished_work_from_the_archive_and_it_is_arc
 
 
 async def test_a_late_event_that_changes_finished_work_without_finishing_it_keeps_it_hot_until_it_finishes_again():
-    async def progress(event, state):
-        seen = [*(state or {}).get("seen", []), event.payload["reason"]]
-        return Outcome(state={"seen": seen}, finished=event.payload["reason"] != "rating")
-
     h = Harness(handlers={UNROUTABLE: progress})
     await h.feed(h.rec(value_of(UNROUTABLE, unroutable(KEY, "delivered"), "c1")))
     await h.feed(h.rec(value_of(UNROUTABLE, unroutable(KEY, "rating"), "c2")))
@@ -945,9 +941,6 @@ async def test_a_late_event_that_changes_finished_work_without_finishing_it_keep
 
 
 async def test_finished_work_is_loaded_from_the_archive_once_per_batch():
-    async def finish_seen(event, state):
-        return Outcome(state={"seen": [*(state or {}).get("seen", []), event.payload["reason"]]}, finished=True)
-
     h = Harness(handlers={UNROUTABLE: finish_seen})
     await h.feed(h.rec(value_of(UNROUTABLE, unroutable(KEY, "a"), "c1")))
     await h.task.fire_due(millis(now_utc() + KEEP_FINISHED) + EVICTION_ROUND_MS)  # it has left the hot state
