@@ -42,6 +42,7 @@ from tongban.workdays import WorkingCalendar
 TIMEOUT = 90.0
 NOT_CONCLUDED = "NOT CONCLUDED"
 RETRY_FOR = 30.0
+RETRIED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
 ARCHIVE_WAIT = 15.0  # routing archives an application a moment after intake shows it concluded
 MODE_LABELS = {FULLY_ONLINE: "全程网办", RECEIVE_HERE_HANDLE_THERE: "异地代收代办", JOINT: "多地联办"}
 CLOCK_LABELS = {sla.RECEIPT: "收件", sla.TRANSIT: "寄递", sla.ACCEPTANCE: "受理", sla.DECISION: "办结",
@@ -98,14 +99,15 @@ async def follow(stub: intake_pb2_grpc.IntakeStub, application_ids: list[str],
 
 
 async def call(rpc: Any, request: Any) -> Any:
-    """One intake call, retried while intake answers UNAVAILABLE, as its API asks (an instance
-    that does not own the key yet, e.g. just after the services started or rebalanced)."""
+    """One intake call, retried while intake answers UNAVAILABLE (an instance that does not own
+    the key yet, e.g. just after the services started or rebalanced) or RESOURCE_EXHAUSTED
+    (too many calls open at once), as its API asks."""
     deadline = time.monotonic() + RETRY_FOR
     while True:
         try:
             return await rpc(request, timeout=10)
         except grpc.aio.AioRpcError as exc:
-            if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+            if exc.code() not in RETRIED or time.monotonic() > deadline:
                 raise
         await asyncio.sleep(0.5)
 

@@ -37,6 +37,16 @@ MAX_REQUEST_BYTES = 8 * 1024 * 1024
 _beside: set[asyncio.Task] = set()
 
 
+def grpc_server(settings: Settings) -> grpc.aio.Server:
+    """A service's gRPC server: request size capped, and at most
+    `settings.grpc_max_concurrent_rpcs` calls open at once. A call beyond that is answered
+    RESOURCE_EXHAUSTED at once (retry with back-off; a Submit retried with the same client
+    reference is the same application), so a burst cannot grow the process without bound."""
+    return grpc.aio.server(interceptors=[telemetry.GrpcMetrics()],
+                           options=[("grpc.max_receive_message_length", MAX_REQUEST_BYTES)],
+                           maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs)
+
+
 def keep_beside(task: asyncio.Task) -> asyncio.Task:
     """Keep a task that runs beside the runtime (a catalogue follower, the notification
     sender, a reader of partners' topics) until the service stops. It is cancelled and
@@ -105,8 +115,7 @@ async def serve(
     client, db = store.connect(settings)
     runtime = ServiceRuntime(settings, registry, telemetry.RUNTIME.instrument(wiring(settings)), MongoArchive(db))
 
-    server = grpc.aio.server(interceptors=[telemetry.GrpcMetrics()],
-                             options=[("grpc.max_receive_message_length", MAX_REQUEST_BYTES)])
+    server = grpc_server(settings)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     registering = reflection.Registering(server)

@@ -76,6 +76,10 @@ class Settings:
     kafka_secrets_file: Path = DEFAULT_KAFKA_SECRETS_FILE  # TONGBAN_KAFKA_SECRETS_FILE
     grpc_host: str = "127.0.0.1"  # TONGBAN_GRPC_HOST: the address the gRPC server listens on
     grpc_tls_dir: Path = VAR / "tls" / "grpc"  # TONGBAN_GRPC_TLS_DIR: CA, server and client certificates
+    # TONGBAN_GRPC_MAX_CONCURRENT_RPCS: calls a service's gRPC server holds open at once (Watch
+    # streams included); one more is refused with RESOURCE_EXHAUSTED at once, for the caller to
+    # retry, instead of waiting in memory (each open Submit holds ~60 KB until its commit).
+    grpc_max_concurrent_rpcs: int = 512
     # TONGBAN_SLA_CLOCK_AHEAD_DAYS: the SLA ledger's clock runs this many days ahead of the wall
     # clock, so deadlines fall due that much sooner (tests and demos; 0 in production).
     sla_clock_ahead_days: int = 0
@@ -162,6 +166,13 @@ def _int(env: dict[str, str], name: str, default: int) -> int:
         raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
 
 
+def _at_least_one(env: dict[str, str], name: str, default: int) -> int:
+    value = _int(env, name, default)
+    if value < 1:
+        raise ConfigError(f"{name} must be at least 1, got {value}")
+    return value
+
+
 def _choice(env: dict[str, str], name: str, choices: tuple[str, ...]) -> str:
     value = env.get(name) or choices[0]
     if value not in choices:
@@ -230,5 +241,6 @@ def load_settings(service: str, env: dict[str, str] | None = None, *, local_defa
         kafka_secrets_file=secrets_file,
         grpc_host=_grpc_host(env),
         grpc_tls_dir=Path(env.get("TONGBAN_GRPC_TLS_DIR") or VAR / "tls" / "grpc"),
+        grpc_max_concurrent_rpcs=_at_least_one(env, "TONGBAN_GRPC_MAX_CONCURRENT_RPCS", 512),
         sla_clock_ahead_days=_int(env, "TONGBAN_SLA_CLOCK_AHEAD_DAYS", 0),
     )

@@ -280,9 +280,11 @@ class Submitter:
                 return waiter
             except grpc.aio.AioRpcError as exc:
                 code = exc.code().name
-                # CANCELLED: the instance died during the call (devtools.chaos kills them)
+                # CANCELLED: the instance died during the call (devtools.chaos kills them);
+                # RESOURCE_EXHAUSTED: more calls open than intake takes at once
                 if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-                                      grpc.StatusCode.CANCELLED) or time.monotonic() > deadline:
+                                      grpc.StatusCode.CANCELLED, grpc.StatusCode.RESOURCE_EXHAUSTED) \
+                        or time.monotonic() > deadline:
                     self.errors[code] = self.errors.get(code, 0) + 1
                     waiter.cancel()
                     return None
