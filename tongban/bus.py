@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
@@ -65,8 +68,56 @@ async def renewed(producer: AIOKafkaProducer, settings: Settings, client_id: str
     return fresh
 
 
-def make_consumer(settings: Settings, topics: list[str], group: str | None = None) -> AIOKafkaConsumer:
-    return AIOKafkaConsumer(
+# How long the broker may hold a fetch that finds no record. A fetch returns as soon as a
+# record is there, so at idle a long wait costs no latency and spares the broker and every
+# process about twenty fetches a second. Under load it is short: aiokafka keeps one fetch in
+# flight per broker and leaves out of it the partitions whose records the application has not
+# taken yet, so a partition drained meanwhile waits for that fetch to end (a fixed 5 s wait
+# tripled p99 in a bench run, 2026-12-05; a fixed 500 ms left the idle processes at 9 %).
+BUSY_FETCH_WAIT_MS = 100
+IDLE_FETCH_WAIT_MS = 5_000
+IDLE_AFTER_S = 2.0  # this long without a record and the consumer counts as idle
+
+
+class PacedConsumer(AIOKafkaConsumer):
+    """A consumer whose fetch wait follows its traffic, as `getmany` sees it:
+    BUSY_FETCH_WAIT_MS while records arrive, IDLE_FETCH_WAIT_MS once none has for IDLE_AFTER_S.
+
+    aiokafka reads the wait from its fetcher each time it builds a fetch request
+    (`Fetcher._fetch_max_wait_ms`, aiokafka 0.14; tests/integration/test_fetch_pace.py holds
+    that), so a new value applies from the next fetch."""
+
+    def __init__(self, *topics: str, clock: Callable[[], float] = time.monotonic, **options: Any) -> None:
+        super().__init__(*topics, fetch_max_wait_ms=BUSY_FETCH_WAIT_MS, **options)
+        self._clock = clock
+        self._last_record = clock()
+
+    @property
+    def fetch_wait_ms(self) -> int | None:
+        """The wait the next fetch asks for (None before start)."""
+        fetcher = getattr(self, "_fetcher", None)
+        return None if fetcher is None else int(fetcher._fetch_max_wait_ms)
+
+    def _pace(self, got_records: bool) -> None:
+        fetcher = getattr(self, "_fetcher", None)
+        if fetcher is None:  # not started
+            return
+        now = self._clock()
+        if got_records:
+            self._last_record = now
+            fetcher._fetch_max_wait_ms = BUSY_FETCH_WAIT_MS
+        elif now - self._last_record >= IDLE_AFTER_S:
+            fetcher._fetch_max_wait_ms = IDLE_FETCH_WAIT_MS
+
+    async def getmany(self, *partitions: TopicPartition, timeout_ms: int = 0,
+                      max_records: int | None = None) -> dict[TopicPartition, list]:
+        batch = await super().getmany(*partitions, timeout_ms=timeout_ms, max_records=max_records)
+        self._pace(any(batch.values()))
+        return batch
+
+
+def make_consumer(settings: Settings, topics: list[str], group: str | None = None) -> PacedConsumer:
+    return PacedConsumer(
         *topics,
         group_id=group or settings.group,
         client_id=f"tongban-{settings.service}",
@@ -77,11 +128,6 @@ def make_consumer(settings: Settings, topics: list[str], group: str | None = Non
         session_timeout_ms=settings.session_timeout_ms,
         heartbeat_interval_ms=max(settings.session_timeout_ms // 3, 300),
         max_poll_records=500,
-        # A fetch returns as soon as a record is there; the wait bounds how often an idle
-        # consumer asks again (idle CPU of every process and of the broker). Not longer:
-        # aiokafka keeps one fetch in flight per broker, so a partition drained meanwhile
-        # waits for that fetch to end (5 s here tripled p99 in a bench run, 2026-12-05).
-        fetch_max_wait_ms=500,
         **settings.kafka_client_options(),
     )
 

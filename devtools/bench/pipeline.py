@@ -49,6 +49,7 @@ from devtools.bench.common import (
 )
 from devtools.bench.procstat import CpuWindow, PeakMemory, memory_mb, platform_pids
 from devtools.bench.profiling import sample_processes
+from tongban.bus import PacedConsumer
 
 APP = "tongban.application."
 LIFECYCLE = ["received", "routed", "verified", "accepted", "decided", "delivered"]
@@ -97,9 +98,9 @@ class Tracker:
 
         self.registry = SchemaRegistry.load()
         self.topics = [f"{namespace}tongban.application.{name}" for name in LIFECYCLE]
-        self.consumer = AIOKafkaConsumer(**kafka_options(), group_id=None, enable_auto_commit=False,
-                                         isolation_level="read_committed", auto_offset_reset="earliest",
-                                         max_poll_records=5000)
+        self.consumer = PacedConsumer(**kafka_options(), group_id=None, enable_auto_commit=False,
+                                      isolation_level="read_committed", auto_offset_reset="earliest",
+                                      max_poll_records=5000)
         self.apps: dict[str, App] = {}
         self.terminal_times: list[float] = []  # wall clock of each terminal read, in order
         self.outcomes: dict[str, int] = {}
@@ -124,9 +125,9 @@ class Tracker:
         """A new consumer from the start (after a broker restart the old one may fetch nothing
         more); events already seen change nothing."""
         await self.stop()
-        self.consumer = AIOKafkaConsumer(**kafka_options(), group_id=None, enable_auto_commit=False,
-                                         isolation_level="read_committed", auto_offset_reset="earliest",
-                                         max_poll_records=5000)
+        self.consumer = PacedConsumer(**kafka_options(), group_id=None, enable_auto_commit=False,
+                                      isolation_level="read_committed", auto_offset_reset="earliest",
+                                      max_poll_records=5000)
         await self.start()
 
     def pause(self) -> None:

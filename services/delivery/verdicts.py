@@ -26,11 +26,12 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
 from tongban import topics
 from tongban.app import keep_beside
+from tongban.bus import PacedConsumer
 from tongban.codec import CodecError, SchemaRegistry
 from tongban.handling import Emit, Event, Handler, Outcome, Rejected
 from tongban.pii import PiiCipher, PiiError
@@ -145,9 +146,9 @@ class Verdicts:
             if not self.runtime.partitions:
                 raise NotReady("delivery is starting; retry")
             settings = self.runtime.settings
-            consumer = AIOKafkaConsumer(group_id=None, enable_auto_commit=False, isolation_level="read_committed",
-                                        client_id=f"tongban-{settings.service}-verdicts",
-                                        **settings.kafka_client_options())
+            consumer = PacedConsumer(group_id=None, enable_auto_commit=False, isolation_level="read_committed",
+                                     client_id=f"tongban-{settings.service}-verdicts",
+                                     **settings.kafka_client_options())
             await consumer.start()
             try:
                 partitions = [TopicPartition(settings.commands_topic, p) for p in range(self.runtime.partitions)]
@@ -159,7 +160,7 @@ class Verdicts:
                 raise
             self._reader = keep_beside(asyncio.create_task(self._read(consumer), name="verdicts"))
 
-    async def _read(self, consumer: AIOKafkaConsumer) -> None:
+    async def _read(self, consumer: PacedConsumer) -> None:
         try:
             while True:
                 try:
