@@ -349,7 +349,12 @@ class GroupLag:
     def __init__(self, namespace: str, services: tuple[str, ...]) -> None:
         from aiokafka.admin import AIOKafkaAdminClient
 
+        from tongban.ops.topics import load_declared
+
         self.groups = {s: f"{namespace}tongban-{s}" for s in services}
+        self.partitions = [TopicPartition(spec.name, p) for spec in load_declared(namespace)
+                           for p in range(spec.partitions)]
+        self.namespace = namespace
         self.admin = AIOKafkaAdminClient(**kafka_options(), request_timeout_ms=30000)
         self.consumer = AIOKafkaConsumer(**kafka_options(), group_id=None, isolation_level="read_committed")
 
@@ -369,6 +374,16 @@ class GroupLag:
             out[service] = sum(max(0, ends[tp] - meta.offset - 1) for tp, meta in committed.items()
                                if meta.offset >= 0)
         return out
+
+    async def log_ends(self) -> dict[str, int]:
+        """Each declared topic's end offset summed over its partitions (without the namespace).
+        Between two readings, what the broker appended: records and transaction markers alike
+        (a commit writes one marker to each partition the transaction touched)."""
+        ends: dict[str, int] = {}
+        for tp, end in (await self.consumer.end_offsets(self.partitions)).items():
+            topic = tp.topic.removeprefix(self.namespace)
+            ends[topic] = ends.get(topic, 0) + end
+        return ends
 
     async def wait_caught_up(self, within: float) -> float:
         """Seconds until every group has caught up (or `within` seconds have passed)."""
@@ -511,12 +526,15 @@ class Pipeline:
             loop.resize(level)
             await asyncio.sleep(plan.warmup_s)
             window = self._cpu_window()
+            ends_before = await self.lag.log_ends()
             t0 = time.time()
             window.start()
             await asyncio.sleep(plan.saturation_s)
             t1 = time.time()
             rate = self.tracker.completed_between(t0, t1) / (t1 - t0)
             step: dict[str, Any] = {"inflight": level, "apps_per_s": rounded(rate, 1), "cpu_pct": window.stop(),
+                                    "log_offsets_per_app": offsets_per_app(
+                                        ends_before, await self.lag.log_ends(), rate * (t1 - t0)),
                                     "backlog_at_end": await self.lag.measure(),
                                     # Resident set at the end of the window: how memory follows open requests.
                                     "rss_mb": {name: rounded(mb, 1) for name, pid in self.service_pids().items()
@@ -707,6 +725,17 @@ async def stop_quietly(consumer: AIOKafkaConsumer) -> None:
     """Close a consumer; a fetch that was backing off may end in an error here, harmlessly."""
     with contextlib.suppress(Exception, asyncio.CancelledError):
         await consumer.stop()
+
+
+def offsets_per_app(before: dict[str, int], after: dict[str, int], applications: float) -> dict[str, float]:
+    """What the broker appended per application finished in a window, per topic (largest
+    first, topics with none left out) and in all (`total`): the broker's work for one
+    application, and how much of it is transactions (markers) rather than events."""
+    if applications <= 0:
+        return {}
+    grown = {topic: (end - before.get(topic, 0)) / applications for topic, end in after.items()}
+    per_topic = {topic: round(n, 1) for topic, n in sorted(grown.items(), key=lambda kv: -kv[1]) if n > 0}
+    return {"total": round(sum(grown.values()), 1), **per_topic}
 
 
 def stage_latencies(apps: list[App]) -> dict[str, dict[str, float | int | None]]:

@@ -325,6 +325,14 @@ def _pipeline_evidence(pipeline: dict[str, Any]) -> list[str]:
                         _top(st.get("rss_mb") or {}, 3)]
                        for st in steps])
         out += [""]
+        logged = [(st["inflight"], st.get("log_offsets_per_app") or {}) for st in steps]
+        if any(per for _, per in logged):
+            out += ["Log offsets appended per finished application (records and transaction markers; "
+                    "a commit writes one marker to each partition it touched), in all and the 6 largest topics:", ""]
+            out += _table(["open", "in all", "largest topics"],
+                          [[level, per.get("total"), ", ".join(f"{t} {n}" for t, n in list(per.items())[1:7])]
+                           for level, per in logged])
+            out += [""]
     history = pipeline.get("history") or {}
     timeline = history.get("timeline") or []
     if timeline:
