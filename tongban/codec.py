@@ -21,7 +21,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NamedTuple, NoReturn, cast
 
 import fastavro
 import fastavro.validation
@@ -107,6 +107,50 @@ class _Mismatch(Exception):
         self.expected = expected
 
 
+# True: fits; False: does not fit the schema; None: fits it, but the envelope is wrong.
+Validator = Callable[[Any], bool | None]
+
+
+class _Writer(NamedTuple):
+    version: SchemaVersion
+    fits: Validator
+    header: bytes  # MAGIC and the fingerprint
+
+
+class _Reader(NamedTuple):
+    full_name: str
+    writer_schema: dict[str, Any]
+    reader_schema: dict[str, Any] | None  # None when it is the writer's
+    writer: SchemaVersion
+    reader: SchemaVersion  # the newest local version of the name, else the writer
+
+
+def _is_event(parsed: dict[str, Any]) -> bool:
+    return bool(parsed["fields"]) and parsed["fields"][0]["name"] == "envelope"
+
+
+def _refuse(full_name: str, sv: SchemaVersion, record: Any, error: Exception | None, *,
+            envelope: bool = False) -> NoReturn:
+    """Raise MalformedRecord for a record that ``fits`` refused (``envelope``: only for its
+    envelope) or the writer refused (``error``). The slow walk names the first offending
+    field; it runs first even when ``fits`` blamed the envelope, because ``fits`` leaves
+    strings and missing or unknown fields to the writer, which has not run then."""
+    parsed = sv.parsed
+    try:
+        _check(parsed, record, "", parsed["__named_schemas"])
+    except _Mismatch as exc:
+        where = f"field '{exc.path}'" if exc.path else "record"
+        raise MalformedRecord(f"{full_name}: {where} does not match the schema "
+                              f"(expected {exc.expected})") from None
+    if error is not None:
+        raise MalformedRecord(f"{full_name}: record does not encode ({type(error).__name__})") from None
+    if envelope:
+        if record["envelope"]["event_type"] != full_name:
+            raise MalformedRecord(f"{full_name}: field 'envelope.event_type' must be {full_name}")
+        raise MalformedRecord(f"{full_name}: field 'envelope.schema_version' must be {sv.version}")
+    raise MalformedRecord(f"{full_name}: record does not match the schema")
+
+
 class SchemaRegistry:
     """Released schema versions from ``schemas/`` plus writer schemas learned at runtime."""
 
@@ -116,7 +160,9 @@ class SchemaRegistry:
         self._by_fingerprint: dict[bytes, SchemaVersion] = {}
         self._pii: dict[str, list[tuple[str, ...]]] = {}
         self._pii_walkers: dict[str, _PiiWalker] = {}  # compiled per type, for its newest schema
-        self._validators: dict[bytes, Validator] = {}  # compiled per schema version
+        # Per-call lookups done once: by full name (latest) or (full name, version).
+        self._writers: dict[str | tuple[str, int], _Writer] = {}
+        self._readers: dict[bytes, _Reader] = {}  # by frame header (magic and fingerprint)
 
     # -- loading -----------------------------------------------------------------------
 
@@ -175,6 +221,8 @@ class SchemaRegistry:
             self._by_fingerprint[fp] = sv
         self._pii.pop(name, None)
         self._pii_walkers.pop(name, None)
+        self._writers.clear()  # a new version can change the latest writer and any reader
+        self._readers.clear()
         return sv
 
     def add_writer_schema(self, schema_json: str) -> SchemaVersion:
@@ -235,37 +283,31 @@ class SchemaRegistry:
         first field is ``envelope``) ``envelope.event_type`` must be ``full_name`` and
         ``envelope.schema_version`` the version used.
         """
+        writer = self._writers.get(full_name if version is None else (full_name, version))
+        if writer is None:
+            writer = self._writer(full_name, version)
+        sv, fits, header = writer
+        fit = fits(record)
+        if not fit:
+            _refuse(full_name, sv, record, None, envelope=fit is None)
+        buffer = io.BytesIO()
+        buffer.write(header)
+        try:
+            # The writer refuses unknown and missing fields (fits leaves them to it); no
+            # tuple may pick a union branch by name, which _check would refuse.
+            fastavro.schemaless_writer(buffer, sv.parsed, record, strict_allow_default=True,
+                                       disable_tuple_notation=True)
+        except Exception as exc:
+            _refuse(full_name, sv, record, exc)
+        return buffer.getvalue()
+
+    def _writer(self, full_name: str, version: int | None) -> _Writer:
         sv = self.latest(full_name) if version is None else self._local_version(full_name, version)
         parsed = sv.parsed
-        named = parsed["__named_schemas"]
-        fits = self._validators.get(sv.fingerprint)
-        if fits is None:
-            fits = self._validators[sv.fingerprint] = _compile(parsed, named, {})
-        if not fits(record):
-            # The slow walk, only to name the first offending field.
-            try:
-                _check(parsed, record, "", named)
-            except _Mismatch as exc:
-                where = f"field '{exc.path}'" if exc.path else "record"
-                raise MalformedRecord(f"{full_name}: {where} does not match the schema "
-                                      f"(expected {exc.expected})") from None
-            raise MalformedRecord(f"{full_name}: record does not match the schema")
-        if parsed["fields"] and parsed["fields"][0]["name"] == "envelope":
-            envelope = record["envelope"]
-            if envelope["event_type"] != full_name:
-                raise MalformedRecord(f"{full_name}: field 'envelope.event_type' must be {full_name}")
-            if envelope["schema_version"] != sv.version:
-                raise MalformedRecord(f"{full_name}: field 'envelope.schema_version' must be "
-                                      f"{sv.version}")
-        buffer = io.BytesIO()
-        buffer.write(MAGIC)
-        buffer.write(sv.fingerprint)
-        try:
-            fastavro.schemaless_writer(buffer, parsed, record)
-        except Exception as exc:
-            raise MalformedRecord(f"{full_name}: record does not encode "
-                                  f"({type(exc).__name__})") from None
-        return buffer.getvalue()
+        fits = _compile(parsed, parsed["__named_schemas"], sv if _is_event(parsed) else None)
+        writer = _Writer(sv, fits, MAGIC + sv.fingerprint)
+        self._writers[full_name if version is None else (full_name, version)] = writer
+        return writer
 
     # -- decoding ----------------------------------------------------------------------
 
@@ -286,30 +328,43 @@ class SchemaRegistry:
         ``reader_name`` asserts the expected full name. Returns ``(full_name, record)``;
         timestamps come back as aware UTC datetimes.
         """
-        fp = self.fingerprint_of(data)
-        writer = self._by_fingerprint.get(fp)
-        if writer is None:
-            raise UnknownSchema(f"unknown writer fingerprint {fp.hex()}", fingerprint=fp.hex())
-        name = reader_name or writer.full_name
-        if name != writer.full_name:
-            raise MalformedRecord(f"event is {writer.full_name}, expected {name}")
-        local = self._local.get(name)
-        reader = local[-1] if local else writer
-        buffer = io.BytesIO(bytes(data[HEADER_SIZE:]))
+        # The common case in one lookup, by the whole header; anything else (not bytes, no
+        # magic, too short, unknown fingerprint) goes through fingerprint_of, which says why.
+        known = self._readers.get(data[:HEADER_SIZE]) if type(data) is bytes else None
+        if known is None:
+            known = self._reader(self.fingerprint_of(data))
+        name, writer_schema, reader_schema, writer, reader = known
+        if reader_name and reader_name != name:
+            raise MalformedRecord(f"event is {name}, expected {reader_name}")
+        buffer = io.BytesIO(data)
+        buffer.seek(HEADER_SIZE)
         try:
-            record = fastavro.schemaless_reader(
-                buffer, writer.parsed,
-                None if reader.fingerprint == writer.fingerprint else reader.parsed)
+            record = fastavro.schemaless_reader(buffer, writer_schema, reader_schema)
         except fastavro.read.SchemaResolutionError:
             raise MalformedRecord(f"{name}: writer v{writer.version} ({writer.fingerprint_hex}) "
                                   f"cannot be read as v{reader.version}") from None
         except Exception as exc:  # garbage bodies raise EOFError, IndexError, ValueError, ...
             raise MalformedRecord(f"{name}: body does not decode ({type(exc).__name__})") from None
-        if buffer.tell() != len(data) - HEADER_SIZE:
+        if buffer.tell() != len(data):
             raise MalformedRecord(f"{name}: trailing bytes after the body")
         if not isinstance(record, dict):
             raise MalformedRecord(f"{name}: body is not a record")
         return name, record
+
+    def _reader(self, fp: bytes) -> _Reader:
+        header = MAGIC + fp
+        known = self._readers.get(header)
+        if known is not None:
+            return known
+        writer = self._by_fingerprint.get(fp)
+        if writer is None:
+            raise UnknownSchema(f"unknown writer fingerprint {fp.hex()}", fingerprint=fp.hex())
+        local = self._local.get(writer.full_name)
+        reader = local[-1] if local else writer
+        known = self._readers[header] = _Reader(
+            writer.full_name, writer.parsed,
+            None if reader.fingerprint == writer.fingerprint else reader.parsed, writer, reader)
+        return known
 
     # -- personal data -----------------------------------------------------------------
 
@@ -492,91 +547,152 @@ def _check(schema: Any, datum: Any, path: str, named: Mapping[str, Any]) -> None
         raise _Mismatch(path, logical or kind)
 
 
-Validator = Callable[[Any], bool]
 _INT_RANGE = {"int": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
+# Blocks nested in one generated function; deeper values get a function of their own
+# (CPython refuses more than 20 nested loops and try blocks).
+_MAX_DEPTH = 12
 
 
-def _compile(schema: Any, named: Mapping[str, Any], compiled: dict[str, Validator]) -> Validator:
-    """A function that says whether a datum fits ``schema``: the same rules as ``_check``
-    (no unknown fields, aware timestamps, fastavro's ranges), decided once per schema instead
-    of per datum, so encoding a valid record costs little more than writing it."""
-    if isinstance(schema, str) and schema not in _PRIMITIVES:
-        if schema not in compiled:  # a named type, maybe recursive: bind lazily
-            compiled[schema] = lambda datum: compiled[schema + "#"](datum)
-            compiled[schema + "#"] = _compile(named[schema], named, compiled)
-        return compiled[schema]
-    node, kind = _kind(schema, named)
-    if kind == "union":
-        branches = [_compile(b, named, compiled) for b in node]
-        if len(branches) == 2:  # the common ["null", T]: no generator per datum
-            first, second = branches
-            return lambda datum: first(datum) or second(datum)
-        return lambda datum: any(fits(datum) for fits in branches)
-    if kind in ("record", "error"):
-        # Per field: the Python type a plain string or boolean must have (checked inline),
-        # or the compiled check. Calls cost as much as the checks themselves here.
-        fields = [(f["name"], _PLAIN_TYPES.get(_plain_kind(f["type"]) or ""),
-                   _compile(f["type"], named, compiled), "default" in f) for f in node["fields"]]
-        names = frozenset(name for name, _, _, _ in fields)
+def _compile(schema: Any, named: Mapping[str, Any], event: SchemaVersion | None = None) -> Validator:
+    """A function that says whether a datum fits ``schema`` in all that fastavro's writer,
+    with the options encode gives it, would accept silently: booleans, numbers and their
+    ranges, aware timestamps, the kind of records, arrays and maps. The writer refuses the
+    rest itself: a non-str for a string (also in ``["null", "string"]``), unknown and
+    missing fields, non-str map keys. The two together refuse what ``_check`` refuses.
+    For an ``event`` (its schema version) the envelope must name that type and version, or
+    the function returns None (when all else fits).
 
-        def record(datum: Any) -> bool:
-            # `type(...) is dict` first: an ABC isinstance check costs more than the record.
-            if (type(datum) is not dict and not isinstance(datum, Mapping)) or not names.issuperset(datum):
-                return False
-            for name, plain, fits, has_default in fields:
-                if name in datum:
-                    value = datum[name]
-                    if plain is not None:
-                        if type(value) is not plain and not isinstance(value, plain):
-                            return False
-                    elif not fits(value):
-                        return False
-                elif not has_default:
-                    return False
-            return True
-
-        return record
-    if kind == "array":
-        items = _compile(node["items"], named, compiled)
-
-        # all(map(...)): no generator frame per item
-        return lambda datum: isinstance(datum, (list, tuple)) and all(map(items, datum))
-    if kind == "map":
-        values = _compile(node["values"], named, compiled)
-        return lambda datum: isinstance(datum, Mapping) and all(
-            isinstance(k, str) and values(v) for k, v in datum.items())
-    logical = node.get("logicalType") if isinstance(node, dict) else None
-    if logical in ("timestamp-millis", "timestamp-micros"):
-        low, high = _INT_RANGE["long"]
-        return lambda datum: (isinstance(datum, dt.datetime) and datum.tzinfo is not None) or (
-            type(datum) is int and low <= datum <= high)
-    if logical is None and kind in _INT_RANGE:
-        low, high = _INT_RANGE[kind]
-        return lambda datum: isinstance(datum, int) and not isinstance(datum, bool) and low <= datum <= high
-    simple: dict[str, Validator] = {
-        "null": lambda datum: datum is None,
-        "boolean": lambda datum: isinstance(datum, bool),
-        "string": lambda datum: isinstance(datum, str),
-        "bytes": lambda datum: isinstance(datum, (bytes, bytearray)),
-        "float": lambda datum: isinstance(datum, (int, float)) and not isinstance(datum, bool),
-        "double": lambda datum: isinstance(datum, (int, float)) and not isinstance(datum, bool),
-    }
-    if logical is None and kind in simple:
-        return simple[kind]
-    # enums, fixed and other logical types: fastavro's own check, and _check's timestamp rule
-    return lambda datum: _fits_slowly(node, datum, named)
+    Generated as Python source once per schema version, nested records, arrays, maps and
+    ``["null", T]`` unions inlined: one call per record, not one per nested value."""
+    return _ValidatorSource(named).build(schema, event)
 
 
-_PLAIN_TYPES: dict[str, type] = {"string": str, "boolean": bool}
+class _ValidatorSource:
+    """The source of a ``_compile`` validator: functions ``fN(d)`` returning a bool."""
+
+    def __init__(self, named: Mapping[str, Any]) -> None:
+        self.named = named
+        self.namespace: dict[str, Any] = {"Mapping": Mapping, "datetime": dt.datetime}
+        self.functions: list[list[str]] = []
+        self.recursive: dict[str, str] = {}  # record name -> the function checking it
+        self.variables = 0
+
+    def build(self, schema: Any, event: SchemaVersion | None) -> Validator:
+        envelope = [] if event is None else [
+            "v0 = d['envelope']",
+            f"if v0['event_type'] != {event.full_name!r} or v0['schema_version'] != {event.version!r}:",
+            "    return None"]
+        entry = self.function(schema, set(), envelope)
+        exec("\n".join(line for function in self.functions for line in function), self.namespace)
+        return cast(Validator, self.namespace[entry])
+
+    def function(self, schema: Any, active: set[str], after: list[str] | None = None) -> str:
+        """Define ``fN(d)`` checking ``schema``, then the lines ``after`` (the entry point's
+        envelope test, so only other functions may check a record that contains itself)."""
+        name = f"f{len(self.functions)}"
+        lines = [f"def {name}(d):"]
+        self.functions.append(lines)  # reserved first: the body may define more functions
+        if after is None and isinstance(schema, dict) and schema.get("type") in ("record", "error"):
+            self.recursive.setdefault(schema["name"], name)
+        body = [*self.checks(schema, "d", active, 1), *(after or [])]
+        # A missing required field raises KeyError: refused, as the writer would.
+        lines += ["    try:", *_indent(body, 2), "    except KeyError:", "        return False",
+                  "    return True"] if body else ["    return True"]
+        return name
+
+    def variable(self) -> str:
+        self.variables += 1
+        return f"v{self.variables}"
+
+    def call(self, function: str, var: str) -> list[str]:
+        return [f"if not {function}({var}):", "    return False"]
+
+    def checks(self, schema: Any, var: str, active: set[str], depth: int) -> list[str]:
+        """Lines that ``return False`` when the local ``var`` does not fit ``schema``; none
+        when the writer refuses every misfit itself. ``depth``: blocks around them."""
+        node, kind = _kind(schema, self.named)
+        if kind in ("record", "error", "array", "map", "union") and depth >= _MAX_DEPTH:
+            return self.call(self.function(node, set()), var)
+        if kind in ("record", "error"):
+            return self.record(node, var, active, depth)
+        if kind in ("array", "map"):
+            return self.container(node, kind, var, active, depth)
+        if kind == "union":
+            branches = [b for b in node if b != "null"]
+            if len(branches) != 1:
+                return self.slowly(node, var)
+            inner = self.checks(branches[0], var, active, depth + 1)
+            if "null" not in node or not inner:
+                return inner
+            return [f"if {var} is not None:", *_indent(inner)]
+        logical = node.get("logicalType") if isinstance(node, dict) else None
+        if logical in ("timestamp-millis", "timestamp-micros"):
+            low, high = _INT_RANGE["long"]
+            test = (f"not ((type({var}) is int and {low} <= {var} <= {high}) or "
+                    f"(isinstance({var}, datetime) and {var}.tzinfo is not None))")
+        elif logical is not None:
+            return self.slowly(node, var)
+        elif kind in _INT_RANGE:
+            low, high = _INT_RANGE[kind]
+            test = (f"(type({var}) is not int and (type({var}) is bool or not isinstance({var}, int))) "
+                    f"or not {low} <= {var} <= {high}")
+        elif kind == "string":
+            return []  # the writer raises TypeError for anything but a str
+        elif kind == "null":
+            test = f"{var} is not None"  # the writer writes nothing, whatever the datum
+        elif kind == "boolean":
+            test = f"type({var}) is not bool"
+        elif kind == "bytes":
+            test = f"not isinstance({var}, (bytes, bytearray))"
+        elif kind in ("float", "double"):
+            test = f"type({var}) is not float and (type({var}) is bool or not isinstance({var}, (int, float)))"
+        else:
+            return self.slowly(node, var)  # enums and fixed: _check's rules, rare in events
+        return [f"if {test}:", "    return False"]
+
+    def record(self, node: dict[str, Any], var: str, active: set[str], depth: int) -> list[str]:
+        name = node["name"]
+        if name in active:  # it contains itself: call the function that checks it
+            if name not in self.recursive:
+                self.function(node, set())
+            return self.call(self.recursive[name], var)
+        active = active | {name}
+        lines = [f"if type({var}) is not dict and not isinstance({var}, Mapping):", "    return False"]
+        for f in node["fields"]:
+            value = self.variable()
+            key = repr(f["name"])
+            if "default" not in f:
+                inner = self.checks(f["type"], value, active, depth)
+                if inner:
+                    lines += [f"{value} = {var}[{key}]", *inner]
+            else:
+                inner = self.checks(f["type"], value, active, depth + 1)
+                if inner:
+                    lines += [f"if {key} in {var}:", f"    {value} = {var}[{key}]", *_indent(inner)]
+        return lines
+
+    def container(self, node: dict[str, Any], kind: str, var: str, active: set[str],
+                  depth: int) -> list[str]:
+        if kind == "array":
+            lines = [f"if type({var}) is not list and not isinstance({var}, (list, tuple)):",
+                     "    return False"]
+            element, items = node["items"], var
+        else:
+            lines = [f"if type({var}) is not dict and not isinstance({var}, Mapping):", "    return False"]
+            element, items = node["values"], f"{var}.values()"
+        item = self.variable()
+        inner = self.checks(element, item, active, depth + 1)
+        return [*lines, f"for {item} in {items}:", *_indent(inner)] if inner else lines
+
+    def slowly(self, node: Any, var: str) -> list[str]:
+        named = self.named
+        constant = f"c{len(self.namespace)}"
+        self.namespace[constant] = lambda datum: _fits_slowly(node, datum, named)
+        return self.call(constant, var)
 
 
-def _plain_kind(schema: Any) -> str | None:
-    """``string`` or ``boolean`` when ``schema`` is just that type, else None."""
-    if isinstance(schema, dict):
-        if schema.get("logicalType") is not None:
-            return None
-        schema = schema.get("type")
-    return schema if isinstance(schema, str) and schema in _PLAIN_TYPES else None
+def _indent(lines: list[str], levels: int = 1) -> list[str]:
+    return ["    " * levels + line for line in lines]
 
 
 def _fits_slowly(node: Any, datum: Any, named: Mapping[str, Any]) -> bool:
