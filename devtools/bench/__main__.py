@@ -72,7 +72,7 @@ def plan_for(args: argparse.Namespace, deadline: float) -> Plan:
     history_deadline = deadline - AFTER_HISTORY_S[mode]
     run_deadline = deadline - CLEAN_UP_S
     if args.quick:
-        return Plan(levels=(128, 512), inflight=256, warmup_s=3, saturation_s=8, profile_s=5,
+        return Plan(levels=(128, 512), inflight=256, warmup_s=3, first_warmup_s=10, saturation_s=8, profile_s=5,
                     curve=(0.25, 0.5, 0.9), curve_s=8, drain_s=30, history=history,
                     history_deadline=history_deadline, probes=5, restore_timeout_s=60, idle_s=5,
                     run_deadline=run_deadline,

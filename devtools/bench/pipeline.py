@@ -47,7 +47,7 @@ from devtools.bench.common import (
     say,
     summary_ms,
 )
-from devtools.bench.procstat import CpuWindow, PeakMemory, memory_mb, platform_pids
+from devtools.bench.procstat import CpuWindow, PeakMemory, ThreadWindow, memory_mb, platform_pids
 from devtools.bench.profiling import sample_processes
 from tongban.bus import PacedConsumer
 
@@ -68,6 +68,10 @@ class Plan:
     levels: tuple[int, ...] = (128, 256, 512, 1024)  # open applications tried for saturation
     inflight: int = 256  # open applications while pushing history
     warmup_s: float = 5.0
+    # Before the first measured level: a broker started moments ago is still compiling its hot
+    # paths (its CPU per application was nearly twice as high in the first 15 s of a run as
+    # later in the same run, 2026-12-05), and each service sweeps a minute after it starts.
+    first_warmup_s: float = 60.0
     saturation_s: float = 30.0
     profile_s: float = 10.0
     curve: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 0.9)
@@ -524,7 +528,7 @@ class Pipeline:
         profiles: dict[str, Any] = {}
         for level in levels:
             loop.resize(level)
-            await asyncio.sleep(plan.warmup_s)
+            await asyncio.sleep(plan.first_warmup_s if before == 0 and level == levels[0] else plan.warmup_s)
             window = self._cpu_window()
             ends_before = await self.lag.log_ends()
             t0 = time.time()
@@ -707,13 +711,17 @@ class Pipeline:
         await asyncio.sleep(3.0)
         pids = {**self.service_pids(with_sim=True), **platform_pids()}
         window = CpuWindow({**pids, "bench": os.getpid()})
+        threads = ThreadWindow(pids)
         self.tracker.pause()
         window.start()
+        threads.start()
         await asyncio.sleep(self.plan.idle_s)
         cpu = window.stop()
+        by_thread = threads.stop()
         self.tracker.resume()
         result: dict[str, Any] = {"cpu_pct": cpu, "total_pct": round(sum(cpu[n] for n in pids if n in cpu), 1),
-                                  "window_s": self.plan.idle_s, "history": self.tracker.terminal}
+                                  "window_s": self.plan.idle_s, "history": self.tracker.terminal,
+                                  "threads_pct": by_thread}
         busiest = [name for name, pct in sorted(cpu.items(), key=lambda kv: -kv[1])
                    if name in self.stack.processes and pct >= 1.0][:2]
         if self.plan.profile and busiest:

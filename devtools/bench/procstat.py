@@ -22,6 +22,53 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU time so far of a process's threads, summed by thread name (RocksDB's
+    `rocksdb:low`, gRPC's `grpc_global_tim`, the interpreter's own thread under the
+    process's name, ...); empty if the process is gone."""
+    out: dict[str, float] = {}
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return out
+    for task in tasks:
+        try:
+            text = (task / "stat").read_text()
+        except OSError:  # the thread ended meanwhile
+            continue
+        name = text[text.index("(") + 1:text.rindex(")")]
+        fields = text.rsplit(")", 1)[1].split()
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / TICKS
+    return out
+
+
+class ThreadWindow:
+    """CPU% of one core per thread name of each named process between start() and stop():
+    which part of a process is busy (its Python code, RocksDB, gRPC, span export)."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = dict(pids)
+        self._start: dict[str, dict[str, float]] = {}
+        self._t0 = 0.0
+
+    def start(self) -> None:
+        self._t0 = time.monotonic()
+        self._start = {name: thread_cpu_seconds(pid) for name, pid in self.pids.items()}
+
+    def stop(self, at_least: float = 0.1) -> dict[str, dict[str, float]]:
+        """Per process, its threads' CPU% (those using at least `at_least`), busiest first."""
+        wall = max(time.monotonic() - self._t0, 1e-6)
+        out = {}
+        for name, pid in self.pids.items():
+            before = self._start.get(name, {})
+            used = {thread: round(100 * (seconds - before.get(thread, 0.0)) / wall, 2)
+                    for thread, seconds in thread_cpu_seconds(pid).items()}
+            busy = {t: pct for t, pct in sorted(used.items(), key=lambda kv: -kv[1]) if pct >= at_least}
+            if busy:
+                out[name] = busy
+        return out
+
+
 def memory_mb(pid: int, field: str = "VmRSS") -> float | None:
     """VmRSS (now) or VmHWM (peak) of a process in MB; None if it is gone."""
     try:

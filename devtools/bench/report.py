@@ -267,6 +267,13 @@ def _pipeline_details(pipeline: dict[str, Any]) -> list[str]:
         out += [f"Idle CPU % over {idle['window_s']} s with {idle['history']:,} applications handled: "
                 + ", ".join(f"{k} {v}" for k, v in sorted(idle["cpu_pct"].items(), key=lambda kv: -kv[1]))
                 + f" (total {idle['total_pct']}).", ""]
+        if idle.get("threads_pct"):
+            out += ["Idle CPU % by thread (threads under 0.1 % left out; the interpreter's own thread "
+                    "carries the process's name):", ""]
+            out += _table(["process", "threads"],
+                          [[name, ", ".join(f"{t} {v}" for t, v in threads.items())]
+                           for name, threads in idle["threads_pct"].items()])
+            out += [""]
     if pipeline.get("peak_rss_mb"):
         out += ["Peak RSS (VmHWM) in MB: " + ", ".join(f"{k} {v}" for k, v in pipeline["peak_rss_mb"].items())
                 + ".", ""]
