@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import random
 import shutil
@@ -50,6 +51,7 @@ from devtools.bench.common import (
 from devtools.bench.procstat import CpuWindow, PeakMemory, ThreadWindow, memory_mb, platform_pids
 from devtools.bench.profiling import sample_processes
 from tongban.bus import PacedConsumer
+from tongban.runtime.core import EVICTION_ROUND_MS, KEEP_FINISHED
 
 APP = "tongban.application."
 LIFECYCLE = ["received", "routed", "verified", "accepted", "decided", "delivered"]
@@ -715,13 +717,15 @@ class Pipeline:
         self.tracker.pause()
         window.start()
         threads.start()
+        started = time.time()
         await asyncio.sleep(self.plan.idle_s)
         cpu = window.stop()
         by_thread = threads.stop()
         self.tracker.resume()
         result: dict[str, Any] = {"cpu_pct": cpu, "total_pct": round(sum(cpu[n] for n in pids if n in cpu), 1),
                                   "window_s": self.plan.idle_s, "history": self.tracker.terminal,
-                                  "threads_pct": by_thread}
+                                  "threads_pct": by_thread,
+                                  "evictions_due": evictions_due(self.tracker.terminal_times, started, time.time())}
         busiest = [name for name, pct in sorted(cpu.items(), key=lambda kv: -kv[1])
                    if name in self.stack.processes and pct >= 1.0][:2]
         if self.plan.profile and busiest:
@@ -733,6 +737,14 @@ async def stop_quietly(consumer: AIOKafkaConsumer) -> None:
     """Close a consumer; a fetch that was backing off may end in an error here, harmlessly."""
     with contextlib.suppress(Exception, asyncio.CancelledError):
         await consumer.stop()
+
+
+def evictions_due(finished: list[float], start: float, end: float) -> int:
+    """Applications whose finished state leaves the services' hot state between `start` and
+    `end` (wall clock): `KEEP_FINISHED` after they finished, on the runtime's one-minute grid.
+    Work the traffic left behind, done in a window without traffic."""
+    keep, grid = KEEP_FINISHED.total_seconds(), EVICTION_ROUND_MS / 1000
+    return sum(1 for at in finished if start <= math.ceil((at + keep) / grid) * grid < end)
 
 
 def offsets_per_app(before: dict[str, int], after: dict[str, int], applications: float) -> dict[str, float]:

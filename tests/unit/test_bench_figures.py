@@ -1,6 +1,7 @@
-"""make bench reports what the broker appended per finished application, per topic."""
+"""Figures make bench derives: what the broker appended per finished application, per topic,
+and how much finished work left the hot state during the idle window."""
 
-from devtools.bench.pipeline import offsets_per_app
+from devtools.bench.pipeline import evictions_due, offsets_per_app
 
 
 def test_growth_per_application_largest_first_with_the_total():
@@ -14,3 +15,10 @@ def test_a_topic_first_seen_at_the_end_counts_from_zero_and_no_application_gives
     dead_letters = "tongban.dlq.tongban-intake"
     assert offsets_per_app({}, {dead_letters: 3}, 3) == {"total": 1.0, dead_letters: 1.0}
     assert offsets_per_app({"t": 1}, {"t": 5}, 0) == {}
+
+
+def test_evictions_due_in_a_window_are_those_finished_ten_minutes_before_on_the_minute_grid():
+    # finished at 0 s is due at 600 s; at 1 s, due at 660 s (the next grid point)
+    assert evictions_due([0.0, 1.0, 59.0, 61.0], 600.0, 660.0) == 1
+    assert evictions_due([0.0, 1.0, 59.0, 61.0], 600.0, 661.0) == 3
+    assert evictions_due([0.0], 601.0, 700.0) == 0
