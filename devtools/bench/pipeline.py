@@ -40,6 +40,7 @@ from aiokafka.errors import KafkaError
 from devtools.bench.common import (
     OUT,
     PARTITIONS,
+    ROOT,
     authenticating_broker,
     drop_namespace,
     kafka_options,
@@ -391,6 +392,19 @@ class GroupLag:
             ends[topic] = ends.get(topic, 0) + end
         return ends
 
+    def log_bytes(self) -> dict[str, int]:
+        """Bytes in each declared topic's log segments (without the namespace), read from the
+        local broker's data directory (empty for an external broker): between two readings,
+        what the broker wrote, record batches with their headers."""
+        data = ROOT / "var" / "kafka" / "data"
+        sizes: dict[str, int] = {}
+        for folder in data.glob(f"{self.namespace}*-*") if self.namespace else ():
+            topic = folder.name.rsplit("-", 1)[0].removeprefix(self.namespace)
+            for segment in folder.glob("*.log"):
+                with contextlib.suppress(OSError):  # a segment deleted meanwhile
+                    sizes[topic] = sizes.get(topic, 0) + segment.stat().st_size
+        return sizes
+
     async def wait_caught_up(self, within: float) -> float:
         """Seconds until every group has caught up (or `within` seconds have passed)."""
         started = time.monotonic()
@@ -532,7 +546,7 @@ class Pipeline:
             loop.resize(level)
             await asyncio.sleep(plan.first_warmup_s if before == 0 and level == levels[0] else plan.warmup_s)
             window = self._cpu_window()
-            ends_before = await self.lag.log_ends()
+            ends_before, bytes_before = await self.lag.log_ends(), self.lag.log_bytes()
             t0 = time.time()
             window.start()
             await asyncio.sleep(plan.saturation_s)
@@ -541,6 +555,8 @@ class Pipeline:
             step: dict[str, Any] = {"inflight": level, "apps_per_s": rounded(rate, 1), "cpu_pct": window.stop(),
                                     "log_offsets_per_app": offsets_per_app(
                                         ends_before, await self.lag.log_ends(), rate * (t1 - t0)),
+                                    "log_bytes_per_app": offsets_per_app(
+                                        bytes_before, self.lag.log_bytes(), rate * (t1 - t0)),
                                     "backlog_at_end": await self.lag.measure(),
                                     # Resident set at the end of the window: how memory follows open requests.
                                     "rss_mb": {name: rounded(mb, 1) for name, pid in self.service_pids().items()

@@ -341,6 +341,14 @@ def _pipeline_evidence(pipeline: dict[str, Any]) -> list[str]:
                           [[level, per.get("total"), ", ".join(f"{t} {n}" for t, n in list(per.items())[1:7])]
                            for level, per in logged])
             out += [""]
+        written = [(st["inflight"], st.get("log_bytes_per_app") or {}) for st in steps]
+        if any(per for _, per in written):
+            out += ["Log bytes written per finished application (the local broker's segments), in all and the "
+                    "6 largest topics:", ""]
+            out += _table(["open", "in all", "largest topics"],
+                          [[level, per.get("total"), ", ".join(f"{t} {n}" for t, n in list(per.items())[1:7])]
+                           for level, per in written])
+            out += [""]
     history = pipeline.get("history") or {}
     timeline = history.get("timeline") or []
     if timeline:
