@@ -181,8 +181,9 @@ def identity_problem(kind: str, id_number: str) -> str | None:
 def field_of(problem: str) -> str:
     """The field a problem names: every problem starts with it (`materials[1].code: ...`,
     `channel must be ...`)."""
-    match = re.match(r"[\w.\[\]-]+", problem)
-    return match.group().rstrip(":") if match else ""
+    # A bracket holds an index or a map key, which may be any text (`deferred_materials[税务 证明]`).
+    match = re.match(r"[\w.-]+(?:\[[^\]]*\][\w.-]*)*", problem)
+    return match.group() if match else ""
 
 
 # ---------------------------------------------------------------- catalogue and authorisation
