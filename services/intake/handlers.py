@@ -388,7 +388,9 @@ async def on_decided(event: Event, state: dict | None) -> Outcome:
             state = domain.last_leg_decided(state, p["decided_at"])
         return _advance(event, state, "DECIDED", "", result_reference=p.get("result_reference"))
     reason = p.get("reason") or ""
-    return _advance(event, state, "DENIED", reason, notice=(domain.DENIAL, [scrub(reason)], domain.REMEDY))
+    # A denial the authority gave no reason for lists none, not an empty line.
+    return _advance(event, state, "DENIED", reason,
+                    notice=(domain.DENIAL, [scrub(reason)] if reason else [], domain.REMEDY))
 
 
 async def on_delivered(event: Event, state: dict | None) -> Outcome:
