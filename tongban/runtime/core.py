@@ -659,7 +659,9 @@ class Task:
             # Finished work leaves the hot state: the archive has it (this very version).
             if entry.finished and entry.state is not None and timer_id == _eviction(entry)[1]:
                 evicted = Entry(None, entry.timers, entry.trace, True, entry.archived, entry.finished_at)
-                batch.entries[key] = evicted
+                # Only the stored entry loses its state: the batch keeps the entry with it, so a
+                # later timer of this aggregate in the same round reads the state, as it would
+                # from the archive in a later round.
                 batch.changes[ENTRY + key.encode()] = evicted.pack()
             return
         timer = next((t for t in entry.timers if t["id"] == timer_id), None)
