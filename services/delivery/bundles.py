@@ -76,7 +76,7 @@ def settlement(file: dict[str, Any]) -> str | None:
 def ended(file: dict[str, Any]) -> bool:
     """The file's own work is done (the handlers finish it then): nothing more goes out for it."""
     return ("closed" in file or file.get("decision") == "DENIED" or file.get("acceptance") == "REFUSED"
-            or bool(file.get("delivered")) or bool(file.get("unroutable")))
+            or bool(file.get("delivered")) or bool(file.get("unroutable")) or bool(file.get("verification_failed")))
 
 
 def report_due(file: dict[str, Any]) -> bool:

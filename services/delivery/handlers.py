@@ -332,7 +332,9 @@ def make_handlers(cipher: PiiCipher, registry: SchemaRegistry | None = None,
         finished = p["outcome"] != "APPROVED"
         check = [Timer(acceptance.COMMITMENT_CHECK, p["decided_at"] + commitment_check_after)] \
             if acceptance.commitment_check_due(file) else []
-        return Outcome(state=_finished(file) if finished else file, emits=emits, finished=finished, timers=check)
+        # A denied application waits for no 容缺 material: its applicant is not asked for one.
+        return Outcome(state=_finished(file) if finished else file, emits=emits, finished=finished, timers=check,
+                       cancel_timers=[acceptance.DEFERRED_PROMISE] if finished else [])
 
     # ------------------------------------------------------------ result channels (channels/)
     def context(key: str, file: dict) -> Context:
@@ -639,18 +641,21 @@ def make_handlers(cipher: PiiCipher, registry: SchemaRegistry | None = None,
         return Outcome(state=file, finished=bundles.ended(file))
 
     async def on_verification_failed(event: Event, state: dict | None) -> Outcome:
-        """A file that failed verification goes no further: its bundle must not wait for it. A
-        补正 asked for at verification is not an end (the file is verified once it is back)."""
+        """A file that failed verification goes no further: it is finished (the applicant's
+        personal fields dropped) and its bundle must not wait for it. A 补正 asked for at
+        verification is not an end (the file is verified once it is back)."""
         if event.payload.get("outcome", "FAILED") != "FAILED" or bundles.settlement(state or {}) is not None:
             return Outcome()
-        return Outcome(state={**(state or {}), "verification_failed": True})
+        return Outcome(state=_finished({**(state or {}), "verification_failed": True}), finished=True,
+                       cancel_timers=[acceptance.DEFERRED_PROMISE])
 
     async def on_unroutable(event: Event, state: dict | None) -> Outcome:
-        """An application of a bundle that an operator rejected on review goes no further.
-        Others are none of delivery's business: no file is kept for them."""
-        if state is None or "bundle" not in state or bundles.settlement(state) is not None:
+        """An application that ends unroutable (refused at once, or rejected on review) goes no
+        further: its file, kept since it was received, is finished without personal fields."""
+        if state is None or bundles.settlement(state) is not None:
             return Outcome()
-        return Outcome(state=_finished({**state, "unroutable": True}), finished=True)
+        return Outcome(state=_finished({**state, "unroutable": True}), finished=True,
+                       cancel_timers=[acceptance.DEFERRED_PROMISE])
 
     async def on_results_released(event: Event, state: dict | None) -> Outcome:
         """The bundle lets the file's held result go out, by the file's own channel."""
