@@ -141,11 +141,15 @@ class _Opener:
 
 def _finished(file: dict) -> dict:
     """The file once its work is done: the applicant's personal fields are no longer needed
-    and are not archived."""
+    and are not archived. Only the sealed name stays while a 告知承诺 check is to come: the
+    authority's findings are scrubbed of it before they travel."""
     received = file.get("received")
     if not received:
         return file
     finished = {**file, "received": {k: v for k, v in received.items() if k not in ("applicant", "postal_address")}}
+    checking = acceptance.commitment_check_due(file) or file.get("commitment_check") == "REQUESTED"
+    if checking and received.get("applicant", {}).get("name"):
+        finished["received"]["applicant"] = {"name": received["applicant"]["name"]}
     if "result" in file:  # a corrected address given after a return
         finished["result"] = {k: v for k, v in file["result"].items() if k != "corrected_address"}
     return finished
@@ -592,14 +596,18 @@ def make_handlers(cipher: PiiCipher, registry: SchemaRegistry | None = None,
         assert state is not None  # _check refuses a file without an assignment
         in_order(event.key, state, lambda: acceptance.check_commitment_result(state))
         finished = bool(state.get("delivered"))
+
+        def concluded(file: dict) -> dict:  # a delivered file now lets go of the name too
+            return _finished(file) if finished else file
+
         if p["passed"]:
-            return Outcome(state={**state, "commitment_check": "PASSED"}, finished=finished)
+            return Outcome(state=concluded({**state, "commitment_check": "PASSED"}), finished=finished)
         parties = opener.parties(event.key, state)
         failed = {code: scrub(why, parties) for code, why in sorted(p["failed_commitments"].items())}
         body = {"application_id": event.key, "deciding_partner": assignment["partner_id"],
                 "reason": scrub(p["reason"], parties) or "a promise made under 告知承诺 does not hold",
                 "failed_commitments": failed, "revoked_at": p["checked_at"]}
-        return Outcome(state={**state, "commitment_check": "FAILED", "revoked": True}, finished=finished,
+        return Outcome(state=concluded({**state, "commitment_check": "FAILED", "revoked": True}), finished=finished,
                        emits=[Emit(topics.APPLICATION_DECIDED, topics.RESULT_REVOKED_EVENT, event.key, body)])
 
     async def on_clock_change(event: Event, state: dict | None) -> Outcome:
