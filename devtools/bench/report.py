@@ -319,6 +319,18 @@ def _top(cpu: dict[str, float], n: int = 4) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(cpu.items(), key=lambda kv: -kv[1])[:n])
 
 
+def _per_app_table(steps: list[dict[str, Any]], figure: str, title: str) -> list[str]:
+    """One saturation figure per application (`total` first, then per topic, largest first)
+    for each level: in all and the 6 largest topics."""
+    levels = [(st["inflight"], st.get(figure) or {}) for st in steps]
+    if not any(per for _, per in levels):
+        return []
+    return [f"{title}, in all and the 6 largest topics:", "",
+            *_table(["open", "in all", "largest topics"],
+                    [[level, per.get("total"), ", ".join(f"{t} {n}" for t, n in list(per.items())[1:7])]
+                     for level, per in levels]), ""]
+
+
 def _pipeline_evidence(pipeline: dict[str, Any]) -> list[str]:
     sat = pipeline.get("saturation") or {}
     profiles = sat.get("profiles") or {}
@@ -333,22 +345,11 @@ def _pipeline_evidence(pipeline: dict[str, Any]) -> list[str]:
                         _top(st.get("rss_mb") or {}, 3)]
                        for st in steps])
         out += [""]
-        logged = [(st["inflight"], st.get("log_offsets_per_app") or {}) for st in steps]
-        if any(per for _, per in logged):
-            out += ["Log offsets appended per finished application (records and transaction markers; "
-                    "a commit writes one marker to each partition it touched), in all and the 6 largest topics:", ""]
-            out += _table(["open", "in all", "largest topics"],
-                          [[level, per.get("total"), ", ".join(f"{t} {n}" for t, n in list(per.items())[1:7])]
-                           for level, per in logged])
-            out += [""]
-        written = [(st["inflight"], st.get("log_bytes_per_app") or {}) for st in steps]
-        if any(per for _, per in written):
-            out += ["Log bytes written per finished application (the local broker's segments), in all and the "
-                    "6 largest topics:", ""]
-            out += _table(["open", "in all", "largest topics"],
-                          [[level, per.get("total"), ", ".join(f"{t} {n}" for t, n in list(per.items())[1:7])]
-                           for level, per in written])
-            out += [""]
+        out += _per_app_table(steps, "log_offsets_per_app",
+                              "Log offsets appended per finished application (records and transaction markers; "
+                              "a commit writes one marker to each partition it touched)")
+        out += _per_app_table(steps, "log_bytes_per_app",
+                              "Log bytes written per finished application (the local broker's segments)")
     history = pipeline.get("history") or {}
     timeline = history.get("timeline") or []
     if timeline:
