@@ -338,3 +338,15 @@ async def test_a_replayed_decision_makes_the_same_dispatch():
     _, first = await feed(decision("APPROVED"), state=state)
     _, again = await feed(decision("APPROVED"), state=state)
     assert [e.payload for e in first[0].emits] == [e.payload for e in again[0].emits]
+
+
+async def test_a_window_that_records_the_arrival_and_pick_up_again_after_a_restart_is_answered_ok():
+    """The window system restarted after the pick-up and before it noted it: both acts come again."""
+    state, _ = await feed(*by("WINDOW"), decision("APPROVED"))
+    state, _ = await feed(receipt("DELIVERED", dispatch(1)), arrival(), pickup(), state=state)
+    assert state["delivered"]
+    again, outcomes = await feed(arrival(), pickup(), state=state)
+    assert again == state
+    assert [o.emits for o in outcomes] == [[], []]
+    with pytest.raises(Rejected, match=f"^the result was sent to window {WINDOW}, not to window 430103-W02$"):
+        await feed(arrival("430103-W02"), state=state)
