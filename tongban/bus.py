@@ -84,7 +84,7 @@ class PacedConsumer(AIOKafkaConsumer):
     BUSY_FETCH_WAIT_MS while records arrive, IDLE_FETCH_WAIT_MS once none has for IDLE_AFTER_S.
 
     aiokafka reads the wait from its fetcher each time it builds a fetch request
-    (`Fetcher._fetch_max_wait_ms`, aiokafka 0.14; tests/integration/test_fetch_pace.py holds
+    (`Fetcher._fetch_max_wait_ms`, aiokafka 0.14; tests/integration/test_fetch_pace_broker.py holds
     that), so a new value applies from the next fetch."""
 
     def __init__(self, *topics: str, clock: Callable[[], float] = time.monotonic, **options: Any) -> None:

@@ -155,6 +155,13 @@ def _finished(file: dict) -> dict:
     return finished
 
 
+def _ended(file: dict, emits: list[Emit] | None = None) -> Outcome:
+    """The application ended without a result to deliver (refused, denied, failed its
+    verification, unroutable): its file is finished, and no 容缺 material is waited for."""
+    return Outcome(state=_finished(file), emits=emits or [], finished=True,
+                   cancel_timers=[acceptance.DEFERRED_PROMISE])
+
+
 def may_go_out(file: dict) -> bool:
     """An approved result goes out once nothing holds it: no 容缺 material is outstanding, and
     its bundle's other applications are settled (bundles.py)."""
@@ -224,8 +231,7 @@ def make_handlers(cipher: PiiCipher, registry: SchemaRegistry | None = None,
         decided = {"application_id": key, "deciding_partner": failed["partner_id"], "outcome": "DENIED",
                    "result_reference": None, "reason": why, "decided_at": at}
         emits.append(Emit(topics.APPLICATION_DECIDED, topics.APPLICATION_DECIDED_EVENT, key, decided))
-        return Outcome(state=_finished({**file, "decision": "DENIED", "failed_leg": failed["leg"]}), emits=emits,
-                       finished=True, cancel_timers=[acceptance.DEFERRED_PROMISE])
+        return _ended({**file, "decision": "DENIED", "failed_leg": failed["leg"]}, emits)
 
     async def on_received(event: Event, state: dict | None) -> Outcome:
         p = event.payload
@@ -286,8 +292,7 @@ def make_handlers(cipher: PiiCipher, registry: SchemaRegistry | None = None,
                                                    event.key, body)])
         body = {"application_id": event.key, "deciding_partner": partner,
                 "reason": scrub(p["reason"], parties) or "refused", "remedy": scrub(p.get("remedy") or "", parties)}
-        return Outcome(state=_finished(file), finished=True, cancel_timers=[acceptance.DEFERRED_PROMISE],
-                       emits=[Emit(topics.APPLICATION_ACCEPTED, topics.APPLICATION_REFUSED_EVENT, event.key, body)])
+        return _ended(file, [Emit(topics.APPLICATION_ACCEPTED, topics.APPLICATION_REFUSED_EVENT, event.key, body)])
 
     def later_leg_answer(event: Event, file: dict) -> Outcome:
         """A later leg's party takes up work the application's acceptance already covers: it
@@ -331,14 +336,13 @@ def make_handlers(cipher: PiiCipher, registry: SchemaRegistry | None = None,
         emits = [Emit(topics.APPLICATION_DECIDED, topics.APPLICATION_DECIDED_EVENT, event.key, decided)]
         if p["outcome"] == "APPROVED" and may_go_out(file):
             emits += dispatch(event.key, file)
-        # Done once denied; an approved result is done when its channel delivers it (a result
-        # held for 容缺 materials waits for them first).
-        finished = p["outcome"] != "APPROVED"
+        if p["outcome"] != "APPROVED":
+            return _ended(file, emits)
+        # An approved result is done when its channel delivers it (a result held for 容缺
+        # materials waits for them first).
         check = [Timer(acceptance.COMMITMENT_CHECK, p["decided_at"] + commitment_check_after)] \
             if acceptance.commitment_check_due(file) else []
-        # A denied application waits for no 容缺 material: its applicant is not asked for one.
-        return Outcome(state=_finished(file) if finished else file, emits=emits, finished=finished, timers=check,
-                       cancel_timers=[acceptance.DEFERRED_PROMISE] if finished else [])
+        return Outcome(state=file, emits=emits, timers=check)
 
     # ------------------------------------------------------------ result channels (channels/)
     def context(key: str, file: dict) -> Context:
@@ -658,16 +662,14 @@ def make_handlers(cipher: PiiCipher, registry: SchemaRegistry | None = None,
         verification is not an end (the file is verified once it is back)."""
         if event.payload.get("outcome", "FAILED") != "FAILED" or bundles.settlement(state or {}) is not None:
             return Outcome()
-        return Outcome(state=_finished({**(state or {}), "verification_failed": True}), finished=True,
-                       cancel_timers=[acceptance.DEFERRED_PROMISE])
+        return _ended({**(state or {}), "verification_failed": True})
 
     async def on_unroutable(event: Event, state: dict | None) -> Outcome:
         """An application that ends unroutable (refused at once, or rejected on review) goes no
         further: its file, kept since it was received, is finished without personal fields."""
         if state is None or bundles.settlement(state) is not None:
             return Outcome()
-        return Outcome(state=_finished({**state, "unroutable": True}), finished=True,
-                       cancel_timers=[acceptance.DEFERRED_PROMISE])
+        return _ended({**state, "unroutable": True})
 
     async def on_results_released(event: Event, state: dict | None) -> Outcome:
         """The bundle lets the file's held result go out, by the file's own channel."""
