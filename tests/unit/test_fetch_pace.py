@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from tongban.bus import BUSY_FETCH_WAIT_MS, IDLE_AFTER_S, IDLE_FETCH_WAIT_MS, PacedConsumer
+from tongban.bus import BUSY_FETCH_WAIT_MS, FETCHER_POLL_MS, IDLE_AFTER_S, IDLE_FETCH_WAIT_MS, PacedConsumer
 
 TP = TopicPartition("tongban.application.received", 0)
 
@@ -60,3 +60,10 @@ async def test_a_batch_with_only_empty_partitions_counts_as_no_record(paced):
 
 async def test_a_consumer_not_started_has_no_wait_to_pace():
     assert PacedConsumer(bootstrap_servers="127.0.0.1:1").fetch_wait_ms is None
+
+
+async def test_an_idle_fetcher_looks_for_work_once_a_second_not_five_times():
+    # aiokafka's default (200 ms) doubled an idle consumer's CPU; events wake the fetcher anyway
+    assert PacedConsumer(bootstrap_servers="127.0.0.1:1")._consumer_timeout == FETCHER_POLL_MS / 1000 == 1.0
+    # a caller that needs another pace still says so
+    assert PacedConsumer(bootstrap_servers="127.0.0.1:1", consumer_timeout_ms=200)._consumer_timeout == 0.2
