@@ -348,6 +348,14 @@ class ClosedLoop:
             child.cancel()
 
 
+TRANSACTION_LOG = "__transaction_state"
+OUTSIDE = ("bench", "other")  # CPU a window counts that is not the system's
+
+
+def per_second(before: int | None, after: int | None, seconds: float) -> float | None:
+    return None if before is None or after is None else rounded((after - before) / seconds, 1)
+
+
 class GroupLag:
     """How far each service's consumer group is behind its inputs (committed offsets against
     the last stable offsets). A transaction's commit marker takes one offset after the last
@@ -391,6 +399,19 @@ class GroupLag:
             topic = tp.topic.removeprefix(self.namespace)
             ends[topic] = ends.get(topic, 0) + end
         return ends
+
+    async def transaction_log_end(self) -> int | None:
+        """The broker's transaction log (`__transaction_state`) end offsets, summed: between two
+        readings, what the transaction coordinators appended. A committed transaction that also
+        commits input offsets appends 4 records (begun, its offsets' group added, prepared,
+        completed: measured on the local broker, 2026-12-05), so this counts the transactions
+        of every service at once. None where the broker does not let the bench describe it."""
+        try:
+            described = await self.admin.describe_topics([TRANSACTION_LOG])
+            partitions = [TopicPartition(TRANSACTION_LOG, p["partition"]) for p in described[0]["partitions"]]
+            return sum((await self.consumer.end_offsets(partitions)).values()) if partitions else None
+        except (KafkaError, LookupError, TypeError):
+            return None
 
     def log_bytes(self) -> dict[str, int]:
         """Bytes in each declared topic's log segments (without the namespace), read from the
@@ -547,12 +568,15 @@ class Pipeline:
             await asyncio.sleep(plan.first_warmup_s if before == 0 and level == levels[0] else plan.warmup_s)
             window = self._cpu_window()
             ends_before, bytes_before = await self.lag.log_ends(), self.lag.log_bytes()
+            txn_before = await self.lag.transaction_log_end()
             t0 = time.time()
             window.start()
             await asyncio.sleep(plan.saturation_s)
             t1 = time.time()
             rate = self.tracker.completed_between(t0, t1) / (t1 - t0)
+            txn_after = await self.lag.transaction_log_end()
             step: dict[str, Any] = {"inflight": level, "apps_per_s": rounded(rate, 1), "cpu_pct": window.stop(),
+                                    "txn_log_appends_per_s": per_second(txn_before, txn_after, t1 - t0),
                                     "log_offsets_per_app": offsets_per_app(
                                         ends_before, await self.lag.log_ends(), rate * (t1 - t0)),
                                     "log_bytes_per_app": offsets_per_app(
@@ -600,6 +624,11 @@ class Pipeline:
         """Poisson arrivals at `rate` for `seconds`; latencies of those applications."""
         arrivals = random.Random(int(rate * 1000))
         ids_before = len(self.tracker.apps)
+        # The CPU and the transactions of the whole system while the applications arrive: the
+        # machine's work at this load, independent of how long the last ones take to finish.
+        window = self._cpu_window()
+        txn_before = await self.lag.transaction_log_end()
+        window.start()
         t0 = time.monotonic()
         next_at = t0
         tasks = []
@@ -609,6 +638,9 @@ class Pipeline:
                 break
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
             tasks.append(asyncio.create_task(self.submitter.submit()))
+        arrivals_s = time.monotonic() - t0
+        cpu = window.stop()
+        txn_log = per_second(txn_before, await self.lag.transaction_log_end(), arrivals_s)
         futures = [f for f in await asyncio.gather(*tasks) if f is not None]
         drained = True
         if futures:
@@ -622,7 +654,9 @@ class Pipeline:
         latencies = finished + [given_up - a.submitted for a in apps if a.terminal_at is None]
         point: dict[str, Any] = {"offered_apps_per_s": rounded(rate, 2), "submitted": len(tasks),
                                  "achieved_apps_per_s": rounded(len(finished) / seconds, 2),
-                                 **summary_ms(latencies), "unfinished": len(apps) - len(finished)}
+                                 **summary_ms(latencies), "unfinished": len(apps) - len(finished),
+                                 "cpu_pct_system": rounded(sum(v for k, v in cpu.items() if k not in OUTSIDE), 1),
+                                 "cpu_pct": cpu, "txn_log_appends_per_s": txn_log}
         point["stages"] = stage_latencies(apps)
         if not drained:
             point["note"] = (f"{point['unfinished']} not finished {self.plan.drain_s:.0f}s after the last arrival; "

@@ -186,9 +186,13 @@ def generated_section(result: dict[str, Any]) -> str:
         out += ["### Latency against offered load", "",
                 f"Plot: `{CURVE_PNG.relative_to(ROOT)}` (not committed; `make bench` draws it).", ""]
         out += _table(["fraction of saturation", "offered apps/s", "achieved apps/s", "count", "p50 ms",
-                       "p95 ms", "p99 ms", "unfinished"],
+                       "p95 ms", "p99 ms", "unfinished", "CPU % (of 200)", "txn log appends/s"],
                       [[p["fraction_of_saturation"], p["offered_apps_per_s"], p["achieved_apps_per_s"], p["count"],
-                        p["p50_ms"], p["p95_ms"], p["p99_ms"], p["unfinished"]] for p in pipeline["curve"]])
+                        p["p50_ms"], p["p95_ms"], p["p99_ms"], p["unfinished"], p.get("cpu_pct_system"),
+                        p.get("txn_log_appends_per_s")] for p in pipeline["curve"]])
+        out += ["", "CPU: the broker, the store, the services, the simulator and its providers while the "
+                "applications arrive. Transaction log appends: what the broker's transaction coordinator wrote "
+                "meanwhile; a transaction that commits input offsets appends 4.", ""]
         out += [""] + [f"- {p['offered_apps_per_s']} apps/s: {p['note']}" for p in pipeline["curve"] if p.get("note")]
         out += [""]
 
@@ -339,8 +343,8 @@ def _pipeline_evidence(pipeline: dict[str, Any]) -> list[str]:
     if steps:
         out += ["Saturation search: CPU % of one core per process (the machine has 200 %), each service's "
                 "backlog (records behind its inputs) and its resident set (MB) at the end of the window:", ""]
-        out += _table(["open", "apps/s", "CPU (top 4)", "backlog", "RSS MB (top 3)"],
-                      [[st["inflight"], st["apps_per_s"], _top(st["cpu_pct"]),
+        out += _table(["open", "apps/s", "CPU (top 4)", "txn log appends/s", "backlog", "RSS MB (top 3)"],
+                      [[st["inflight"], st["apps_per_s"], _top(st["cpu_pct"]), st.get("txn_log_appends_per_s"),
                         ", ".join(f"{k} {v}" for k, v in (st.get("backlog_at_end") or {}).items() if v),
                         _top(st.get("rss_mb") or {}, 3)]
                        for st in steps])

@@ -1,7 +1,8 @@
 """Figures make bench derives: what the broker appended per finished application, per topic,
-and how much finished work left the hot state during the idle window."""
+the rate of transaction log appends, and how much finished work left the hot state during the
+idle window."""
 
-from devtools.bench.pipeline import evictions_due, offsets_per_app
+from devtools.bench.pipeline import evictions_due, offsets_per_app, per_second
 
 
 def test_growth_per_application_largest_first_with_the_total():
@@ -22,3 +23,9 @@ def test_evictions_due_in_a_window_are_those_finished_ten_minutes_before_on_the_
     assert evictions_due([0.0, 1.0, 59.0, 61.0], 600.0, 660.0) == 1
     assert evictions_due([0.0, 1.0, 59.0, 61.0], 600.0, 661.0) == 3
     assert evictions_due([0.0], 601.0, 700.0) == 0
+
+
+def test_transaction_log_appends_per_second_and_none_where_the_log_could_not_be_read():
+    assert per_second(1000, 1900, 30.0) == 30.0
+    assert per_second(None, 1900, 30.0) is None  # an external broker that hides its internal topics
+    assert per_second(1000, None, 30.0) is None
