@@ -24,6 +24,7 @@ from tests.unit.test_runtime_core import (
 )
 from tongban.events import millis, now_utc
 from tongban.handling import Outcome, Timer
+from tongban.runtime import core
 from tongban.runtime.core import (
     DEDUPE,
     ENTRY,
@@ -173,6 +174,56 @@ async def test_a_timer_firing_in_the_round_that_evicts_its_aggregate_gets_the_ag
     await h.feed(h.rec(received_value()))
     await h.task.fire_due(millis(now_utc() + KEEP_FINISHED + timedelta(minutes=3)))
     assert states == [{"done": True}]
+
+
+async def test_a_timer_firing_after_its_aggregate_left_the_hot_state_does_not_bring_the_state_back(monkeypatch):
+    states = []
+
+    async def remind(event, state):
+        states.append(state)
+        return Outcome()
+
+    h = Harness(handlers={UNROUTABLE: finished_with_a_reminder_after_its_eviction}, timers={"reminder": remind})
+    await h.feed(h.rec(received_value()))
+    assert await h.task.fire_due(millis(now_utc() + KEEP_FINISHED) + EVICTION_ROUND_MS) == 1  # the eviction
+    assert entry(h)["state"] is None
+    reminded = now_utc() + KEEP_FINISHED + timedelta(minutes=3)
+    monkeypatch.setattr(core, "now_utc", lambda: reminded)  # the clock the timer fires by
+    assert await h.task.fire_due(millis(reminded)) == 1
+    assert states == [{"done": True}], "the timer still gets the state, from the archive"
+    assert entry(h)["timers"] == []
+    assert entry(h)["state"] is None, "no eviction is due any more: the state stays in the archive only"
+
+
+async def test_a_timer_firing_in_its_aggregates_eviction_round_leaves_the_state_out_of_the_hot_state_too(
+        monkeypatch):
+    h = Harness(handlers={UNROUTABLE: finished_with_a_reminder_after_its_eviction},
+                timers={"reminder": lambda event, state: asyncio.sleep(0, Outcome())})
+    await h.feed(h.rec(received_value()))
+    late = now_utc() + KEEP_FINISHED + timedelta(minutes=3)
+    monkeypatch.setattr(core, "now_utc", lambda: late)  # a timer loop that looks late, after an outage
+    assert await h.task.fire_due(millis(late)) == 2
+    assert entry(h)["timers"] == []
+    assert entry(h)["state"] is None
+
+
+async def test_an_input_that_changes_only_the_timers_of_finished_work_keeps_the_state_hot_only_in_its_time(
+        monkeypatch):
+    async def finish_then_remind(event, state):
+        if state is None:
+            return Outcome(state={"done": True}, finished=True)
+        return Outcome(timers=[Timer(f"reminder-{event.payload['reason']}", now_utc() + timedelta(days=1))])
+
+    h = Harness(handlers={UNROUTABLE: finish_then_remind})
+    await h.feed(h.rec(value_of(UNROUTABLE, unroutable(KEY, "finish"), "c1")))
+    await h.feed(h.rec(value_of(UNROUTABLE, unroutable(KEY, "soon"), "c2")))
+    assert entry(h)["state"] == {"done": True}, "within its ten minutes it stays hot"
+    later = now_utc() + KEEP_FINISHED + timedelta(minutes=2)
+    monkeypatch.setattr(core, "now_utc", lambda: later)  # the eviction round has not run yet
+    await h.feed(h.rec(value_of(UNROUTABLE, unroutable(KEY, "late"), "c3")))
+    assert len(entry(h)["timers"]) == 2
+    assert entry(h)["state"] is None, "past its time the hot state keeps no state, as the eviction would"
+    assert h.archive.docs[KEY]["state"] == {"done": True}
 
 
 # ----------------------------------------------------------------------------- the RocksDB store

@@ -189,6 +189,17 @@ def _eviction(entry: Entry) -> tuple[int, str]:
     return -(-due // EVICTION_ROUND_MS) * EVICTION_ROUND_MS, f"{EVICT}{entry.archived}"
 
 
+def _hot(entry: Entry) -> Entry:
+    """What the hot state stores of `entry`. Finished work whose time in the hot state is up
+    keeps only what recognises and revives it: its state is in the archive, as this version.
+    A later input that changes its timers but not its state (a timer firing after the
+    eviction) must not bring the state back, where no eviction would take it out again."""
+    if entry.finished and entry.state is not None and entry.finished_at is not None \
+            and _eviction(entry)[0] <= millis(now_utc()):
+        return Entry(None, entry.timers, entry.trace, True, entry.archived, entry.finished_at)
+    return entry
+
+
 def private_copy(state: Any) -> Any:
     """A copy of `state` the handler may change freely: the batch keeps the original, to
     compare with and to fall back on if the handler fails. States are plain data (what BSON
@@ -576,7 +587,7 @@ class Task:
                 trace_headers = inject_headers()
                 outs = [await self._encode(event, emit, trace_headers) for emit in outcome.emits]
                 new = self._next_entry(entry, key, outcome, trace_headers, fired)
-                packed = new.pack()
+                packed = _hot(new).pack()
             except (Rejected, Refused, HandlerFailed) as exc:
                 poison(exc)
                 return
@@ -677,7 +688,7 @@ class Task:
             kept = [t for t in entry.timers if t["id"] != timer_id]
             dropped = Entry(entry.state, kept, entry.trace, entry.finished, entry.archived, entry.finished_at)
             batch.entries[key] = dropped
-            batch.changes[ENTRY + key.encode()] = dropped.pack()
+            batch.changes[ENTRY + key.encode()] = _hot(dropped).pack()
 
         if handler is None:
             poison(MalformedRecord(f"no handler for timer {timer['name']}"))
