@@ -163,33 +163,34 @@ async def test_a_timer_of_finished_work_falling_due_in_its_eviction_round_still_
     assert entry(h)["timers"] == []
 
 
-async def test_a_timer_firing_in_the_round_that_evicts_its_aggregate_gets_the_aggregates_state():
-    states = []
+def reminded() -> tuple[Harness, list]:
+    """A harness whose aggregate finishes with a reminder due after its eviction, and the
+    states that reminder is given."""
+    states: list = []
 
     async def remind(event, state):
         states.append(state)
         return Outcome()
 
-    h = Harness(handlers={UNROUTABLE: finished_with_a_reminder_after_its_eviction}, timers={"reminder": remind})
+    return Harness(handlers={UNROUTABLE: finished_with_a_reminder_after_its_eviction},
+                   timers={"reminder": remind}), states
+
+
+async def test_a_timer_firing_in_the_round_that_evicts_its_aggregate_gets_the_aggregates_state():
+    h, states = reminded()
     await h.feed(h.rec(received_value()))
     await h.task.fire_due(millis(now_utc() + KEEP_FINISHED + timedelta(minutes=3)))
     assert states == [{"done": True}]
 
 
 async def test_a_timer_firing_after_its_aggregate_left_the_hot_state_does_not_bring_the_state_back(monkeypatch):
-    states = []
-
-    async def remind(event, state):
-        states.append(state)
-        return Outcome()
-
-    h = Harness(handlers={UNROUTABLE: finished_with_a_reminder_after_its_eviction}, timers={"reminder": remind})
+    h, states = reminded()
     await h.feed(h.rec(received_value()))
     assert await h.task.fire_due(millis(now_utc() + KEEP_FINISHED) + EVICTION_ROUND_MS) == 1  # the eviction
     assert entry(h)["state"] is None
-    reminded = now_utc() + KEEP_FINISHED + timedelta(minutes=3)
-    monkeypatch.setattr(core, "now_utc", lambda: reminded)  # the clock the timer fires by
-    assert await h.task.fire_due(millis(reminded)) == 1
+    due = now_utc() + KEEP_FINISHED + timedelta(minutes=3)
+    monkeypatch.setattr(core, "now_utc", lambda: due)  # the clock the timer fires by
+    assert await h.task.fire_due(millis(due)) == 1
     assert states == [{"done": True}], "the timer still gets the state, from the archive"
     assert entry(h)["timers"] == []
     assert entry(h)["state"] is None, "no eviction is due any more: the state stays in the archive only"
@@ -197,8 +198,7 @@ async def test_a_timer_firing_after_its_aggregate_left_the_hot_state_does_not_br
 
 async def test_a_timer_firing_in_its_aggregates_eviction_round_leaves_the_state_out_of_the_hot_state_too(
         monkeypatch):
-    h = Harness(handlers={UNROUTABLE: finished_with_a_reminder_after_its_eviction},
-                timers={"reminder": lambda event, state: asyncio.sleep(0, Outcome())})
+    h, _ = reminded()
     await h.feed(h.rec(received_value()))
     late = now_utc() + KEEP_FINISHED + timedelta(minutes=3)
     monkeypatch.setattr(core, "now_utc", lambda: late)  # a timer loop that looks late, after an outage
