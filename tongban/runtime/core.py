@@ -196,8 +196,13 @@ def _hot(entry: Entry) -> Entry:
     eviction) must not bring the state back, where no eviction would take it out again."""
     if entry.finished and entry.state is not None and entry.finished_at is not None \
             and _eviction(entry)[0] <= millis(now_utc()):
-        return Entry(None, entry.timers, entry.trace, True, entry.archived, entry.finished_at)
+        return _marker(entry)
     return entry
+
+
+def _marker(entry: Entry) -> Entry:
+    """Finished work without its state: what recognises and revives it once it left the hot state."""
+    return Entry(None, entry.timers, entry.trace, True, entry.archived, entry.finished_at)
 
 
 def private_copy(state: Any) -> Any:
@@ -669,11 +674,10 @@ class Task:
         if timer_id.startswith(EVICT):
             # Finished work leaves the hot state: the archive has it (this very version).
             if entry.finished and entry.state is not None and timer_id == _eviction(entry)[1]:
-                evicted = Entry(None, entry.timers, entry.trace, True, entry.archived, entry.finished_at)
                 # Only the stored entry loses its state: the batch keeps the entry with it, so a
                 # later timer of this aggregate in the same round reads the state, as it would
                 # from the archive in a later round.
-                batch.changes[ENTRY + key.encode()] = evicted.pack()
+                batch.changes[ENTRY + key.encode()] = _marker(entry).pack()
             return
         timer = next((t for t in entry.timers if t["id"] == timer_id), None)
         if timer is None:
