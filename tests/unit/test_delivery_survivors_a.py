@@ -71,10 +71,14 @@ def types(outcome: Outcome) -> list[str]:
 
 # ---------------------------------------------------------------------------- the joint legs (多地联办)
 
+def first_leg_approved() -> tuple[tuple, tuple]:
+    """A joint matter's first leg taken up and approved by its authority (fresh payloads)."""
+    return joint.answer("ACCEPTED", "440000", LEG_1), joint.decision("APPROVED", "440000", LEG_1)
+
+
 async def legs_one_and_two_done() -> dict:
     state, _ = await joint.start()
-    state, _ = await joint.feed(state, joint.answer("ACCEPTED", "440000", LEG_1),
-                                joint.decision("APPROVED", "440000", LEG_1),
+    state, _ = await joint.feed(state, *first_leg_approved(),
                                 joint.answer("ACCEPTED", "420000", LEG_2),
                                 joint.decision("APPROVED", "420000", LEG_2, DAY2),
                                 joint.answer("ACCEPTED", "440000", LEG_3))
@@ -84,8 +88,7 @@ async def legs_one_and_two_done() -> dict:
 async def test_each_joint_leg_is_assigned_with_its_own_promised_working_days():
     legs = (await joint.routed_payload())["legs"]
     state, outcomes = await joint.start()
-    _, after_1 = await joint.feed(state, joint.answer("ACCEPTED", "440000", LEG_1),
-                                  joint.decision("APPROVED", "440000", LEG_1))
+    _, after_1 = await joint.feed(state, *first_leg_approved())
     assigned = [e.payload for e in joint.emitted(outcomes + after_1) if e.event_type == topics.MATTER_ASSIGNED_EVENT]
     assert [(a["leg"], a["promised_working_days"]) for a in assigned] == [
         (1, legs[0]["working_days"]), (2, legs[1]["working_days"])]
@@ -104,8 +107,7 @@ async def test_a_completed_leg_is_published_with_its_application_party_step_and_
 
 async def test_a_failed_leg_and_the_denial_name_the_application_the_failing_party_and_the_scrubbed_reason():
     state, _ = await joint.start()
-    _, outcomes = await joint.feed(state, joint.answer("ACCEPTED", "440000", LEG_1),
-                                   joint.decision("APPROVED", "440000", LEG_1),
+    _, outcomes = await joint.feed(state, *first_leg_approved(),
                                    joint.answer("ACCEPTED", "420000", LEG_2),
                                    joint.decision("DENIED", "420000", LEG_2, DAY2,
                                                   reason=f"{joint.NAME}的缴费记录无法转出"))
@@ -183,8 +185,7 @@ async def test_a_joint_application_of_a_bundle_whose_leg_fails_tells_its_bundle_
 
 async def test_a_later_legs_party_takes_its_leg_up_once():
     state, _ = await joint.start()
-    state, _ = await joint.feed(state, joint.answer("ACCEPTED", "440000", LEG_1),
-                                joint.decision("APPROVED", "440000", LEG_1),
+    state, _ = await joint.feed(state, *first_leg_approved(),
                                 joint.answer("ACCEPTED", "420000", LEG_2))
     with pytest.raises(Rejected, match=r"^this leg's party already took it up$"):
         await joint.feed(state, joint.answer("ACCEPTED", "420000", LEG_2))
@@ -192,8 +193,7 @@ async def test_a_later_legs_party_takes_its_leg_up_once():
 
 async def test_a_later_legs_refusal_without_a_reason_fails_the_leg_as_refused_when_the_party_answered():
     state, _ = await joint.start()
-    _, outcomes = await joint.feed(state, joint.answer("ACCEPTED", "440000", LEG_1),
-                                   joint.decision("APPROVED", "440000", LEG_1),
+    _, outcomes = await joint.feed(state, *first_leg_approved(),
                                    at(joint.answer("REFUSED", "420000", LEG_2), accepted_at=DAY2))
     failed, _, decided = (e.payload for e in outcomes[-1].emits)
     assert (decided["reason"], decided["decided_at"], failed["failed_at"]) == (
@@ -202,16 +202,14 @@ async def test_a_later_legs_refusal_without_a_reason_fails_the_leg_as_refused_wh
 
 async def test_a_later_legs_refusal_naming_the_applicant_is_scrubbed():
     state, _ = await joint.start()
-    _, outcomes = await joint.feed(state, joint.answer("ACCEPTED", "440000", LEG_1),
-                                   joint.decision("APPROVED", "440000", LEG_1),
+    _, outcomes = await joint.feed(state, *first_leg_approved(),
                                    joint.answer("REFUSED", "420000", LEG_2, reason=f"{joint.NAME}在转出地无参保记录"))
     assert outcomes[-1].emits[-1].payload["reason"] == "leg 2 of 3 (FUND_TRANSFER) failed: [NAME]在转出地无参保记录"
 
 
 async def test_a_later_legs_party_is_told_it_may_only_accept_or_refuse():
     state, _ = await joint.start()
-    state, _ = await joint.feed(state, joint.answer("ACCEPTED", "440000", LEG_1),
-                                joint.decision("APPROVED", "440000", LEG_1))
+    state, _ = await joint.feed(state, *first_leg_approved())
     with pytest.raises(Rejected, match=r"^acceptance outcome 'SUPPLEMENT_REQUIRED' is not open to a later leg of a "
                                        r"joint matter \(ACCEPTED or REFUSED; 补正 was the accepting authority's\)$"):
         await joint.feed(state, joint.answer("SUPPLEMENT_REQUIRED", "420000", LEG_2))
@@ -232,16 +230,14 @@ async def test_a_matter_that_is_not_joint_is_one_assignment_decided_as_the_autho
 
 async def _joint_leg_done_then_failed() -> list:
     state, outcomes = await joint.start()
-    _, more = await joint.feed(state, joint.answer("ACCEPTED", "440000", LEG_1),
-                               joint.decision("APPROVED", "440000", LEG_1), joint.answer("ACCEPTED", "420000", LEG_2),
+    _, more = await joint.feed(state, *first_leg_approved(), joint.answer("ACCEPTED", "420000", LEG_2),
                                joint.decision("DENIED", "420000", LEG_2, reason="不符合转移条件"))
     return joint.emitted(outcomes + more)
 
 
 async def _later_leg_refused() -> list:
     state, outcomes = await joint.start()
-    _, more = await joint.feed(state, joint.answer("ACCEPTED", "440000", LEG_1),
-                               joint.decision("APPROVED", "440000", LEG_1),
+    _, more = await joint.feed(state, *first_leg_approved(),
                                joint.answer("REFUSED", "420000", LEG_2, reason="转出地无参保记录"))
     return joint.emitted(outcomes + more)
 
