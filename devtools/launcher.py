@@ -35,10 +35,20 @@ def instance(service: str, number: int) -> str:
     return service if number == 1 else f"{service}{INSTANCE}{number}"
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on now and never handed out before by this process. The kernel
+    picks a fresh ephemeral port at random for each bind, so two picks for one stack can be
+    the same port; the service started second would then fail to bind it."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 class Stack:

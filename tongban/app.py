@@ -43,7 +43,8 @@ def grpc_server(settings: Settings) -> grpc.aio.Server:
     RESOURCE_EXHAUSTED at once (retry with back-off; a Submit retried with the same client
     reference is the same application), so a burst cannot grow the process without bound."""
     return grpc.aio.server(interceptors=[telemetry.GrpcMetrics()],
-                           options=[("grpc.max_receive_message_length", MAX_REQUEST_BYTES)],
+                           options=[("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+                                    grpc_tls.EXCLUSIVE_PORT],
                            maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs)
 
 

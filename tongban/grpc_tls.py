@@ -181,5 +181,11 @@ def client_channel(target: str, caller: str = DEFAULT_CALLER, directory: Path | 
     return grpc.aio.secure_channel(target, channel_credentials(caller, directory), options=options)
 
 
+# gRPC lets a second server bind a port already served (SO_REUSEPORT) and then splits the
+# connections between the two: a client of one service would reach another and get
+# UNIMPLEMENTED. A port taken is a mistake in the deployment; a server refuses to start on it.
+EXCLUSIVE_PORT = ("grpc.so_reuseport", 0)
+
+
 def listen_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"

@@ -169,7 +169,7 @@ async def serve(settings: Settings, provider: str, anchor_every: float) -> None:
         await producer.send_and_wait(settings.topic(topics.DATASHARING_DISPUTES),
                                      key=body["application_id"].encode(), value=value)
 
-    server = grpc.aio.server()
+    server = grpc.aio.server(options=[grpc_tls.EXCLUSIVE_PORT])
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     datasharing_pb2_grpc.add_DataSharingServicer_to_server(
