@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import urllib.request
 import pytest
 from click.testing import CliRunner
 
+from devtools.launcher import free_port
 from tests.integration.test_ops_dlq_broker import write_dead_letters
 from tests.integration.test_ops_stuck_broker import PARTNER, lifecycle, write
 from tongban import topics
@@ -24,12 +24,6 @@ from tongban.ops.topics import ROOT
 pytestmark = pytest.mark.integration
 
 GROUP = "tongban-delivery"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def value(text: str, name: str, **labels: str) -> float | None:

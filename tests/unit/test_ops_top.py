@@ -7,22 +7,16 @@ service that does not answer is `down` and the exit status is 1."""
 from __future__ import annotations
 
 import json
-import socket
 import threading
 
 import pytest
 from click.testing import CliRunner
 from prometheus_client import start_http_server
 
+from devtools.launcher import free_port
 from tongban import telemetry
 from tongban.ops import top
 from tongban.ops.cli import cli
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
