@@ -229,11 +229,13 @@ async def test_an_input_that_changes_only_the_timers_of_finished_work_keeps_the_
 # ----------------------------------------------------------------------------- the RocksDB store
 def test_a_rocksdb_store_counts_its_index_and_filter_blocks_in_the_shared_block_cache(tmp_path):
     """Memory stays within the process's one block cache however much a task holds: index
-    and filter blocks are cached there, not kept outside it (as RocksDB records it in the
-    store's OPTIONS file)."""
+    and filter blocks are cached there, not kept outside it; and a key that is not there (a
+    new event's dedupe mark) is answered by a whole-key bloom filter, not by reading data
+    blocks into that cache (as RocksDB records it in the store's OPTIONS file)."""
     path = tmp_path / "routing" / "p0"
     RocksStore(path).close()
     text = max(path.glob("OPTIONS-*")).read_text()
     table = text.split('[TableOptions/BlockBasedTable "default"]', 1)[1].split("\n[", 1)[0]
     options = dict(line.strip().split("=", 1) for line in table.splitlines() if "=" in line)
     assert options["cache_index_and_filter_blocks"] == "true"
+    assert (options["filter_policy"], options["whole_key_filtering"]) == ("bloomfilter", "true")

@@ -66,7 +66,7 @@ class MemoryStore:
 # One block cache and one write-buffer budget for every task of the process: memory stays
 # the same however many partitions it owns, and RocksDB's index and filter blocks are
 # counted in the cache instead of growing outside it with the data.
-BLOCK_CACHE_BYTES = 32 * 1024 * 1024
+BLOCK_CACHE_BYTES = 16 * 1024 * 1024
 WRITE_BUFFERS_BYTES = 16 * 1024 * 1024
 
 
@@ -88,6 +88,9 @@ class RocksStore:
         table = BlockBasedOptions()
         table.set_block_cache(cache)
         table.set_cache_index_and_filter_blocks(True)
+        # Most reads look for a key that is not there (a dedupe mark of a new event, a new
+        # aggregate): a whole-key filter answers those without reading a data block.
+        table.set_bloom_filter(10, False)
         options.set_block_based_table_factory(table)
         options.increase_parallelism(1)
         self._db = Rdict(str(path), options)
