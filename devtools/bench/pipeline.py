@@ -764,6 +764,10 @@ class Pipeline:
         await self.tracker.wait_drained(self._left(self.plan.drain_s))
         await self._settle("idle")
         await asyncio.sleep(3.0)
+        # Finished work leaves the hot state in rounds on a one-minute grid, for ten minutes
+        # after the traffic; that is the traffic's work, done later. The window sits between
+        # two rounds, and what the round before it evicted is reported beside it.
+        await asyncio.sleep(wait_between_rounds(time.time(), self.plan.idle_s))
         pids = {**self.service_pids(with_sim=True), **platform_pids()}
         window = CpuWindow({**pids, "bench": os.getpid()})
         threads = ThreadWindow(pids)
@@ -778,7 +782,9 @@ class Pipeline:
         result: dict[str, Any] = {"cpu_pct": cpu, "total_pct": round(sum(cpu[n] for n in pids if n in cpu), 1),
                                   "window_s": self.plan.idle_s, "history": self.tracker.terminal,
                                   "threads_pct": by_thread,
-                                  "evictions_due": evictions_due(self.tracker.terminal_times, started, time.time())}
+                                  "evictions_due": evictions_due(self.tracker.terminal_times, started, time.time()),
+                                  "evicted_in_the_round_before": evictions_due(
+                                      self.tracker.terminal_times, started - EVICTION_ROUND_MS / 1000, started)}
         busiest = [name for name, pct in sorted(cpu.items(), key=lambda kv: -kv[1])
                    if name in self.stack.processes and pct >= 1.0][:2]
         if self.plan.profile and busiest:
@@ -790,6 +796,19 @@ async def stop_quietly(consumer: AIOKafkaConsumer) -> None:
     """Close a consumer; a fetch that was backing off may end in an error here, harmlessly."""
     with contextlib.suppress(Exception, asyncio.CancelledError):
         await consumer.stop()
+
+
+def wait_between_rounds(now: float, window_s: float, after_round_s: float = 20.0) -> float:
+    """Seconds to wait so that a window of `window_s` starts `after_round_s` after an
+    eviction round (the round's work done) and ends before the next one; 0 when no such
+    window fits in a round."""
+    grid = EVICTION_ROUND_MS / 1000
+    if after_round_s + window_s > grid:
+        return 0.0
+    into = now % grid
+    if after_round_s <= into <= grid - window_s:
+        return 0.0
+    return (after_round_s - into) % grid
 
 
 def evictions_due(finished: list[float], start: float, end: float) -> int:

@@ -271,7 +271,9 @@ def _pipeline_details(pipeline: dict[str, Any]) -> list[str]:
         out += [f"Idle CPU % over {idle['window_s']} s with {idle['history']:,} applications handled: "
                 + ", ".join(f"{k} {v}" for k, v in sorted(idle["cpu_pct"].items(), key=lambda kv: -kv[1]))
                 + f" (total {idle['total_pct']}). Applications whose finished state left the hot state in "
-                f"that window (ten minutes after they finished): {_fmt(idle.get('evictions_due'))}.", ""]
+                f"that window (ten minutes after they finished): {_fmt(idle.get('evictions_due'))}; in the "
+                f"eviction round before it, which the window waits out: "
+                f"{_fmt(idle.get('evicted_in_the_round_before'))}.", ""]
         if idle.get("threads_pct"):
             out += ["Idle CPU % by thread (threads under 0.1 % left out; the interpreter's own thread "
                     "carries the process's name):", ""]

@@ -2,7 +2,7 @@
 the rate of transaction log appends, and how much finished work left the hot state during the
 idle window."""
 
-from devtools.bench.pipeline import evictions_due, offsets_per_app, per_second
+from devtools.bench.pipeline import evictions_due, offsets_per_app, per_second, wait_between_rounds
 
 
 def test_growth_per_application_largest_first_with_the_total():
@@ -23,6 +23,15 @@ def test_evictions_due_in_a_window_are_those_finished_ten_minutes_before_on_the_
     assert evictions_due([0.0, 1.0, 59.0, 61.0], 600.0, 660.0) == 1
     assert evictions_due([0.0, 1.0, 59.0, 61.0], 600.0, 661.0) == 3
     assert evictions_due([0.0], 601.0, 700.0) == 0
+
+
+def test_the_idle_window_sits_between_two_eviction_rounds_of_the_minute_grid():
+    # rounds at every whole minute; their work is taken to last 20 s; a 10 s window
+    assert wait_between_rounds(6_000.0 + 25, 10) == 0  # 25..35: between rounds already
+    assert wait_between_rounds(6_000.0 + 5, 10) == 15  # too close after a round
+    assert wait_between_rounds(6_000.0 + 55, 10) == 25  # would cross the next round
+    assert wait_between_rounds(6_000.0 + 50, 10) == 0  # ends on the next round, not past it
+    assert wait_between_rounds(6_000.0 + 55, 45) == 0  # no window that long fits: measured as is
 
 
 def test_transaction_log_appends_per_second_and_none_where_the_log_could_not_be_read():
