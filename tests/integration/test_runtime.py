@@ -10,6 +10,8 @@ import os
 from datetime import timedelta
 
 import pytest
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError
 from aiokafka.structs import TopicPartition
 from pymongo import AsyncMongoClient, monitoring
@@ -147,8 +149,8 @@ async def test_a_commit_whose_answer_is_lost_emits_nothing_twice(runtime, namesp
     task = runtime.tasks[partition_for(key, runtime.partitions)]
     real_commit, lost = task.transactions.commit, []
 
-    async def commit_then_lose_the_answer(records, offsets):
-        reached = await real_commit(records, offsets)
+    async def commit_then_lose_the_answer(records):
+        reached = await real_commit(records)
         if not lost and any(r.key == key.encode() and r.topic.endswith(ROUTED) for r in records):
             lost.append(reached)
             raise KafkaConnectionError("the answer to the commit was lost")
@@ -175,9 +177,8 @@ async def test_a_zombie_instance_cannot_commit(namespace, tmp_path):
     topic = settings.topic(ROUTED)
     try:
         with pytest.raises(TaskFenced):
-            await zombie.commit([OutRecord(topic, b"TBZOMBIE", b"from the zombie", [], 0)], {})
-        await owner.commit([OutRecord(topic, b"TBZOMBIE", b"from the owner", [], 0)],
-                           {TopicPartition(settings.topic("tongban.application.received"), 0): 0})
+            await zombie.commit([OutRecord(topic, b"TBZOMBIE", b"from the zombie", [], 0)])
+        await owner.commit([OutRecord(topic, b"TBZOMBIE", b"from the owner", [], 0)])
     finally:
         await zombie.stop()
         await owner.stop()
@@ -224,6 +225,58 @@ async def test_a_restarted_instance_restores_its_state_and_fires_an_earlier_time
         assert await third.state_of(keys[9999]) == {"count": 1}
     finally:
         await third.stop()
+
+
+async def group_offset(settings, tp) -> int | None:
+    admin = AIOKafkaAdminClient(**settings.kafka_client_options())
+    await admin.start()
+    try:
+        meta = (await admin.list_consumer_group_offsets(settings.group)).get(tp)
+    finally:
+        await admin.close()
+    return meta.offset if meta is not None and meta.offset >= 0 else None
+
+
+async def test_a_new_instance_reads_on_from_its_state_and_the_group_offsets_are_a_copy(namespace, tmp_path,
+                                                                                     store_client):
+    """The input positions commit with the state, in its changelog. A new instance (an empty
+    local store) resumes from them even where the group's committed offsets say otherwise,
+    and copies them back to the group for lag tools."""
+    client, _ = store_client
+    settings = settings_for(namespace, tmp_path / "first")
+    archive = MongoArchive(client[settings.database])
+    key = "TBPOSITION" + namespace.upper().strip("-")
+    first = await started(settings, archive)
+    try:
+        tp = TopicPartition(settings.commands_topic, partition_for(key, first.partitions))
+        for n in range(3):
+            await first.submit("count", key, f"position-{n}", {})
+        await wait_state(first, key, lambda s: s == {"count": 3})
+    finally:
+        await first.stop()
+    read_to = await group_offset(settings, tp)
+    assert read_to is not None, "a stopped instance leaves its positions in the group"
+    assert read_to >= 3
+
+    rewinder = AIOKafkaConsumer(group_id=settings.group, enable_auto_commit=False, **settings.kafka_client_options())
+    await rewinder.start()
+    try:
+        rewinder.assign([tp])
+        await rewinder.commit({tp: 0})  # what kafka-consumer-groups --reset-offsets would do
+    finally:
+        await rewinder.stop()
+    assert await group_offset(settings, tp) == 0
+
+    second = await started(settings_for(namespace, tmp_path / "second"), archive)
+    try:
+        assert await second.consumer.position(tp) == read_to, "resumed from the state, not the group's offset"
+        async with asyncio.timeout(30):
+            while await group_offset(settings, tp) != read_to:  # noqa: ASYNC110 (the broker tells no one)
+                await asyncio.sleep(0.2)
+        await second.submit("count", key, "position-3", {})
+        await wait_state(second, key, lambda s: s == {"count": 4})
+    finally:
+        await second.stop()
 
 
 async def test_a_service_started_while_the_broker_is_away_waits_for_it(namespace, tmp_path, caplog):

@@ -17,7 +17,6 @@ from datetime import UTC, datetime, timedelta
 
 import fastavro
 import pytest
-from aiokafka.structs import TopicPartition
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -41,6 +40,7 @@ from tongban.runtime.core import (
     MAX_KEY_BYTES,
     MAX_RECORD_BYTES,
     ORIGIN_TOPIC_HEADER,
+    POSITION,
     Context,
     Entry,
     Refused,
@@ -206,17 +206,68 @@ async def test_readers_waiting_on_a_key_are_told_after_its_commit_and_not_after_
     assert h.state() == {"n": 1}
 
 
-async def test_an_event_its_outputs_its_state_and_its_offset_commit_together():
+async def test_an_event_its_outputs_its_state_and_its_input_position_commit_together():
     h = Harness()
     record = h.rec(received_value())
     await h.feed(record)
     assert h.bus.commits == 1
     assert len(h.outputs()) == 1
     assert h.state() == {"n": 1}
-    assert h.bus.offsets == {TopicPartition(record.topic, PARTITION): record.offset + 1}
-    changelog_keys = {r.key for r in h.bus.on(SETTINGS.changelog_topic)}
-    assert ENTRY + KEY.encode() in changelog_keys
+    changelog = {r.key: r.value for r in h.bus.on(SETTINGS.changelog_topic)}
+    assert ENTRY + KEY.encode() in changelog
+    assert changelog[POSITION + record.topic.encode()] == str(record.offset + 1).encode()
     assert all(r.partition == PARTITION for r in h.bus.on(SETTINGS.changelog_topic))
+    assert h.task.position(record.topic) == record.offset + 1
+
+
+async def test_a_new_owner_reads_on_from_the_position_its_restored_state_holds():
+    h = Harness()
+    first, second = h.rec(received_value(cause="c1")), h.rec(received_value(cause="c2"))
+    await h.feed(first)
+    await h.feed(second)
+    changelog = h.bus.on(SETTINGS.changelog_topic)
+    owner = Task(h.ctx, PARTITION, MemoryStore(), h.bus)
+    assert owner.position(first.topic) is None, "nothing restored yet: the group's offset applies"
+    owner.restore({r.key: r.value for r in changelog}, len(changelog))
+    assert owner.position(first.topic) == second.offset + 1
+    assert owner.position(NS + RECEIVED_TOPIC) is None, "an input never read has no position"
+
+
+async def test_records_before_the_restored_position_are_not_handled_again():
+    """A fetch that raced a take-over can start at the group's offsets, behind the state; the
+    position, not only the dedupe marks (swept after the replay horizon), keeps them out."""
+    h = Harness()
+    first, second = h.rec(received_value(cause="c1")), h.rec(received_value(cause="c2"))
+    await h.feed(first, second)
+    assert await h.task.sweep(now_utc() + h.ctx.horizon + timedelta(minutes=1)) == 2
+    changelog = h.bus.on(SETTINGS.changelog_topic)
+    owner = Task(h.ctx, PARTITION, MemoryStore(), MemoryTransactions(SETTINGS.changelog_topic))
+    owner.restore({r.key: r.value for r in changelog}, len(changelog))
+    third = h.rec(received_value(cause="c3"))
+    await owner.process([first, second, third])
+    assert len(h.calls) == 3, "only the record after the position reached the handler"
+    assert owner.transactions.commits == 1
+    assert (await owner.read(KEY)).state == {"n": 3}
+
+
+async def test_a_batch_with_no_effect_costs_no_transaction_and_the_next_one_stores_its_position():
+    h = Harness()
+    value = received_value(cause="c1")
+    await h.feed(h.rec(value))
+    duplicate = h.rec(value)
+    await h.feed(duplicate)
+    assert h.bus.commits == 1, "a duplicate changes nothing, so reading it again after a crash could not either"
+    assert h.task.position(duplicate.topic) == duplicate.offset + 1, "lag tools see it read"
+    assert h.store.get(POSITION + duplicate.topic.encode()) == str(duplicate.offset).encode()
+    # the same event again, replayed from the dead-letter topic through the retry topic
+    elsewhere = h.rec(value, topic=SETTINGS.retry_topic, headers=[(ORIGIN_TOPIC_HEADER, (NS + INPUT).encode())])
+    await h.feed(elsewhere)
+    assert h.bus.commits == 1
+    later = h.rec(received_value(cause="c3"))
+    await h.feed(later)
+    assert h.bus.commits == 2
+    assert h.store.get(POSITION + later.topic.encode()) == str(later.offset + 1).encode()
+    assert h.store.get(POSITION + elsewhere.topic.encode()) == str(elsewhere.offset + 1).encode()
 
 
 async def test_each_batch_is_one_transaction_and_a_task_with_nothing_to_do_commits_nothing():
@@ -234,11 +285,14 @@ async def test_the_store_checkpoint_is_the_changelog_offset_its_last_commit_reac
     the committed changelog records end; a batch that writes none leaves it where it was."""
     h = Harness()
     await h.feed(h.rec(received_value(cause="c1")))
-    assert h.store.checkpoint == len(h.bus.on(SETTINGS.changelog_topic)) == 2  # the entry and its dedupe mark
-    await h.feed(h.rec(b"not avro"))  # a dead letter only
-    assert h.store.checkpoint == 2
+    # the entry, its dedupe mark and the input position
+    assert h.store.checkpoint == len(h.bus.on(SETTINGS.changelog_topic)) == 3
+    await h.feed(h.rec(b"not avro"))  # a dead letter and the position
+    assert h.store.checkpoint == len(h.bus.on(SETTINGS.changelog_topic)) == 4
+    assert await h.task.fire_due(millis(now_utc())) == 0  # writes nothing at all
+    assert h.store.checkpoint == 4
     await h.feed(h.rec(received_value(cause="c2")), h.rec_of(NEIGHBOUR, "c3"))
-    assert h.store.checkpoint == len(h.bus.on(SETTINGS.changelog_topic)) == 6
+    assert h.store.checkpoint == len(h.bus.on(SETTINGS.changelog_topic)) == 9
 
 
 async def test_a_new_owner_restores_the_changelog_and_carries_on_where_the_old_one_stopped():
@@ -294,7 +348,7 @@ async def test_an_aborted_transaction_changes_nothing_and_the_retry_emits_the_sa
     with pytest.raises(OSError, match="broker gone"):
         await h.feed(record)
     assert h.state() is None, "the local store takes nothing from an aborted transaction"
-    assert h.bus.offsets == {}, "no offset is committed before the record is handled"
+    assert h.task.position(record.topic) is None, "no position is committed before the record is handled"
     await h.feed(record)
     assert h.state() == {"n": 1}
     first, = h.outputs()
@@ -313,7 +367,7 @@ async def test_an_archive_outage_pauses_the_batch_without_committing_anything():
     with pytest.raises(AutoReconnect):
         await h.feed(h.rec(received_value()))
     assert h.bus.commits == 0
-    assert h.bus.offsets == {}
+    assert h.task.position(NS + INPUT) is None
 
 
 async def test_a_dedupe_mark_says_when_and_for_which_aggregate_and_expires_after_the_replay_horizon_only():

@@ -10,9 +10,10 @@ records as one unit:
 2. the new state entries, the dedupe marks, the outgoing events and the dead letters are
    collected in a `Batch` (nothing is written yet);
 3. finished aggregates are archived (append-only inserts) to the document store;
-4. the outgoing records, the changelog records and the input offsets go to the broker in
-   one transaction (`Transactions.commit`); only after it commits does the local store
-   take the changes and the timer schedule its new timers.
+4. the outgoing records and the changelog records go to the broker in one transaction
+   (`Transactions.commit`); the changelog carries the task's input positions too (`o:`
+   entries), so the state and where to read next commit together. Only after the commit
+   does the local store take the changes and the timer schedule its new timers.
 
 A crash or outage at any point leaves nothing half done: the transaction aborts, the input
 is read again, and the same event ids come out (they derive from the cause).
@@ -35,7 +36,6 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import bson
-from aiokafka.structs import TopicPartition
 from bson.codec_options import CodecOptions
 from bson.raw_bson import RawBSONDocument
 from opentelemetry import trace
@@ -71,7 +71,7 @@ MAX_REPLAYS = 5
 MAX_RECORD_BYTES = 1_000_000
 MAX_KEY_BYTES = 1024
 MAX_KEPT_HEADER_BYTES = 16_384
-ENTRY, DEDUPE = b"a:", b"d:"
+ENTRY, DEDUPE, POSITION = b"a:", b"d:", b"o:"
 EVICT = "evict:"  # the schedule's entries that take finished state out of the hot state
 KEEP_FINISHED = timedelta(minutes=10)
 # Evictions fire on this grid, so a task takes a minute's finished work out of the hot state
@@ -156,9 +156,9 @@ class InRecord(Protocol):
 class Transactions(Protocol):
     """One task's way to the broker."""
 
-    async def commit(self, records: list[OutRecord], offsets: dict[TopicPartition, int]) -> int | None:
-        """Write `records` and commit `offsets` atomically; returns the changelog offset
-        reached (the last changelog record's offset + 1), if any changelog record was written."""
+    async def commit(self, records: list[OutRecord]) -> int | None:
+        """Write `records` atomically; returns the changelog offset reached (the last
+        changelog record's offset + 1), if any changelog record was written."""
 
 
 class Archive(Protocol):
@@ -320,6 +320,8 @@ class Task:
         self.schedule = Schedule()
         self.lock = asyncio.Lock()
         self.active = True
+        # Input positions read past by batches that changed nothing (see `process`).
+        self.unstored: dict[str, int] = {}
 
     # -------------------------------------------------------------- restore
     def restore(self, changes: dict[bytes, bytes | None], next_offset: int) -> None:
@@ -335,6 +337,14 @@ class Task:
                 self.schedule.add(*_eviction(entry), key)
 
     # -------------------------------------------------------------- reads
+    def position(self, topic: str) -> int | None:
+        """The offset to read next in this task's partition of `topic`: committed with the
+        state it led to, so a new owner resumes exactly where the state stands."""
+        if topic in self.unstored:
+            return self.unstored[topic]
+        raw = self.store.get(POSITION + topic.encode())
+        return int(raw) if raw is not None else None
+
     async def read(self, key: str) -> Entry | None:
         """The committed entry of `key`, with its state loaded from the archive if it was
         finished long enough ago to have left the hot state."""
@@ -353,14 +363,28 @@ class Task:
         async with self.lock:
             if not self.active:
                 return
+            # A fetch that raced the take-over may have started at the group's offsets, behind
+            # the positions restored with the state: what lies before those is handled already.
+            start = {topic: self.position(topic) or 0 for topic in {r.topic for r in records}}
+            records = [r for r in records if r.offset >= start[r.topic]]
+            if not records:
+                return
             batch = Batch()
             for record in records:
                 await self._handle_record(batch, record)
-            offsets: dict[TopicPartition, int] = {}
+            reached: dict[str, int] = {}
             for record in records:
-                tp = TopicPartition(record.topic, record.partition)
-                offsets[tp] = max(offsets.get(tp, 0), record.offset + 1)
-            await self._commit(batch, offsets)
+                reached[record.topic] = max(reached.get(record.topic, 0), record.offset + 1)
+            if not (batch.changes or batch.outs or batch.archive):
+                # Only other consumers' events or duplicates: reading them again after a
+                # crash changes nothing either, so they cost no transaction. The next
+                # transaction stores how far reading got.
+                self.unstored.update(reached)
+                return
+            reached, self.unstored = {**self.unstored, **reached}, {}
+            for topic, offset in reached.items():
+                batch.changes[POSITION + topic.encode()] = str(offset).encode()
+            await self._commit(batch)
 
     async def fire_due(self, now_ms: int) -> int:
         """Fire every timer due by `now_ms` in one transaction; returns how many fired."""
@@ -374,7 +398,7 @@ class Task:
             try:
                 for key, timer_id in due:
                     await self._fire(batch, key, timer_id)
-                await self._commit(batch, {})
+                await self._commit(batch)
             except BaseException:
                 for key, timer_id in due:  # not fired after all: look again later
                     self.schedule.add(now_ms, timer_id, key)
@@ -405,7 +429,7 @@ class Task:
                 if current is not None and self._expired(raw_key, current, limit):
                     batch.changes[raw_key] = None
             if batch.changes:
-                await self._commit(batch, {})
+                await self._commit(batch)
             return len(batch.changes)
 
     @staticmethod
@@ -421,14 +445,14 @@ class Task:
             return bool(finished_at and not head.get("timers") and finished_at < limit)
         return False
 
-    async def _commit(self, batch: Batch, offsets: dict[TopicPartition, int]) -> None:
+    async def _commit(self, batch: Batch) -> None:
         settings = self.ctx.settings
         crash_point(settings, "after_handler")
         if batch.archive:
             await self.ctx.archive.insert(batch.archive)
         changelog = [OutRecord(settings.changelog_topic, key, value, [], self.partition)
                      for key, value in batch.changes.items()]
-        reached = await self.transactions.commit(batch.outs + changelog, offsets)
+        reached = await self.transactions.commit(batch.outs + changelog)
         self.store.write(batch.changes, reached if reached is not None else self.store.checkpoint)
         for due_ms, timer_id, key in batch.timers:
             self.schedule.add(due_ms, timer_id, key)

@@ -5,30 +5,26 @@ from __future__ import annotations
 
 from typing import Any
 
-from aiokafka.structs import TopicPartition
-
 from tongban.runtime.core import OutRecord
 
 
 class MemoryTransactions:
     """A broker that commits whole transactions: `records` holds what a read_committed reader
-    would see, `offsets` the committed input positions. `fail_next` makes the next commit
-    raise, as an outage or a fencing would, with nothing of it kept."""
+    would see. `fail_next` makes the next commit raise, as an outage or a fencing would, with
+    nothing of it kept."""
 
     def __init__(self, changelog_topic: str) -> None:
         self.changelog_topic = changelog_topic
         self.records: list[OutRecord] = []
-        self.offsets: dict[TopicPartition, int] = {}
         self.commits = 0
         self.fail_next: BaseException | None = None
         self._changelog_offset = 0
 
-    async def commit(self, records: list[OutRecord], offsets: dict[TopicPartition, int]) -> int | None:
+    async def commit(self, records: list[OutRecord]) -> int | None:
         if self.fail_next is not None:
             failure, self.fail_next = self.fail_next, None
             raise failure
         self.records += records
-        self.offsets.update(offsets)
         self.commits += 1
         changelog = sum(1 for r in records if r.topic == self.changelog_topic)
         self._changelog_offset += changelog

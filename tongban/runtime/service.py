@@ -8,7 +8,10 @@
   its open transaction, so only one instance can ever commit for a partition; aiokafka
   passes no consumer-group metadata with the offsets, so this is the fencing that holds.
 - On assignment a task first fences, then restores its state store from the changelog,
-  from the local checkpoint on; the timer schedule is rebuilt from the restored entries.
+  from the local checkpoint on; the timer schedule is rebuilt from the restored entries, and
+  the consumer seeks to the input positions the state holds (committed with it, in the
+  same transactions). The group's committed offsets are a copy of them, refreshed every
+  second, for lag tools.
 - Store or broker outages pause the task (its batch is aborted and read again); nothing
   else does. A loop that dies of a bug sets `failed` and the process exits.
 """
@@ -59,6 +62,7 @@ T = TypeVar("T")
 OUTAGES = (PyMongoError, KafkaError, OSError, IllegalOperation)
 SWEEP_EVERY_S = 3600.0
 MAX_TIMER_WAIT_S = 30.0
+SHARE_POSITIONS_EVERY_S = 1.0
 
 
 class NotReady(Exception):
@@ -86,7 +90,7 @@ class KafkaTransactions:
             except Exception:  # it may be broken already; closing is best effort
                 log.debug("closing a task producer failed", exc_info=True)
 
-    async def commit(self, records: list[OutRecord], offsets: dict[TopicPartition, int]) -> int | None:
+    async def commit(self, records: list[OutRecord]) -> int | None:
         if self.producer is None:
             await self.start()
         producer = self.producer
@@ -97,8 +101,6 @@ class KafkaTransactions:
                        for r in records]
             written = await asyncio.gather(*futures)
             crash_point(self.settings, "after_produce")
-            if offsets:
-                await producer.send_offsets_to_transaction(offsets, self.settings.group)
             await producer.commit_transaction()
         except ProducerFenced as exc:
             MEASURES.aborted(exc)
@@ -154,6 +156,8 @@ class ServiceRuntime:
         self._lifecycle = asyncio.Lock()  # rebalances and the stop change the tasks one at a time
         self._lag_measured = 0.0
         self._waiting: dict[str, set[asyncio.Event]] = {}  # readers waiting for a key's next commit
+        self._inputs: list[str] = []  # every topic the consumer reads (task p owns partition p of each)
+        self._shared: dict[TopicPartition, int] = {}  # positions last copied to the group's offsets
 
     @property
     def ctx(self) -> Context:
@@ -186,6 +190,7 @@ class ServiceRuntime:
         await bus.publish_schemas(self.producer, self.settings, self.registry)
         topics = [self.settings.topic(t) for t in self.wiring.inputs] + [
             self.settings.commands_topic, self.settings.retry_topic, self.settings.repartition_topic]
+        self._inputs = topics
         self.partitions = await self._equal_partitions([*topics, self.settings.changelog_topic])
         if not await self._has_topic(self.settings.dlq_topic):
             # Without it no dead letter could be written and a poison record would stop the task.
@@ -196,7 +201,8 @@ class ServiceRuntime:
         self.consumer.subscribe(topics, listener=_Rebalance(self))
         await self.consumer.start()
         self._loops = [asyncio.create_task(self._consume_loop(), name="consume"),
-                       asyncio.create_task(self._timer_loop(), name="timers")]
+                       asyncio.create_task(self._timer_loop(), name="timers"),
+                       asyncio.create_task(self._positions_loop(), name="positions")]
         for loop in self._loops:
             loop.add_done_callback(self._loop_ended)
 
@@ -213,6 +219,8 @@ class ServiceRuntime:
         self._stopping.set()
         self._timer_wake.set()
         await asyncio.gather(*self._loops, return_exceptions=True)
+        if self.consumer:
+            await self.share_positions()  # nothing is handled any more: lag tools see the end
         await self.suspend_tasks()
         if self.consumer:
             await self.consumer.stop()  # no rebalance can touch the tasks after this
@@ -279,6 +287,7 @@ class ServiceRuntime:
             try:
                 await task.transactions.start()
                 await self._restore(task)
+                self._resume_reading(task)
                 task.active = True
                 return
             except OUTAGES as exc:
@@ -317,6 +326,52 @@ class ServiceRuntime:
         self.restored_records += restored
         log_fields(log, logging.INFO, "state restored", partition=task.partition, records=restored,
                    timers=len(task.schedule), seconds=round(time.monotonic() - started, 3))
+
+    def _resume_reading(self, task: Task) -> None:
+        """Read each input from where the task's state stands. An input with no position in
+        the state yet (a new task, or state from before positions were kept in it) starts
+        at the group's committed offset, as the consumer does by itself."""
+        assert self.consumer is not None
+        task.unstored.clear()
+        assigned = self.consumer.assignment()
+        for topic in self._inputs:
+            tp = TopicPartition(topic, task.partition)
+            self._shared.pop(tp, None)  # the new owner copies its positions to the group again
+            position = task.position(topic)
+            if position is not None and tp in assigned:
+                self.consumer.seek(tp, position)
+
+    async def _positions_loop(self) -> None:
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), SHARE_POSITIONS_EVERY_S)
+            await self.share_positions()
+
+    async def share_positions(self) -> None:
+        """Copy the tasks' input positions to the group's committed offsets, where lag tools
+        (`tongban lag`, kafka-consumer-groups) look. Only a copy: a task resumes from the
+        positions in its state, so a copy that is late or fails costs a stale lag figure,
+        nothing else. Resetting the group's offsets therefore moves nothing (docs/runtime.md)."""
+        assert self.consumer is not None
+        assigned = self.consumer.assignment()
+        offsets: dict[TopicPartition, int] = {}
+        for task in list(self.tasks.values()):
+            if not task.active:
+                continue
+            for topic in self._inputs:
+                tp = TopicPartition(topic, task.partition)
+                position = task.position(topic)
+                if position is not None and tp in assigned and self._shared.get(tp) != position:
+                    offsets[tp] = position
+        if not offsets:
+            return
+        try:
+            # A commit waits out a coordinator that is away; the next round tries again.
+            await asyncio.wait_for(self.consumer.commit(offsets), 10.0)
+        except (KafkaError, TimeoutError) as exc:
+            log_fields(log, logging.DEBUG, "positions not copied to the group", error=type(exc).__name__)
+            return
+        self._shared.update(offsets)
 
     # ---------------------------------------------------------------- consuming
     async def _consume_loop(self) -> None:
