@@ -192,7 +192,7 @@ def generated_section(result: dict[str, Any]) -> str:
                         p.get("txn_log_appends_per_s")] for p in pipeline["curve"]])
         out += ["", "CPU: the broker, the store, the services, the simulator and its providers while the "
                 "applications arrive. Transaction log appends: what the broker's transaction coordinator wrote "
-                "meanwhile; a transaction that commits input offsets appends 4.", ""]
+                "meanwhile; a transaction appends 3.", ""]
         out += [""] + [f"- {p['offered_apps_per_s']} apps/s: {p['note']}" for p in pipeline["curve"] if p.get("note")]
         out += [""]
 
