@@ -233,6 +233,14 @@ async def test_a_new_owner_reads_on_from_the_position_its_restored_state_holds()
     assert owner.position(NS + RECEIVED_TOPIC) is None, "an input never read has no position"
 
 
+async def test_an_input_without_a_position_is_handled_from_its_first_record():
+    h = Harness()
+    first = Rec(NS + INPUT, PARTITION, 0, KEY.encode(), received_value())
+    await h.feed(first)
+    assert len(h.calls) == 1
+    assert h.task.position(first.topic) == 1
+
+
 async def test_records_before_the_restored_position_are_not_handled_again():
     """A fetch that raced a take-over can start at the group's offsets, behind the state; the
     position, not only the dedupe marks (swept after the replay horizon), keeps them out."""

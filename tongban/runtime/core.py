@@ -372,9 +372,8 @@ class Task:
             batch = Batch()
             for record in records:
                 await self._handle_record(batch, record)
-            reached: dict[str, int] = {}
-            for record in records:
-                reached[record.topic] = max(reached.get(record.topic, 0), record.offset + 1)
+            # Each topic's records come in offset order: its last one is the furthest.
+            reached = {record.topic: record.offset + 1 for record in records}
             if not (batch.changes or batch.outs or batch.archive):
                 # Only other consumers' events or duplicates: reading them again after a
                 # crash changes nothing either, so they cost no transaction. The next
