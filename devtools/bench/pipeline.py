@@ -403,9 +403,10 @@ class GroupLag:
     async def transaction_log_end(self) -> int | None:
         """The broker's transaction log (`__transaction_state`) end offsets, summed: between two
         readings, what the transaction coordinators appended. A committed transaction appends 3
-        records (begun, prepared, completed: measured on the local broker, 2026-12-05; 4
-        when it also commits input offsets to a group, which the runtime's do not), so this
-        counts the transactions of every service at once. None where the broker does not let the bench describe it."""
+        records (begun, prepared, completed: measured on the local broker, 2026-12-05; 4 when
+        it also commits input offsets to a group, which the runtime's do not), so this counts
+        the transactions of every service at once. None where the broker does not let the
+        bench describe it."""
         try:
             described = await self.admin.describe_topics([TRANSACTION_LOG])
             partitions = [TopicPartition(TRANSACTION_LOG, p["partition"]) for p in described[0]["partitions"]]

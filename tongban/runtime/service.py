@@ -188,17 +188,16 @@ class ServiceRuntime:
         self.producer = bus.make_producer(self.settings)
         await self.producer.start()
         await bus.publish_schemas(self.producer, self.settings, self.registry)
-        topics = [self.settings.topic(t) for t in self.wiring.inputs] + [
+        self._inputs = [self.settings.topic(t) for t in self.wiring.inputs] + [
             self.settings.commands_topic, self.settings.retry_topic, self.settings.repartition_topic]
-        self._inputs = topics
-        self.partitions = await self._equal_partitions([*topics, self.settings.changelog_topic])
+        self.partitions = await self._equal_partitions([*self._inputs, self.settings.changelog_topic])
         if not await self._has_topic(self.settings.dlq_topic):
             # Without it no dead letter could be written and a poison record would stop the task.
             raise RuntimeError(f"topic {self.settings.dlq_topic} does not exist: run make topics")
         self._ctx = Context(self.settings, self.registry, self.wiring, self.archive, self.partitions,
                             self._has_topic, self._learn_schemas, self._committed)
         self.consumer = bus.make_consumer(self.settings, [])
-        self.consumer.subscribe(topics, listener=_Rebalance(self))
+        self.consumer.subscribe(self._inputs, listener=_Rebalance(self))
         await self.consumer.start()
         self._loops = [asyncio.create_task(self._consume_loop(), name="consume"),
                        asyncio.create_task(self._timer_loop(), name="timers"),
